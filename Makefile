@@ -1,0 +1,26 @@
+# 两个入口：make demo（主任务）与 make test；都先安装缺少的依赖。
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := .make-install.stamp
+
+.PHONY: install test test-slow demo bench clean
+
+# 先单独装 torch==2.13.0（本机 /opt/wheels 的 CPU 轮子），避免依赖解析拉取 CUDA 版
+$(STAMP): pyproject.toml
+	$(PIP) install -q "torch>=2.4,<=2.13.0"
+	$(PIP) install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -q -m slow
+
+demo: $(STAMP)
+	@echo "make demo 将在 pipeline issue (#6) 完成后运行完整三阶段流程；目前尚未实现。" ; exit 1
+
+clean:
+	rm -f $(STAMP)

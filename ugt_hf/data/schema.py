@@ -1,0 +1,48 @@
+"""数据产物的格式约定（规格第 5.1 节的记录格式 + `ugt prepare` 的产物目录）。
+
+`ugt prepare` 写出、数据集类读取的都是这里的字段名，二者之间不再有别的约定。
+
+产物目录：
+    items.parquet            item_id(str, 原始 id) item_index(int64, 0..N-1) l1 l2 l3(int64) title(str, 可空)
+    train.jsonl / .parquet   RecommendDataset 记录（RECOMMEND_FIELDS）
+    valid.jsonl / .parquet   同上，decoder = [BOS]，labels = 留出的验证物品
+    test.jsonl  / .parquet   同上，labels = 留出的测试物品
+    preference.jsonl / .parquet   PreferenceDataset 记录（若有评分）
+    meta.json                计数、词表大小、协议、随机种子、输入校验和
+"""
+
+from __future__ import annotations
+
+# ---- RecommendDataset 记录（规格 5.1）----
+ENCODER_LIST_FIELDS = (
+    "encoder_l1_ids",
+    "encoder_l2_ids",
+    "encoder_l3_ids",
+    "encoder_positions",
+    "encoder_token_types",
+    "encoder_mask",
+)
+DECODER_LIST_FIELDS = (
+    "decoder_l1_ids",
+    "decoder_l2_ids",
+    "decoder_l3_ids",
+    "decoder_positions",
+    "decoder_token_types",
+    "decoder_mask",
+)
+LABEL_LIST_FIELDS = ("labels_l1", "labels_l2", "labels_l3")
+RECOMMEND_FIELDS = ("user_id",) + ENCODER_LIST_FIELDS + DECODER_LIST_FIELDS + LABEL_LIST_FIELDS
+
+# ---- PreferenceDataset 记录（规格 5.1）----
+PREFERENCE_SEQUENCE_FIELDS = ENCODER_LIST_FIELDS  # user_sequence 内的字段
+ITEM_TRIPLE_FIELDS = ("l1_id", "l2_id", "l3_id")  # chosen_item / rejected_item 内的字段
+PREFERENCE_FIELDS = ("user_id", "user_sequence", "chosen_item", "rejected_item")  # preference_score 可选
+
+# ---- 物品表 ----
+ITEMS_COLUMNS = ("item_id", "item_index", "l1", "l2", "l3", "title")
+
+# ---- 产物文件名 ----
+ITEMS_FILE = "items.parquet"
+META_FILE = "meta.json"
+SPLITS = ("train", "valid", "test")
+PREFERENCE_SPLIT = "preference"
