@@ -7,8 +7,20 @@
     train.jsonl / .parquet   RecommendDataset 记录（RECOMMEND_FIELDS）
     valid.jsonl / .parquet   同上，decoder = [BOS]，labels = 留出的验证物品
     test.jsonl  / .parquet   同上，labels = 留出的测试物品
-    preference.jsonl / .parquet   PreferenceDataset 记录（若有评分）
+    preference_train.jsonl / .parquet  PreferenceDataset 记录（有评分时）：每个用户训练前缀按时间切在
+                             preference_cut（默认 0.8）处，切点之前的评分对用于训练
+    preference_test.jsonl / .parquet   同格式：历史 = 切点之前，偏好对来自切点之后（留出的偏好准确率评估）
     meta.json                计数、词表大小、协议、随机种子、输入校验和
+
+序列约定：
+    encoder = 最近的历史物品（最多 encoder_max_length 个，全部 token_type 1，位置 0..Te-1）
+    decoder = [BOS, d1, ..., d_{n-1}]（BOS 的 token_type 0、三层 id 为 pad_token_id），
+    labels  = [d1, ..., dn]（位置 t 预测下一个物品）；valid/test 记录的 decoder 只有 [BOS]。
+
+meta.json 至少包含：
+    vocab_sizes [V1, V2, V3]、num_users、num_items、num_interactions、pad_token_id、
+    encoder_max_length、decoder_max_length、splits {train, valid, test, preference_train, preference_test}、
+    source、seed、input_checksum、protocol、codebook_utilisation、collisions
 """
 
 from __future__ import annotations
@@ -45,4 +57,4 @@ ITEMS_COLUMNS = ("item_id", "item_index", "l1", "l2", "l3", "title")
 ITEMS_FILE = "items.parquet"
 META_FILE = "meta.json"
 SPLITS = ("train", "valid", "test")
-PREFERENCE_SPLIT = "preference"
+PREFERENCE_SPLITS = ("preference_train", "preference_test")
