@@ -1,0 +1,138 @@
+"""artifacts：排序/去重/过滤、留一法切分、样本构造（BOS、标签移位、滑动切点）、偏好对、原子目录。"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ugt_hf.data import schema
+from ugt_hf.data.artifacts import (
+    AtomicDir,
+    build_preference_pairs,
+    build_recommend_blocks,
+    normalise,
+    recommend_table,
+    training_prefixes,
+    write_jsonl,
+)
+from ugt_hf.data.readers import Interactions
+
+
+def _inter(rows, rating=False):
+    u, i, t = zip(*[r[:3] for r in rows])
+    return Interactions(
+        user=np.array(u, dtype=object), item=np.array(i, dtype=object), timestamp=np.array(t, dtype=np.int64),
+        rating=np.array([r[3] for r in rows], dtype=np.float32) if rating else None,
+    )
+
+
+def test_normalise_counts():
+    rows = [("a", "2", 3), ("a", "10", 1), ("a", "2", 3), ("a", "3", 3), ("b", "10", 5), ("b", "2", 6), ("c", "7", 1)]
+    seqs = normalise(_inter(rows))
+    assert seqs.user_ids == ["a", "b"]
+    assert seqs.item_ids == ["2", "3", "10"]  # 整数 id 按数值排序；物品 7 只属于被丢弃的用户
+    # a: 时间 1 -> 10, 时间 3 -> 2, 3（同一时刻按输入顺序）；重复的 (a, 2, 3) 去掉
+    assert [seqs.item_ids[i] for i in seqs.seq(0)] == ["10", "2", "3"]
+    assert [seqs.item_ids[i] for i in seqs.seq(1)] == ["10", "2"]
+    assert seqs.stats["duplicate_events_removed"] == 1
+    assert seqs.stats["users_dropped_too_few_events"] == 1
+    assert seqs.stats["items_dropped_with_users"] == 1
+    with pytest.raises(ValueError, match="no user has at least 2"):
+        normalise(_inter([("a", "1", 1), ("b", "1", 1)]))
+
+
+def _seqs_one_user(n, ratings=None):
+    rows = [("u", str(k), k, (ratings[k] if ratings else 0)) for k in range(n)]
+    return normalise(_inter(rows, rating=ratings is not None))
+
+
+def test_leave_one_out_and_training_samples():
+    seqs = _seqs_one_user(8)  # 物品 0..7，训练前缀 0..5，验证 6，测试 7
+    codes = np.stack([np.arange(8) + 100, np.arange(8) + 200, np.arange(8) + 300], 1)
+    blocks = build_recommend_blocks(seqs, codes, encoder_max_length=3, decoder_max_length=2, stride=1, pad_token_id=0)
+    train = recommend_table(blocks["train"], seqs.user_ids).to_pylist()
+    # 切点 s = 1..5：labels = p[s:s+2] 截到前缀末尾
+    assert [r["labels_l1"] for r in train] == [[101, 102], [102, 103], [103, 104], [104, 105], [105]]
+    assert [r["encoder_l1_ids"] for r in train][:4] == [[100], [100, 101], [100, 101, 102], [101, 102, 103]]
+    r = train[1]
+    assert r["decoder_l1_ids"] == [0, 102] and r["decoder_l2_ids"] == [0, 202] and r["decoder_token_types"] == [0, 1]
+    assert r["decoder_positions"] == [0, 1] and r["decoder_mask"] == [1, 1]
+    assert r["encoder_positions"] == [0, 1] and r["encoder_token_types"] == [1, 1]
+    # 除 p[0] 外每个训练前缀物品都当过标签，验证/测试目标从不出现在训练里
+    labels = {x for rr in train for x in rr["labels_l1"]}
+    assert labels == {101, 102, 103, 104, 105}
+    assert not any(106 in rr["encoder_l1_ids"] + rr["decoder_l1_ids"] for rr in train)
+    valid = recommend_table(blocks["valid"], seqs.user_ids).to_pylist()[0]
+    test = recommend_table(blocks["test"], seqs.user_ids).to_pylist()[0]
+    assert valid["encoder_l1_ids"] == [103, 104, 105] and valid["labels_l1"] == [106] and valid["decoder_l1_ids"] == [0]
+    assert test["encoder_l1_ids"] == [104, 105, 106] and test["labels_l3"] == [307]
+    assert test["decoder_token_types"] == [0]
+    assert set(train[0]) == set(schema.RECOMMEND_FIELDS)
+
+
+def test_stride_covers_every_label():
+    seqs = _seqs_one_user(30)
+    codes = np.stack([np.arange(30)] * 3, 1)
+    blocks = build_recommend_blocks(seqs, codes, 50, 4, stride=4)
+    rows = recommend_table(blocks["train"], seqs.user_ids).to_pylist()
+    labels = [x for r in rows for x in r["labels_l1"]]
+    assert sorted(labels) == list(range(1, 28))  # 每个前缀物品（除第一个）恰好一次
+    with pytest.raises(ValueError, match="stride"):
+        build_recommend_blocks(seqs, codes, 50, 4, stride=5)
+
+
+def test_short_users_are_training_only():
+    seqs = normalise(_inter([("a", "1", 1), ("a", "2", 2), ("b", "1", 1), ("b", "2", 2), ("b", "3", 3)]))
+    codes = np.stack([np.arange(3)] * 3, 1)
+    blocks = build_recommend_blocks(seqs, codes, 50, 5)
+    assert len(blocks["valid"]) == 1 and blocks["valid"].user.tolist() == [1]
+    assert blocks["train"].user.tolist() == [0]  # b 的训练前缀只有 1 个物品，没有训练样本
+    assert [len(p) for p in training_prefixes(seqs)] == [2, 1]
+
+
+def test_preference_pairs_respect_cut_and_history():
+    # 12 个事件：训练前缀 10 个（0..9），cut = 8
+    ratings = [5, 1, 5, 4, 2, 5, 5, 5, 5, 1, 5, 1]
+    seqs = _seqs_one_user(12, ratings)
+    prefs = build_preference_pairs(seqs, chosen_min=4, rejected_max=2, preference_cut=0.8, encoder_max_length=50)
+    tr, te = prefs["preference_train"], prefs["preference_test"]
+    # 切点前 rejected: 位置 1（最近 chosen 0，历史空 -> 跳过）、位置 4（最近 chosen 3，历史 0..2）
+    assert tr.chosen.tolist() == [3] and tr.rejected.tolist() == [4]
+    assert (tr.hist_end - tr.hist_start).tolist() == [3]
+    assert te.chosen.tolist() == [8] and te.rejected.tolist() == [9]  # 位置 10/11 是验证/测试目标，不使用
+    assert (te.hist_end - te.hist_start).tolist() == [8]
+    assert np.allclose(te.score, [1.0])
+    assert build_preference_pairs(_seqs_one_user(5)) == {}
+    # 同一物品先高分后低分：不能成为自己的 chosen/rejected 对
+    rows = [("u", "a", 0, 5), ("u", "b", 1, 5), ("u", "a", 2, 1), ("u", "c", 3, 5), ("u", "d", 4, 5), ("u", "e", 5, 5)]
+    seqs = normalise(_inter(rows, rating=True))
+    pr = build_preference_pairs(seqs, preference_cut=0.9)["preference_train"]
+    assert [seqs.item_ids[i] for i in pr.chosen] == ["b"] and [seqs.item_ids[i] for i in pr.rejected] == ["a"]
+
+
+def test_write_jsonl_roundtrip(tmp_path):
+    seqs = _seqs_one_user(6)
+    codes = np.stack([np.arange(6)] * 3, 1)
+    tbl = recommend_table(build_recommend_blocks(seqs, codes, 50, 5)["train"], seqs.user_ids)
+    write_jsonl(tbl, str(tmp_path / "t.jsonl"))
+    rows = [json.loads(x) for x in open(tmp_path / "t.jsonl")]
+    assert rows == tbl.to_pylist()
+
+
+def test_atomic_dir_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with AtomicDir(str(target)) as tmp:
+            open(os.path.join(tmp, "a.txt"), "w").write("x")
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+    with AtomicDir(str(target)) as tmp:
+        open(os.path.join(tmp, "a.txt"), "w").write("1")
+    with AtomicDir(str(target), replace=True) as tmp:
+        open(os.path.join(tmp, "b.txt"), "w").write("2")
+    assert os.listdir(target) == ["b.txt"] and os.listdir(tmp_path) == ["out"]
+    with pytest.raises(FileExistsError):
+        with AtomicDir(str(target), replace=False) as tmp:
+            pass
+    assert os.listdir(tmp_path) == ["out"]

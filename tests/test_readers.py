@@ -1,0 +1,111 @@
+"""readers：各格式解析、坏输入报错（指明文件与行号）、跳过计数。"""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ugt_hf.data.readers import DataFormatError, read_csv, read_ml100k, read_ml1m, read_pairs, read_parquet, read_s3rec
+
+
+def _write(path, text, encoding="utf-8"):
+    path.write_bytes(text.encode(encoding))
+    return str(path)
+
+
+def test_ml100k_reads_ratings_titles_and_genres(tmp_path):
+    _write(tmp_path / "u.data", "1\t10\t5\t300\n1\t20\t2\t100\n2\t10\t4\t200\n")
+    _write(tmp_path / "u.item", "10|Amélie (2001)|01-Jan-2001||url|0|1\n20|Heat (1995)|x||u|1|0\n", "latin-1")
+    _write(tmp_path / "u.genre", "unknown|0\nAction|1\n")
+    inter = read_ml100k(str(tmp_path))
+    assert inter.user.tolist() == ["1", "1", "2"]
+    assert inter.item.tolist() == ["10", "20", "10"]
+    assert inter.timestamp.tolist() == [300, 100, 200]
+    assert inter.rating.tolist() == [5.0, 2.0, 4.0]
+    assert inter.titles["10"] == "Amélie (2001) | Action"
+    assert inter.titles["20"] == "Heat (1995) | unknown"
+
+
+def test_ml100k_non_integer_id_names_file_and_line(tmp_path):
+    _write(tmp_path / "u.data", "1\t10\t5\t300\n1\tabc\t2\t100\n")
+    with pytest.raises(DataFormatError, match=r"u.data:2: field 'item' must be an integer"):
+        read_ml100k(str(tmp_path))
+
+
+def test_ml100k_malformed_line_error_and_skip(tmp_path):
+    p = _write(tmp_path / "u.data", "1\t10\t5\t300\n1\t20\n2\t10\t4\t200\n")
+    with pytest.raises(DataFormatError, match=r"u.data:2: expected 4 fields"):
+        read_ml100k(p)
+    inter = read_ml100k(p, skip_bad_lines=True)
+    assert len(inter) == 2
+    assert inter.stats["malformed_lines_skipped"] == 1
+    assert "u.data:2" in inter.warnings[0]
+
+
+def test_ml1m_double_colon(tmp_path):
+    _write(tmp_path / "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n")
+    _write(tmp_path / "movies.dat", "1193::One Flew Over (1975)::Drama\n661::James: Peach (1996)::Animation|Children's\n",
+           "latin-1")
+    inter = read_ml1m(str(tmp_path))
+    assert inter.item.tolist() == ["1193", "661"]
+    assert inter.rating.tolist() == [5.0, 3.0]
+    assert inter.titles["661"] == "James: Peach (1996) | Animation, Children's"
+
+
+def test_s3rec_order_is_time(tmp_path):
+    inter = read_s3rec(_write(tmp_path / "b.txt", "1 5 3 5\n2 7 8\n"))
+    assert inter.user.tolist() == ["1", "1", "1", "2", "2"]
+    assert inter.item.tolist() == ["5", "3", "5", "7", "8"]
+    assert inter.timestamp.tolist() == [0, 1, 2, 0, 1]
+    assert inter.rating is None
+
+
+def test_s3rec_bad_inputs(tmp_path):
+    with pytest.raises(DataFormatError, match=r"b.txt:2: field 'item' must be an integer, got 'x'"):
+        read_s3rec(_write(tmp_path / "b.txt", "1 5 3\n2 x 8\n"))
+    with pytest.raises(DataFormatError, match=r"c.txt:1: expected 'user item"):
+        read_s3rec(_write(tmp_path / "c.txt", "1\n"))
+    with pytest.raises(DataFormatError, match="empty"):
+        read_s3rec(_write(tmp_path / "e.txt", "\n\n"))
+    with pytest.raises(DataFormatError, match="unknown encoding 'klingon'"):
+        read_s3rec(_write(tmp_path / "d.txt", "1 2 3\n"), encoding="klingon")
+    with pytest.raises(DataFormatError, match=r"f.txt:2: cannot decode"):
+        p = tmp_path / "f.txt"
+        p.write_bytes(b"1 2 3\n2 \xff\xfe 3\n")
+        read_s3rec(str(p))
+
+
+def test_pairs_with_and_without_timestamp(tmp_path):
+    inter = read_pairs(_write(tmp_path / "p.txt", "a x\nb y\na z\n"))
+    assert inter.timestamp.tolist() == [0, 1, 2]
+    inter = read_pairs(_write(tmp_path / "q.txt", "a x 5\na z 3\n"))
+    assert inter.timestamp.tolist() == [5, 3]
+    with pytest.raises(DataFormatError, match=r"r.txt:2: inconsistent"):
+        read_pairs(_write(tmp_path / "r.txt", "a x 5\na z\n"))
+
+
+def test_csv_column_mapping_and_errors(tmp_path):
+    p = _write(tmp_path / "e.csv", "uid,iid,ts,stars\nu1,i1,10,4.5\nu1,i2,20,1\n")
+    inter = read_csv(p, user_col="uid", item_col="iid", time_col="ts", rating_col="stars")
+    assert inter.item.tolist() == ["i1", "i2"] and inter.rating.tolist() == [4.5, 1.0]
+    with pytest.raises(DataFormatError, match=r"column 'user' \(given by --user_col\) not found; available columns"):
+        read_csv(p, user_col="user", item_col="iid")
+    bad = _write(tmp_path / "bad.csv", "uid,iid\nu1,i1\nu2,i2,extra\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv:3: expected 2 fields, got 3"):
+        read_csv(bad, user_col="uid", item_col="iid")
+    inter = read_csv(bad, user_col="uid", item_col="iid", skip_bad_lines=True)
+    assert len(inter) == 1 and inter.stats["malformed_lines_skipped"] == 1
+    with pytest.raises(DataFormatError, match="empty"):
+        read_csv(_write(tmp_path / "empty.csv", ""))
+    with pytest.raises(DataFormatError, match="must be numeric"):
+        read_csv(_write(tmp_path / "r.csv", "u,i,r\na,b,good\n"), user_col="u", item_col="i", rating_col="r")
+
+
+def test_parquet_missing_values_named(tmp_path):
+    path = str(tmp_path / "x.parquet")
+    pq.write_table(pa.table({"u": ["a", None], "i": [1, 2], "t": [1, 2]}), path)
+    with pytest.raises(DataFormatError, match=r"row 2 .*field 'u' is missing"):
+        read_parquet(path, user_col="u", item_col="i", time_col="t")
+    pq.write_table(pa.table({"u": ["a", "a"], "i": [1, 2], "t": [5, 3]}), path)
+    inter = read_parquet(path, user_col="u", item_col="i", time_col="t")
+    assert inter.item.tolist() == ["1", "2"] and inter.timestamp.dtype == np.int64

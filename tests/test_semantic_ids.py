@@ -1,0 +1,91 @@
+"""semantic_ids：PPMI 只用给定序列、k-means 确定性、码本上限规则、冲突消解唯一、L1 共现比。"""
+
+import numpy as np
+import pytest
+import torch
+
+from ugt_hf.data.semantic_ids import (
+    balanced_assign,
+    collaborative_embeddings,
+    cooccurrence_ppmi,
+    effective_codebook_sizes,
+    kmeans,
+    l1_cooccurrence_ratio,
+    resolve_collisions,
+    rq_kmeans,
+)
+
+
+def test_ppmi_uses_only_given_sequences():
+    m = cooccurrence_ppmi([np.array([0, 1, 2]), np.array([0, 1])], num_items=4, window=2).to_dense()
+    assert torch.equal(m > 0, (m > 0).T)  # 共现对称；上下文平滑使数值不完全对称
+    assert m[0, 1] > 0 and m[3].abs().sum() == 0 and m.diagonal().abs().sum() == 0
+
+
+def test_collaborative_embeddings_cluster_and_cold_items():
+    rng = np.random.default_rng(0)
+    # 两组物品 0..9 与 10..19，用户只在组内交互；物品 20 从未出现（冷启动）
+    seqs = [rng.choice(10, 6) + 10 * (u % 2) for u in range(200)]
+    emb, cold = collaborative_embeddings(seqs, 21, dim=8, window=3, seed=0)
+    assert cold == 1 and emb.shape == (21, 8)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(21), atol=1e-5)
+    sim = emb[:20] @ emb[:20].T
+    within = (sim[:10, :10].mean() + sim[10:, 10:].mean()) / 2
+    assert within > sim[:10, 10:].mean() + 0.5
+    emb2, _ = collaborative_embeddings(seqs, 21, dim=8, window=3, seed=0)
+    assert torch.equal(emb, emb2)
+
+
+def test_kmeans_deterministic_and_balanced():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(90, 2, generator=g) * 0.1, torch.randn(10, 2, generator=g) * 0.1 + 5])
+    c1, a1 = kmeans(x, 2, seed=1)
+    c2, a2 = kmeans(x, 2, seed=1)
+    assert torch.equal(a1, a2) and torch.equal(c1, c2)
+    assert sorted(torch.bincount(a1).tolist()) == [10, 90]
+    _, ab = kmeans(x, 2, seed=1, balanced=True)
+    assert torch.bincount(ab).tolist() == [50, 50]
+    out = balanced_assign(torch.tensor([[0.0, 1.0], [0.0, 5.0], [0.0, 0.1]]), capacity=2)
+    assert out.tolist() == [0, 0, 1]  # 最“急”的点（次近距离差最大）先选
+
+
+def test_codebook_cap_rule():
+    assert effective_codebook_sizes(12101, [1024, 4096, 16384]) == [128, 128, 128]
+    assert effective_codebook_sizes(1682, [1024, 4096, 16384]) == [64, 64, 64]
+    assert effective_codebook_sizes(5, [1024, 2, 3]) == [4, 2, 3]
+    with pytest.raises(ValueError):
+        effective_codebook_sizes(10, [1, 2])
+
+
+def test_resolve_collisions_unique_nearest_free():
+    l1 = np.array([0, 0, 0, 1])
+    l2 = np.array([0, 0, 0, 0])
+    dist = np.array([[0.1, 0.5], [0.2, 0.3], [0.9, 1.0], [0.0, 1.0]])
+    l3, v3 = resolve_collisions(l1, l2, dist, max_v3=10)
+    # 单元 (0,0)：物品 0 最近 -> 0；物品 1 的 0 被占 -> 1；物品 2 两个质心都被占 -> 编号 2（超出质心数）
+    assert l3.tolist() == [0, 1, 2, 0] and v3 == 3
+    with pytest.raises(ValueError, match="raise the third"):
+        resolve_collisions(l1, l2, dist, max_v3=2)
+
+
+def test_rq_kmeans_unique_triples_and_stats():
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(300, 8, generator=g)
+    emb[:50] = emb[0]  # 50 个完全相同的嵌入必然冲突
+    sid = rq_kmeans(emb, [1024, 4096, 16384], seed=0)
+    assert len({tuple(r) for r in sid.codes.tolist()}) == 300
+    assert sid.collisions["items_colliding_before"] >= 50 and sid.collisions["items_colliding_after"] == 0
+    assert sid.kmeans_sizes == [32, 32, 32] and sid.vocab_sizes[2] >= 50
+    for lvl in range(3):
+        assert sid.codes[:, lvl].max() < sid.vocab_sizes[lvl]
+    assert 0 < sid.utilisation["l1"] <= 1
+    again = rq_kmeans(emb, [1024, 4096, 16384], seed=0)
+    assert np.array_equal(sid.codes, again.codes)
+
+
+def test_l1_cooccurrence_ratio_exact():
+    l1 = np.array([0, 0, 1, 1])
+    # 每个用户只看同一簇 -> 同 L1 对共现率 = 1（每对都在 1 个用户里），随机对 = 2/6
+    r = l1_cooccurrence_ratio([np.array([0, 1]), np.array([2, 3])], l1)
+    assert r["same_l1_rate"] == pytest.approx(1.0) and r["random_rate"] == pytest.approx(2 / 6)
+    assert r["ratio"] == pytest.approx(3.0)

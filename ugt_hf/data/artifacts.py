@@ -1,0 +1,448 @@
+"""交互表 -> 用户序列 -> 留一法切分 -> 训练/验证/测试样本与偏好对 -> JSONL + Parquet，原子写入。
+
+协议（写进 meta.json 的 protocol 文本）：
+- 每个用户的事件按 (timestamp, 输入顺序) 稳定排序；完全相同的 (user, item, timestamp) 事件只保留第一条并计数。
+- 只有 1 个事件的用户被丢弃并计数；2 个事件的用户只进训练（没有验证/测试）；>= 3 个事件的用户：
+  最后一个 = 测试目标，倒数第二个 = 验证目标，其余 = 训练前缀。
+- 训练样本：在训练前缀 p[0..m-1] 上滑动切点 s = 1, 1+stride, ...（s < m）：
+  encoder = p[max(0, s-E):s]，decoder 物品 = p[s:s+D]，decoder 输入 = [BOS, p[s], ..., p[s+D-2]]，
+  labels = p[s:s+D]。stride <= D 保证除 p[0]（前面没有历史）以外的每个训练前缀物品至少当一次标签；
+  默认 stride = 1，使每个物品都以“只有 BOS 的 decoder”被预测一次（与验证/测试的用法一致）。
+- 验证：encoder = 训练前缀的最后 E 个，labels = [验证物品]；测试：encoder = (训练前缀 + 验证物品) 的最后 E 个，
+  labels = [测试物品]；二者 decoder = [BOS]。
+- 偏好对（有评分时）：每个用户的训练前缀在 c = floor(preference_cut * m) 处切开；
+  每个 rejected 事件（评分 <= rejected_max）与同一段内时间上最近的、物品不同的 chosen 事件（评分 >= chosen_min）配对；
+  preference_train 的对来自切点之前，历史 = 两个事件中较早者之前的所有事件；
+  preference_test 的对来自切点之后（仍在训练前缀内，不碰验证/测试目标），历史 = 切点之前的前缀。
+  preference_score = (chosen 评分 - rejected 评分) / 4。
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..interfaces import ITEM_TOKEN_TYPE, SPECIAL_TOKEN_TYPE
+from . import schema
+from .readers import Interactions
+
+PROTOCOL = __doc__.split("协议（写进 meta.json 的 protocol 文本）：", 1)[1].strip()
+
+
+# ---------------------------------------------------------------- 规范化
+
+
+@dataclass
+class Sequences:
+    """按用户分组、时间排序后的序列（物品用 0..N-1 的下标）。"""
+
+    user_ids: List[str]  # 每个用户的原始 id
+    item_ids: List[str]  # item_index -> 原始 id
+    items: np.ndarray  # [E] 所有用户事件首尾相接
+    ratings: Optional[np.ndarray]  # [E] 或 None
+    offsets: np.ndarray  # [U+1]
+    stats: Dict[str, int] = field(default_factory=dict)
+
+    def seq(self, u: int) -> np.ndarray:
+        return self.items[self.offsets[u]:self.offsets[u + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+
+def _sort_ids(ids: np.ndarray) -> np.ndarray:
+    """物品/用户 id 的确定性排序：全是整数时按数值，否则按字符串。"""
+    try:
+        as_int = np.array([int(x) for x in ids], dtype=np.int64)
+        return ids[np.argsort(as_int, kind="stable")]
+    except ValueError:
+        return np.sort(ids)
+
+
+def normalise(inter: Interactions, min_events: int = 2) -> Sequences:
+    """交互表 -> 用户序列：排序、精确去重、丢弃事件数 < min_events 的用户、物品重新编号。"""
+    n = len(inter)
+    if n == 0:
+        raise ValueError("no interactions to prepare")
+    uniq_u, u_idx = np.unique(inter.user.astype(str), return_inverse=True)
+    uniq_i, i_idx = np.unique(inter.item.astype(str), return_inverse=True)
+    ts = inter.timestamp.astype(np.int64)
+    order = np.lexsort((inter.order, ts, u_idx))  # 用户 -> 时间 -> 输入顺序
+    u_s, i_s, t_s = u_idx[order], i_idx[order], ts[order]
+    # 精确重复：同一用户、同一物品、同一时间戳；排序后不一定相邻（同一时刻的其他物品可能夹在中间）
+    key = np.stack([u_s, t_s, i_s], axis=1)
+    _, first = np.unique(key, axis=0, return_index=True)
+    keep = np.zeros(n, dtype=bool)
+    keep[first] = True
+    duplicates = int(n - keep.sum())
+    u_s, i_s = u_s[keep], i_s[keep]
+    r_s = inter.rating[order][keep] if inter.rating is not None else None
+    # 事件数不足的用户
+    counts = np.bincount(u_s, minlength=len(uniq_u))
+    small = counts < min_events
+    dropped_users = int(((counts > 0) & small).sum())
+    ev_keep = ~small[u_s]
+    dropped_events = int((~ev_keep).sum())
+    u_s, i_s = u_s[ev_keep], i_s[ev_keep]
+    if r_s is not None:
+        r_s = r_s[ev_keep]
+    if len(u_s) == 0:
+        raise ValueError(f"no user has at least {min_events} interactions after filtering")
+    # 物品重新编号（丢掉只被丢弃用户交互过的物品），保持原始 id 的确定性顺序
+    present = np.unique(i_s)
+    item_raw = uniq_i[present]
+    sorted_raw = _sort_ids(item_raw)
+    raw_to_new = {r: k for k, r in enumerate(sorted_raw.tolist())}
+    remap = np.empty(len(uniq_i), dtype=np.int64)
+    remap[present] = [raw_to_new[r] for r in item_raw.tolist()]
+    items = remap[i_s]
+    # 用户：按原始 id 的确定性顺序
+    users_present = np.unique(u_s)
+    user_raw = _sort_ids(uniq_u[users_present])
+    pos_of = {r: k for k, r in enumerate(user_raw.tolist())}
+    new_u = np.empty(len(uniq_u), dtype=np.int64)
+    new_u[users_present] = [pos_of[r] for r in uniq_u[users_present].tolist()]
+    u_new = new_u[u_s]
+    perm = np.argsort(u_new, kind="stable")  # 用户内的时间顺序保持不变
+    items, u_new = items[perm], u_new[perm]
+    if r_s is not None:
+        r_s = r_s[perm]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(u_new, minlength=len(user_raw)))]).astype(np.int64)
+    return Sequences(
+        user_ids=[str(x) for x in user_raw.tolist()],
+        item_ids=[str(x) for x in sorted_raw.tolist()],
+        items=items.astype(np.int64),
+        ratings=None if r_s is None else r_s.astype(np.float32),
+        offsets=offsets,
+        stats={
+            "raw_interactions": n,
+            "duplicate_events_removed": duplicates,
+            "users_dropped_too_few_events": dropped_users,
+            "events_dropped_with_users": dropped_events,
+            "items_dropped_with_users": int(len(uniq_i) - len(present)),
+        },
+    )
+
+
+def training_prefixes(seqs: Sequences) -> List[np.ndarray]:
+    """每个用户的训练前缀（>= 3 个事件：去掉最后两个；否则整条序列）。只给语义 ID 嵌入用，避免泄漏。"""
+    out = []
+    for u in range(seqs.num_users):
+        s = seqs.seq(u)
+        out.append(s[:-2] if len(s) >= 3 else s)
+    return out
+
+
+# ---------------------------------------------------------------- 样本（列式构造）
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """把多个 [start, end) 区间拼成一个下标数组；返回 (下标, 每段长度)。"""
+    lens = (ends - starts).astype(np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), lens
+    seg_start = np.repeat(np.cumsum(lens) - lens, lens)
+    idx = np.arange(total, dtype=np.int64) - seg_start + np.repeat(starts.astype(np.int64), lens)
+    return idx, lens
+
+
+def _positions(lens: np.ndarray) -> np.ndarray:
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+
+
+@dataclass
+class Block:
+    """一批记录的列式表示：user 下标 + 若干变长整数列表字段（values + offsets）。"""
+
+    user: np.ndarray  # [R]
+    lists: Dict[str, Tuple[np.ndarray, np.ndarray]]  # 字段 -> (flat values, offsets[R+1])
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def _offsets(lens: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+
+
+def _encoder_fields(codes: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, prefix: str = "encoder"):
+    idx, lens = _ranges(starts, ends)
+    c = codes[items[idx]]  # [T, 3]
+    off = _offsets(lens)
+    ones = np.ones(len(idx), np.int64)
+    return {
+        f"{prefix}_l1_ids": (c[:, 0], off),
+        f"{prefix}_l2_ids": (c[:, 1], off),
+        f"{prefix}_l3_ids": (c[:, 2], off),
+        f"{prefix}_positions": (_positions(lens), off),
+        f"{prefix}_token_types": (ones * ITEM_TOKEN_TYPE, off),
+        f"{prefix}_mask": (ones, off),
+    }
+
+
+def _decoder_and_labels(codes: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, pad: int):
+    """decoder = [BOS] + items[start:end-1]，labels = items[start:end]。"""
+    lab_idx, lab_lens = _ranges(starts, ends)
+    lab = codes[items[lab_idx]]
+    lab_off = _offsets(lab_lens)
+    # decoder 长度与 labels 相同：在每段开头插入 BOS、去掉最后一个物品
+    r = len(starts)
+    dec_len = lab_lens
+    dec_off = lab_off
+    total = int(dec_len.sum())
+    dec = np.full((total, 3), pad, dtype=np.int64)
+    types = np.full(total, ITEM_TOKEN_TYPE, dtype=np.int64)
+    seg_first = dec_off[:-1][dec_len > 0]
+    types[seg_first] = SPECIAL_TOKEN_TYPE
+    not_first = np.ones(total, dtype=bool)
+    not_first[seg_first] = False
+    # 每个非首位位置 j 取 labels 的 j-1
+    src = np.flatnonzero(not_first) - 1
+    dec[not_first] = lab[src]
+    del r
+    return {
+        "decoder_l1_ids": (dec[:, 0], dec_off),
+        "decoder_l2_ids": (dec[:, 1], dec_off),
+        "decoder_l3_ids": (dec[:, 2], dec_off),
+        "decoder_positions": (_positions(dec_len), dec_off),
+        "decoder_token_types": (types, dec_off),
+        "decoder_mask": (np.ones(total, np.int64), dec_off),
+        "labels_l1": (lab[:, 0], lab_off),
+        "labels_l2": (lab[:, 1], lab_off),
+        "labels_l3": (lab[:, 2], lab_off),
+    }
+
+
+def build_recommend_blocks(
+    seqs: Sequences, codes: np.ndarray, encoder_max_length: int, decoder_max_length: int, stride: int = 1,
+    pad_token_id: int = 0,
+) -> Dict[str, Block]:
+    """train / valid / test 三个 Block（列式，写文件前不展开成 Python 字典）。"""
+    if encoder_max_length < 1 or decoder_max_length < 1:
+        raise ValueError("encoder_max_length and decoder_max_length must be >= 1")
+    if not 1 <= stride <= decoder_max_length:
+        raise ValueError(f"stride must be in [1, decoder_max_length={decoder_max_length}] so every item is a label")
+    lens = seqs.lengths()
+    off = seqs.offsets[:-1]
+    has_eval = lens >= 3
+    m = np.where(has_eval, lens - 2, lens)  # 训练前缀长度
+    # 训练切点：每个用户 s = 1, 1+stride, ... < m
+    n_samples = np.where(m >= 2, (m - 2) // stride + 1, 0)
+    users = np.repeat(np.arange(seqs.num_users), n_samples)
+    k = _positions(n_samples)
+    s = 1 + k * stride
+    base = off[users]
+    enc_start = base + np.maximum(0, s - encoder_max_length)
+    enc_end = base + s
+    dec_start = base + s
+    dec_end = base + np.minimum(s + decoder_max_length, m[users])
+    train = {}
+    train.update(_encoder_fields(codes, seqs.items, enc_start, enc_end))
+    train.update(_decoder_and_labels(codes, seqs.items, dec_start, dec_end, pad_token_id))
+    blocks = {"train": Block(users, train)}
+    eu = np.flatnonzero(has_eval)
+    for name, hist_len in (("valid", lens[eu] - 2), ("test", lens[eu] - 1)):
+        b = off[eu]
+        fields = _encoder_fields(codes, seqs.items, b + np.maximum(0, hist_len - encoder_max_length), b + hist_len)
+        fields.update(_decoder_and_labels(codes, seqs.items, b + hist_len, b + hist_len + 1, pad_token_id))
+        blocks[name] = Block(eu, fields)
+    return blocks
+
+
+# ---------------------------------------------------------------- 偏好对
+
+
+@dataclass
+class PreferenceBlock:
+    user: np.ndarray  # [R]
+    hist_start: np.ndarray  # [R] 全局事件下标
+    hist_end: np.ndarray
+    chosen: np.ndarray  # [R] 物品下标
+    rejected: np.ndarray
+    score: np.ndarray  # [R] float
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def build_preference_pairs(
+    seqs: Sequences, chosen_min: float = 4.0, rejected_max: float = 2.0, preference_cut: float = 0.8,
+    encoder_max_length: int = 50, max_pairs_per_user: int = 20,
+) -> Dict[str, PreferenceBlock]:
+    """从评分构造偏好对（规则见模块文档）。没有评分时返回空字典。"""
+    if seqs.ratings is None:
+        return {}
+    if not 0.0 < preference_cut < 1.0:
+        raise ValueError(f"preference_cut must be in (0, 1), got {preference_cut}")
+    if rejected_max >= chosen_min:
+        raise ValueError(f"rejected threshold ({rejected_max}) must be below chosen threshold ({chosen_min})")
+    out: Dict[str, Dict[str, list]] = {n: {k: [] for k in ("u", "hs", "he", "c", "r", "sc")} for n in schema.PREFERENCE_SPLITS}
+    lens = seqs.lengths()
+    for u in range(seqs.num_users):
+        n = int(lens[u])
+        m = n - 2 if n >= 3 else n
+        base = int(seqs.offsets[u])
+        rat = seqs.ratings[base:base + m]
+        cut = int(np.floor(preference_cut * m))
+        for split, lo, hi in (("preference_train", 0, cut), ("preference_test", cut, m)):
+            pos = np.flatnonzero(rat[lo:hi] >= chosen_min) + lo
+            neg = np.flatnonzero(rat[lo:hi] <= rejected_max) + lo
+            if len(pos) == 0 or len(neg) == 0:
+                continue
+            taken = 0
+            for j in neg.tolist():
+                # 时间上最近的、物品不同的 chosen 事件（距离相同取较早者）；同一物品不能既被选又被拒
+                cand = pos[seqs.items[base + pos] != seqs.items[base + j]]
+                if len(cand) == 0:
+                    continue
+                i = int(cand[np.argmin(np.abs(cand - j) * 2 + (cand > j))])
+                if split == "preference_train":
+                    h_end = min(i, j)
+                else:
+                    h_end = cut
+                if h_end <= 0:
+                    continue
+                d = out[split]
+                d["u"].append(u)
+                d["hs"].append(base + max(0, h_end - encoder_max_length))
+                d["he"].append(base + h_end)
+                d["c"].append(int(seqs.items[base + i]))
+                d["r"].append(int(seqs.items[base + j]))
+                d["sc"].append(float(rat[i] - rat[j]) / 4.0)
+                taken += 1
+                if taken >= max_pairs_per_user:
+                    break
+    res = {}
+    for split, d in out.items():
+        res[split] = PreferenceBlock(
+            user=np.asarray(d["u"], np.int64), hist_start=np.asarray(d["hs"], np.int64),
+            hist_end=np.asarray(d["he"], np.int64), chosen=np.asarray(d["c"], np.int64),
+            rejected=np.asarray(d["r"], np.int64), score=np.asarray(d["sc"], np.float64),
+        )
+    return res
+
+
+# ---------------------------------------------------------------- 写文件
+
+
+def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int64()))
+
+
+def recommend_table(block: Block, user_ids: Sequence[str]) -> pa.Table:
+    cols = {"user_id": pa.array([user_ids[u] for u in block.user.tolist()], pa.string())}
+    for name in schema.RECOMMEND_FIELDS[1:]:
+        v, o = block.lists[name]
+        cols[name] = _list_array(v, o)
+    return pa.table(cols)
+
+
+def preference_table(pb: PreferenceBlock, seqs: Sequences, codes: np.ndarray) -> pa.Table:
+    enc = _encoder_fields(codes, seqs.items, pb.hist_start, pb.hist_end)
+    seq_struct = pa.StructArray.from_arrays(
+        [_list_array(*enc[f]) for f in schema.PREFERENCE_SEQUENCE_FIELDS], names=list(schema.PREFERENCE_SEQUENCE_FIELDS)
+    )
+
+    def item_struct(idx: np.ndarray) -> pa.StructArray:
+        c = codes[idx] if len(idx) else np.zeros((0, 3), np.int64)
+        return pa.StructArray.from_arrays([pa.array(c[:, k], pa.int64()) for k in range(3)],
+                                          names=list(schema.ITEM_TRIPLE_FIELDS))
+
+    return pa.table({
+        "user_id": pa.array([seqs.user_ids[u] for u in pb.user.tolist()], pa.string()),
+        "user_sequence": seq_struct,
+        "chosen_item": item_struct(pb.chosen),
+        "rejected_item": item_struct(pb.rejected),
+        "preference_score": pa.array(pb.score, pa.float64()),
+    })
+
+
+def write_jsonl(table: pa.Table, path: str, progress: Optional[Callable[[int], None]] = None,
+                chunk_rows: int = 20000) -> None:
+    """pyarrow 表 -> JSON Lines（紧凑分隔符，字段顺序与表一致）。按块转换以控制内存。"""
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    with open(path, "w", encoding="utf-8") as f:
+        for batch in table.to_batches(max_chunksize=chunk_rows):
+            rows = batch.to_pylist()
+            f.write("".join(dumps(r) + "\n" for r in rows))
+            if progress is not None:
+                progress(len(rows))
+
+
+def write_table(table: pa.Table, folder: str, name: str, progress: Optional[Callable[[int], None]] = None) -> None:
+    pq.write_table(table, os.path.join(folder, f"{name}.parquet"))
+    write_jsonl(table, os.path.join(folder, f"{name}.jsonl"), progress)
+
+
+def items_table(seqs: Sequences, codes: np.ndarray, titles: Dict[str, str]) -> pa.Table:
+    return pa.table({
+        "item_id": pa.array(seqs.item_ids, pa.string()),
+        "item_index": pa.array(np.arange(seqs.num_items), pa.int64()),
+        "l1": pa.array(codes[:, 0], pa.int64()),
+        "l2": pa.array(codes[:, 1], pa.int64()),
+        "l3": pa.array(codes[:, 2], pa.int64()),
+        "title": pa.array([titles.get(i) for i in seqs.item_ids], pa.string()),
+    })
+
+
+# ---------------------------------------------------------------- 原子目录
+
+
+class AtomicDir:
+    """在目标目录的兄弟临时目录里写，全部完成后再改名到位；出错时删除临时目录，目标保持原样。
+
+    用法：with AtomicDir(out, replace=force) as tmp: 写 tmp/...
+    """
+
+    def __init__(self, target: str, replace: bool = False):
+        self.target = os.path.abspath(target)
+        self.replace = replace
+        self.tmp: Optional[str] = None
+
+    def __enter__(self) -> str:
+        parent = os.path.dirname(self.target) or "."
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.tmp-", dir=parent)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        try:
+            os.chmod(self.tmp, 0o755)
+            if os.path.exists(self.target):
+                if not self.replace and os.listdir(self.target):
+                    raise FileExistsError(f"{self.target} exists and is not empty")
+                old = f"{self.target}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(self.target, old)
+                os.rename(self.tmp, self.target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(self.tmp, self.target)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        return False

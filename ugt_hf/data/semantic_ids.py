@@ -1,0 +1,333 @@
+"""语义 ID：物品嵌入 -> RQ-KMeans 三层码 -> 冲突消解，保证每个物品的 (l1, l2, l3) 唯一。
+
+物品嵌入（默认协同）：
+    只用每个用户的**训练前缀**（去掉验证/测试目标）统计窗口内共现（权重 1/距离），
+    构造 PPMI 矩阵（上下文分布平滑 alpha=0.75），torch.svd_lowrank 截断 SVD，取 U * sqrt(S) 并 L2 归一化。
+    只用训练前缀是为了不让验证/测试目标泄漏进 ID（ID 会进入模型输入）。
+    训练前缀中从未出现的冷启动物品拿到确定性的随机单位向量（计数记在 meta.json）。
+文本嵌入：本地装有 sentence-transformers 且给出模型路径时才可用；否则跳过并记录说明（不是必需依赖）。
+
+码本大小上限规则（catalogue 决定，`effective_codebook_sizes`）：
+    K = 2^ceil(log2(sqrt(N)))（N = 物品数），每层 k-means 的簇数 = min(请求大小, K, N)；
+    第 3 层的有效词表 V3 = max(第 3 层 k-means 簇数, 最大 (l1, l2) 单元的物品数)，不超过请求的 V3，
+    超过则报错（提示调大 V3）。请求值与有效值都写入 meta.json。
+冲突消解（`resolve_collisions`）：
+    在每个 (l1, l2) 单元内，按“到自己第 3 层质心的距离”从近到远依次处理物品，每个物品取**离它最近的、
+    单元内尚未被占用的**第 3 层质心编号；单元物品数超过第 3 层质心数时，多出的物品按同样顺序依次拿
+    k3, k3+1, ... 这些没有质心的编号。因此结果唯一、确定，且尽量保留 k-means 的含义。
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+DEFAULT_CODEBOOK_SIZES = (1024, 4096, 16384)  # 规格默认
+
+
+# ---------------------------------------------------------------- 嵌入
+
+
+def cooccurrence_ppmi(
+    sequences: Sequence[np.ndarray], num_items: int, window: int = 5, alpha: float = 0.75
+) -> torch.Tensor:
+    """训练序列 -> 稀疏 PPMI 矩阵（torch.sparse_coo，[N, N]，对称）。
+
+    sequences: 每个用户的物品下标数组（只应包含训练前缀）。
+    共现权重 1/d（d = 序列内距离，1 <= d <= window）。
+    """
+    rows, cols, vals = [], [], []
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else np.zeros(0, np.int64)
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
+    seq_id = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(flat)) - np.repeat(starts, lengths)
+    for d in range(1, window + 1):
+        # 同一序列内距离为 d 的位置对，向量化
+        ok = pos + d < np.repeat(lengths, lengths)
+        a = np.flatnonzero(ok)
+        rows.append(flat[a])
+        cols.append(flat[a + d])
+        vals.append(np.full(len(a), 1.0 / d, dtype=np.float64))
+    r = np.concatenate(rows + cols)
+    c = np.concatenate(cols + rows)
+    v = np.concatenate(vals + vals)
+    keep = r != c  # 自共现（重复消费）不提供物品间关系
+    r, c, v = r[keep], c[keep], v[keep]
+    key = r * num_items + c
+    uniq, inv = np.unique(key, return_inverse=True)
+    w = np.bincount(inv, weights=v)
+    r, c = uniq // num_items, uniq % num_items
+    total = w.sum()
+    if total == 0:
+        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (num_items, num_items))
+    row_sum = np.bincount(r, weights=w, minlength=num_items)
+    ctx = row_sum**alpha
+    ctx = ctx / ctx.sum()
+    pmi = np.log(w / total) - np.log(row_sum[r] / total) - np.log(ctx[c])
+    pos_mask = pmi > 0
+    idx = torch.from_numpy(np.stack([r[pos_mask], c[pos_mask]]))
+    return torch.sparse_coo_tensor(idx, torch.from_numpy(pmi[pos_mask].astype(np.float32)), (num_items, num_items),
+                                   check_invariants=False).coalesce()
+
+
+def collaborative_embeddings(
+    sequences: Sequence[np.ndarray], num_items: int, dim: int = 64, window: int = 5, seed: int = 0
+) -> Tuple[torch.Tensor, int]:
+    """PPMI + 截断 SVD 的协同物品嵌入 [N, dim]（L2 归一化）；返回 (嵌入, 冷启动物品数)。"""
+    m = cooccurrence_ppmi(sequences, num_items, window=window)
+    dim = max(1, min(dim, num_items - 1))
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # svd_lowrank 的随机投影要可复现
+    try:
+        u, s, _ = torch.svd_lowrank(m, q=dim, niter=6)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    emb = u * s.clamp_min(0).sqrt()  # [N, dim]
+    norms = emb.norm(dim=1)
+    cold = norms < 1e-8
+    if cold.any():
+        g = torch.Generator().manual_seed(seed + 1)
+        emb[cold] = torch.randn(int(cold.sum()), emb.shape[1], generator=g) * 1e-3
+    emb = emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return emb, int(cold.sum())
+
+
+def text_embeddings(texts: Sequence[str], model_path: Optional[str]) -> Tuple[Optional[torch.Tensor], str]:
+    """文本嵌入钩子：需要本地 sentence-transformers 与模型路径；不可用时返回 (None, 说明)。"""
+    if importlib.util.find_spec("sentence_transformers") is None:
+        return None, "sentence-transformers is not installed: text embeddings skipped, collaborative embeddings used"
+    if not model_path:
+        return None, "no --text_model given: text embeddings skipped, collaborative embeddings used"
+    from sentence_transformers import SentenceTransformer  # type: ignore
+
+    model = SentenceTransformer(model_path, device="cpu")
+    emb = torch.as_tensor(model.encode(list(texts), normalize_embeddings=True, show_progress_bar=False))
+    return emb.float(), f"text embeddings from {model_path}"
+
+
+# ---------------------------------------------------------------- k-means
+
+
+def _sqdist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """平方欧氏距离 [N, K]。"""
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(1)[None, :]).clamp_min_(0)
+
+
+def kmeans_plusplus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ 初始化：按到已选中心的距离平方成比例抽样。返回 [k, D]。"""
+    n = x.shape[0]
+    idx = [int(torch.randint(n, (1,), generator=gen))]
+    d2 = _sqdist(x, x[idx[0]][None]).squeeze(1)
+    for _ in range(1, k):
+        total = d2.sum()
+        if total <= 0:  # 剩余点都与已选中心重合：取最小的未选下标，保持确定性
+            chosen = set(idx)
+            nxt = next(i for i in range(n) if i not in chosen)
+        else:
+            nxt = int(torch.multinomial(d2 / total, 1, generator=gen))
+        idx.append(nxt)
+        d2 = torch.minimum(d2, _sqdist(x, x[nxt][None]).squeeze(1))
+    return x[idx].clone()
+
+
+def balanced_assign(dist: torch.Tensor, capacity: int) -> torch.Tensor:
+    """容量受限的贪心分配：按“最近与次近的距离差”（越大越急）排序，每个点取有剩余容量的最近中心。"""
+    n, k = dist.shape
+    order_c = dist.argsort(dim=1)  # [N, K]
+    if k > 1:
+        top2 = dist.gather(1, order_c[:, :2])
+        urgency = top2[:, 1] - top2[:, 0]
+    else:
+        urgency = torch.zeros(n)
+    point_order = torch.argsort(-urgency, stable=True).tolist()
+    cap = [capacity] * k
+    out = torch.empty(n, dtype=torch.long)
+    oc = order_c.tolist()
+    for p in point_order:
+        for c in oc[p]:
+            if cap[c] > 0:
+                cap[c] -= 1
+                out[p] = c
+                break
+    return out
+
+
+def kmeans(
+    x: torch.Tensor, k: int, seed: int, n_iter: int = 50, balanced: bool = False, tol: float = 1e-6
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd k-means（k-means++ 初始化）。返回 (质心 [k, D], 分配 [N])。确定性：固定 seed。"""
+    n = x.shape[0]
+    k = max(1, min(k, n))
+    gen = torch.Generator().manual_seed(seed)
+    cent = kmeans_plusplus(x, k, gen)
+    capacity = math.ceil(n / k)
+    assign = torch.zeros(n, dtype=torch.long)
+    prev = None
+    for _ in range(n_iter):
+        dist = _sqdist(x, cent)  # [N, K]
+        assign = balanced_assign(dist, capacity) if balanced else dist.argmin(1)
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(cent).index_add_(0, assign, x)
+        new = sums / counts.clamp_min(1)[:, None].to(x.dtype)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            # 空簇：用离自己质心最远的点重新播种（确定性）
+            far = dist.gather(1, assign[:, None]).squeeze(1).argsort(descending=True).tolist()
+            for e, p in zip(empty, far):
+                new[e] = x[p]
+        shift = (new - cent).pow(2).sum()
+        cent = new
+        if prev is not None and torch.equal(prev, assign) and not empty:
+            break
+        if shift < tol:
+            break
+        prev = assign
+    dist = _sqdist(x, cent)
+    assign = balanced_assign(dist, capacity) if balanced else dist.argmin(1)
+    return cent, assign
+
+
+# ---------------------------------------------------------------- RQ-KMeans + 冲突消解
+
+
+def effective_codebook_sizes(num_items: int, requested: Sequence[int]) -> List[int]:
+    """每层 k-means 的簇数：min(请求值, 2^ceil(log2(sqrt(N))), N)，至少 1（规则见模块文档）。"""
+    if len(requested) != 3 or any(int(v) < 1 for v in requested):
+        raise ValueError(f"codebook sizes must be three positive integers, got {list(requested)}")
+    cap = 2 ** math.ceil(math.log2(max(2.0, math.sqrt(num_items))))
+    return [int(max(1, min(int(v), cap, num_items))) for v in requested]
+
+
+def resolve_collisions(
+    l1: np.ndarray, l2: np.ndarray, dist3: np.ndarray, max_v3: int
+) -> Tuple[np.ndarray, int]:
+    """在每个 (l1, l2) 单元内给物品分配互不相同的 l3（规则见模块文档）。
+
+    dist3: [N, K3] 每个物品的第 3 层残差到各第 3 层质心的距离。返回 (l3 [N], 有效 V3)。
+    """
+    n, k3 = dist3.shape
+    cell = l1.astype(np.int64) * (int(l2.max()) + 1 if n else 1) + l2.astype(np.int64)
+    own = dist3.min(1)
+    order = np.lexsort((np.arange(n), own, cell))  # 按单元分组，单元内按到最近质心的距离排序
+    l3 = np.empty(n, dtype=np.int64)
+    pref = np.argsort(dist3, axis=1, kind="stable")  # [N, K3] 每个物品的质心偏好顺序
+    largest = 0
+    start = 0
+    while start < n:
+        end = start
+        while end < n and cell[order[end]] == cell[order[start]]:
+            end += 1
+        members = order[start:end]
+        largest = max(largest, len(members))
+        if len(members) > max_v3:
+            raise ValueError(
+                f"an (l1, l2) cell holds {len(members)} items but the L3 codebook may hold at most {max_v3}: "
+                "raise the third --codebook_sizes value"
+            )
+        used = set()
+        extra = k3
+        for it in members:
+            code = next((int(c) for c in pref[it] if int(c) not in used), None)
+            if code is None:  # 质心用完：依次取没有质心的编号 k3, k3+1, ...
+                code = extra
+                extra += 1
+            used.add(code)
+            l3[it] = code
+        start = end
+    return l3, max(k3, largest)
+
+
+@dataclass
+class SemanticIds:
+    codes: np.ndarray  # [N, 3] int64，每行唯一
+    vocab_sizes: List[int]  # 有效 [V1, V2, V3]
+    requested_sizes: List[int]
+    kmeans_sizes: List[int]  # 每层 k-means 簇数
+    utilisation: Dict[str, float] = field(default_factory=dict)  # 每层用到的码数 / 词表大小
+    collisions: Dict[str, int] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+
+def rq_kmeans(
+    emb: torch.Tensor, requested_sizes: Sequence[int] = DEFAULT_CODEBOOK_SIZES, seed: int = 0,
+    balanced: bool = False, n_iter: int = 50,
+) -> SemanticIds:
+    """残差 k-means 三层量化 + 冲突消解。emb: [N, D]。"""
+    x = emb.detach().float()
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("cannot build semantic ids for an empty catalogue")
+    ks = effective_codebook_sizes(n, requested_sizes)
+    codes = np.zeros((n, 3), dtype=np.int64)
+    residual = x
+    dist3 = None
+    for level, k in enumerate(ks):
+        cent, assign = kmeans(residual, k, seed=seed + 1000 * level, n_iter=n_iter, balanced=balanced)
+        codes[:, level] = assign.numpy()
+        if level == 2:
+            dist3 = _sqdist(residual, cent).numpy()
+        residual = residual - cent[assign]
+    # 冲突：消解前有多少物品与别的物品同码
+    _, counts = np.unique(codes, axis=0, return_counts=True)
+    colliding_before = int(counts[counts > 1].sum())
+    groups_before = int((counts > 1).sum())
+    l3, v3 = resolve_collisions(codes[:, 0], codes[:, 1], dist3, int(requested_sizes[2]))
+    codes[:, 2] = l3
+    _, counts_after = np.unique(codes, axis=0, return_counts=True)
+    colliding_after = int(counts_after[counts_after > 1].sum())
+    assert colliding_after == 0, "collision resolution left duplicate triples"
+    vocab = [ks[0], ks[1], v3]
+    util = {f"l{i + 1}": round(len(np.unique(codes[:, i])) / vocab[i], 4) for i in range(3)}
+    util.update({f"l{i + 1}_used": int(len(np.unique(codes[:, i]))) for i in range(3)})
+    cell = codes[:, 0] * vocab[1] + codes[:, 1]
+    _, cell_counts = np.unique(cell, return_counts=True)
+    util["l1_largest_cluster"] = int(np.bincount(codes[:, 0]).max())
+    util["l1l2_cells_used"] = int(len(cell_counts))
+    util["l1l2_largest_cell"] = int(cell_counts.max())
+    return SemanticIds(
+        codes=codes,
+        vocab_sizes=vocab,
+        requested_sizes=[int(v) for v in requested_sizes],
+        kmeans_sizes=ks,
+        utilisation=util,
+        collisions={
+            "items_colliding_before": colliding_before,
+            "colliding_groups_before": groups_before,
+            "items_colliding_after": colliding_after,
+        },
+    )
+
+
+# ---------------------------------------------------------------- 含义检查
+
+
+def l1_cooccurrence_ratio(sequences: Sequence[np.ndarray], l1: np.ndarray) -> Dict[str, float]:
+    """同 L1 物品对在用户序列中的共现率 / 随机物品对的共现率（精确计算，不抽样）。
+
+    共现 = 两个不同物品出现在同一用户的序列里（按用户内去重的物品集合计）。
+    同 L1 对的共现率 = Σ_u Σ_c C(n_uc, 2) / Σ_c C(m_c, 2)；随机对 = Σ_u C(n_u, 2) / C(N, 2)。
+    """
+    n_items = len(l1)
+    v1 = int(l1.max()) + 1
+    same_cooc = 0.0
+    all_cooc = 0.0
+    for s in sequences:
+        u = np.unique(np.asarray(s, dtype=np.int64))
+        k = len(u)
+        all_cooc += k * (k - 1) / 2
+        cnt = np.bincount(l1[u], minlength=v1)
+        same_cooc += float((cnt * (cnt - 1) / 2).sum())
+    m = np.bincount(l1, minlength=v1).astype(np.float64)
+    same_pairs = float((m * (m - 1) / 2).sum())
+    all_pairs = n_items * (n_items - 1) / 2
+    if same_pairs == 0 or all_cooc == 0:
+        return {"ratio": float("nan"), "same_l1_rate": 0.0, "random_rate": 0.0}
+    same_rate = same_cooc / same_pairs
+    rand_rate = all_cooc / all_pairs
+    return {"ratio": same_rate / rand_rate, "same_l1_rate": same_rate, "random_rate": rand_rate}
