@@ -1,0 +1,363 @@
+"""losses.py 的测试：期望值用 math.log/exp 按公式手算（不调用 F.cross_entropy），
+分块 / 融合路径与朴素路径的损失和梯度逐一比较。"""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ugt_hf.interfaces import GenerativeRecOutput
+from ugt_hf.training.losses import (
+    ContrastiveLoss,
+    DPOLoss,
+    NextTokenPredictionLoss,
+    UnifiedLoss,
+    chunked_cross_entropy,
+    fused_linear_cross_entropy,
+)
+
+IGN = -100
+
+
+def ce(z, y, eps=0.0):
+    """手算一行交叉熵：(1−ε)(lse − z_y) + ε(lse − mean z)。"""
+    lse = math.log(sum(math.exp(v) for v in z))
+    return (1 - eps) * (lse - z[y]) + eps * (lse - sum(z) / len(z))
+
+
+def logsig(x):
+    return -math.log(1 + math.exp(-x))
+
+
+# 小例子：B=1, T=3；第 3 个位置是 padding
+L1 = [[[2.0, 0.0], [0.0, 1.0], [5.0, 5.0]]]  # [1, 3, 2]
+L2 = [[[1.0, 2.0, 3.0], [0.5, 0.0, -1.0], [0.0, 0.0, 0.0]]]  # [1, 3, 3]
+L3 = [[[0.0, 3.0], [1.0, 1.0], [9.0, 0.0]]]  # [1, 3, 2]
+LAB = [[[0, 2, 1], [0, 0, 1], [IGN, IGN, IGN]]]  # [1, 3, 3]
+
+
+def small_inputs():
+    return (torch.tensor(L1, requires_grad=True), torch.tensor(L2, requires_grad=True),
+            torch.tensor(L3, requires_grad=True), torch.tensor(LAB))
+
+
+def hand_level(logits, lab_idx, eps=0.0):
+    rows = [(logits[0][t], LAB[0][t][lab_idx]) for t in range(3) if LAB[0][t][lab_idx] != IGN]
+    return sum(ce(z, y, eps) for z, y in rows) / len(rows)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("chunk_size", [None, 1])
+def test_ntp_level_weights_ignore_and_smoothing_hand_computed(eps, chunk_size):
+    l1, l2, l3, lab = small_inputs()
+    fn = NextTokenPredictionLoss(0.5, 0.3, 0.2, label_smoothing=eps, chunk_size=chunk_size)
+    loss, m = fn(l1, l2, l3, lab[..., 0], lab[..., 1], lab[..., 2])
+    e1, e2, e3 = hand_level(L1, 0, eps), hand_level(L2, 1, eps), hand_level(L3, 2, eps)
+    assert loss.item() == pytest.approx(0.5 * e1 + 0.3 * e2 + 0.2 * e3, abs=1e-6)
+    assert m["ntp_l1_loss"].item() == pytest.approx(e1, abs=1e-6)
+    assert m["ntp_l2_loss"].item() == pytest.approx(e2, abs=1e-6)
+    assert m["ntp_l3_loss"].item() == pytest.approx(e3, abs=1e-6)
+    assert m["ntp_loss"].item() == pytest.approx(loss.item())
+    # 准确率：L1 argmax = [0, 1] vs [0, 0] -> 1/2；L2 argmax = [2, 0] vs [2, 0] -> 1；L3 argmax = [1, 0] vs [1, 1] -> 1/2
+    assert m["ntp_l1_acc"].item() == pytest.approx(0.5)
+    assert m["ntp_l2_acc"].item() == pytest.approx(1.0)
+    assert m["ntp_l3_acc"].item() == pytest.approx(0.5)
+    assert not m["ntp_loss"].requires_grad
+    loss.backward()
+    assert torch.all(l1.grad[0, 2] == 0)  # padding 位置没有梯度
+
+
+def test_ntp_accepts_single_labels_tensor():
+    l1, l2, l3, lab = small_inputs()
+    fn = NextTokenPredictionLoss()
+    a, _ = fn(l1, l2, l3, lab[..., 0], lab[..., 1], lab[..., 2])
+    b, _ = fn(l1, l2, l3, lab)
+    c, _ = fn(l1, l2, l3, labels=lab)
+    assert a.item() == b.item() == c.item()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_ntp_all_labels_ignored_is_zero_with_grad(chunk_size):
+    l1, l2, l3, _ = small_inputs()
+    lab = torch.full((1, 3, 3), IGN)
+    loss, m = NextTokenPredictionLoss(label_smoothing=0.1, chunk_size=chunk_size)(l1, l2, l3, lab)
+    assert loss.item() == 0.0 and torch.isfinite(loss)
+    assert all(m[f"ntp_l{k}_acc"].item() == 0.0 for k in (1, 2, 3))
+    loss.backward()
+    assert l1.grad is not None and torch.all(l1.grad == 0)
+    loss2, _ = NextTokenPredictionLoss()(l1, l2, l3, lab, num_items_in_batch=0)
+    assert loss2.item() == 0.0
+
+
+def test_ntp_batch_of_one_position():
+    z1, z2, z3 = [[[1.0, -1.0]]], [[[0.0, 0.0, 2.0]]], [[[3.0, 1.0]]]
+    lab = torch.tensor([[[1, 0, 0]]])
+    loss, m = NextTokenPredictionLoss()(torch.tensor(z1), torch.tensor(z2), torch.tensor(z3), lab)
+    expected = 0.5 * ce(z1[0][0], 1) + 0.3 * ce(z2[0][0], 0) + 0.2 * ce(z3[0][0], 0)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert m["ntp_l1_acc"].item() == 0.0 and m["ntp_l3_acc"].item() == 1.0
+
+
+def test_ntp_num_items_in_batch_two_halves_equal_full_batch():
+    torch.manual_seed(1)
+    b, t, v = 4, 5, 7
+    logits = [torch.randn(b, t, v, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    lab = torch.randint(0, v, (b, t, 3))
+    lab[0, 2:] = IGN  # 两个半批的有效标签数不同：前半 3+5，后半 5+5
+    lab[1, 3:] = IGN
+    fn = NextTokenPredictionLoss()
+    full, _ = fn(*logits, lab)
+    g_full = torch.autograd.grad(full, logits)
+    n = lab.ne(IGN).sum()  # HF Trainer 的口径：[B, T, 3] 上三层合计
+    halves = sum(fn(*[lg[s] for lg in logits], lab[s], num_items_in_batch=n)[0] for s in (slice(0, 2), slice(2, 4)))
+    g_half = torch.autograd.grad(halves, logits)
+    assert halves.item() == pytest.approx(full.item(), abs=1e-12)
+    for a, c in zip(g_full, g_half):
+        assert torch.allclose(a, c, atol=1e-12)
+    # 反例：不给 num_items_in_batch 时两个半批的均值之和不等于全批（说明这个测试能失败）
+    naive = sum(fn(*[lg[s] for lg in logits], lab[s])[0] for s in (slice(0, 2), slice(2, 4))) / 2
+    assert abs(naive.item() - full.item()) > 1e-4
+
+
+def test_ntp_fused_pair_matches_logits_path():
+    torch.manual_seed(2)
+    hidden = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    head = nn.Linear(4, 6).double()
+    l1 = torch.randn(2, 3, 5, dtype=torch.float64)
+    l2 = torch.randn(2, 3, 5, dtype=torch.float64)
+    lab = torch.randint(0, 5, (2, 3, 3))
+    lab[1, 2] = IGN
+    fn = NextTokenPredictionLoss(label_smoothing=0.1, chunk_size=2)
+    a, ma = fn(l1, l2, (hidden, head), lab)
+    ga = torch.autograd.grad(a, (hidden, head.weight, head.bias))
+    b, mb = NextTokenPredictionLoss(label_smoothing=0.1)(l1, l2, head(hidden), lab)
+    gb = torch.autograd.grad(b, (hidden, head.weight, head.bias))
+    assert a.item() == pytest.approx(b.item(), abs=1e-12)
+    assert ma["ntp_l3_acc"].item() == mb["ntp_l3_acc"].item()
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, atol=1e-12)
+
+
+def test_ntp_bad_labels_raise_clear_error():
+    l1, l2, l3, lab = small_inputs()
+    lab = lab.clone()
+    lab[0, 0, 0] = 7  # V1 = 2
+    with pytest.raises(ValueError, match="l1 labels: label 7 at row 0"):
+        NextTokenPredictionLoss()(l1, l2, l3, lab)
+    with pytest.raises(ValueError, match="chunked_cross_entropy: label 7"):
+        NextTokenPredictionLoss(chunk_size=2)(l1, l2, l3, lab)
+    with pytest.raises(ValueError, match=r"labels must be \[B, T, 3\]"):
+        NextTokenPredictionLoss()(l1, l2, l3, lab[..., :2])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 分块 / 融合交叉熵 vs 朴素路径
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _random_case(n=37, v=29, h=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[::5] = IGN  # 忽略若干行
+    return (torch.randn(n, v, generator=g, dtype=torch.float64), labels,
+            torch.randn(n, h, generator=g, dtype=torch.float64), torch.randn(v, h, generator=g, dtype=torch.float64),
+            torch.randn(v, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.15])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("chunk_size", [1, 8, 1000])
+def test_chunked_cross_entropy_matches_plain(eps, reduction, chunk_size):
+    x, y, *_ = _random_case()
+    x1 = x.clone().requires_grad_()
+    ref = F.cross_entropy(x1, y, ignore_index=IGN, label_smoothing=eps, reduction=reduction)
+    (g_ref,) = torch.autograd.grad(ref, x1)
+    x2 = x.clone().requires_grad_()
+    out = chunked_cross_entropy(x2, y, chunk_size, label_smoothing=eps, reduction=reduction)
+    (g,) = torch.autograd.grad(out * 3.0, x2)  # 非 1 的上游梯度
+    assert abs(out.item() - ref.item()) < 1e-5
+    assert torch.allclose(g, 3.0 * g_ref, atol=1e-10)
+
+
+def test_chunked_cross_entropy_float32_and_inplace_backward():
+    x, y, *_ = _random_case(n=64, v=300)
+    x = x.float()
+    a = x.clone().requires_grad_()
+    ref = F.cross_entropy(a, y, label_smoothing=0.1)
+    ref.backward()
+    # inplace_backward：logits 是中间结果（来自乘法），梯度写回它的存储
+    leaf = x.clone().requires_grad_()
+    mid = leaf * 1.0
+    out = chunked_cross_entropy(mid, y, 16, label_smoothing=0.1, inplace_backward=True)
+    out.backward()
+    assert abs(out.item() - ref.item()) < 1e-5
+    assert torch.allclose(leaf.grad, a.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.15])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_fused_linear_cross_entropy_matches_plain(eps, reduction, use_bias):
+    _, y, h, w, b = _random_case()
+    if not use_bias:
+        b = None
+    params = [t.clone().requires_grad_() for t in (h, w) + ((b,) if b is not None else ())]
+    ref = F.cross_entropy(F.linear(params[0], params[1], params[2] if b is not None else None), y,
+                          ignore_index=IGN, label_smoothing=eps, reduction=reduction)
+    g_ref = torch.autograd.grad(ref, params)
+    params2 = [t.clone().requires_grad_() for t in (h, w) + ((b,) if b is not None else ())]
+    out = fused_linear_cross_entropy(params2[0], params2[1], params2[2] if b is not None else None, y,
+                                     chunk_size=8, label_smoothing=eps, reduction=reduction)
+    g = torch.autograd.grad(out * 0.5, params2)
+    assert abs(out.item() - ref.item()) < 1e-5
+    for a, c in zip(g, g_ref):
+        assert torch.allclose(a, 0.5 * c, atol=1e-10)
+
+
+def test_gradcheck_tiny():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.tensor([0, 3, IGN, 2, 1])
+    assert torch.autograd.gradcheck(lambda t: chunked_cross_entropy(t, y, 2, label_smoothing=0.1), (x,))
+    h = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(4, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda h_, w_, b_: fused_linear_cross_entropy(h_, w_, b_, y, 2, label_smoothing=0.1), (h, w, b)
+    )
+
+
+def test_lean_paths_all_ignored_are_zero():
+    x = torch.randn(4, 6, requires_grad=True)
+    y = torch.full((4,), IGN)
+    out = chunked_cross_entropy(x, y, 2)
+    out.backward()
+    assert out.item() == 0.0 and torch.all(x.grad == 0)
+    h = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(6, 3, requires_grad=True)
+    out = fused_linear_cross_entropy(h, w, None, y, 2)
+    out.backward()
+    assert out.item() == 0.0 and torch.all(h.grad == 0) and torch.all(w.grad == 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 对比学习、DPO
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_infonce_2x2_hand_computed():
+    # 未归一化、τ = 1：sim = U·Iᵀ = [[1, 0], [2, 3]]
+    u = torch.tensor([[1.0, 0.0], [2.0, 3.0]])
+    i = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss, m = ContrastiveLoss(temperature=1.0, normalize=False)(u, i)
+    # u2i：行 [1, 0] 目标 0，行 [2, 3] 目标 1；i2u：列 [1, 2] 目标 0，列 [0, 3] 目标 1
+    u2i = (ce([1.0, 0.0], 0) + ce([2.0, 3.0], 1)) / 2
+    i2u = (ce([1.0, 2.0], 0) + ce([0.0, 3.0], 1)) / 2
+    assert loss.item() == pytest.approx((u2i + i2u) / 2, abs=1e-6)
+    assert m["contrastive_u2i_acc"].item() == 1.0  # 两行的 argmax 都在对角线
+    assert m["contrastive_i2u_acc"].item() == 0.5  # 第 0 列的 argmax 是用户 1
+
+
+def test_infonce_temperature_and_normalize():
+    u = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
+    i = torch.tensor([[1.0, 1.0], [0.0, 5.0]])
+    loss, _ = ContrastiveLoss(temperature=0.5, normalize=True)(u, i)
+    r = 1 / math.sqrt(2)
+    sim = [[r / 0.5, 0.0], [r / 0.5, 1.0 / 0.5]]  # 归一化后的余弦 / τ
+    u2i = (ce(sim[0], 0) + ce(sim[1], 1)) / 2
+    i2u = (ce([sim[0][0], sim[1][0]], 0) + ce([sim[0][1], sim[1][1]], 1)) / 2
+    assert loss.item() == pytest.approx((u2i + i2u) / 2, abs=1e-6)
+
+
+def test_infonce_masks_duplicate_items():
+    u = torch.tensor([[1.0, 0.0], [2.0, 3.0], [0.0, 1.0]])
+    i = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # 用户 0 和 1 的目标是同一物品 7
+    loss, _ = ContrastiveLoss(temperature=1.0, normalize=False)(u, i, item_ids=torch.tensor([7, 7, 9]))
+    # sim = [[1, 1, 0], [2, 2, 3], [0, 0, 1]]；(0,1) 与 (1,0) 被屏蔽
+    u2i = (ce([1.0, 0.0], 0) + ce([2.0, 3.0], 0) + ce([0.0, 0.0, 1.0], 2)) / 3
+    i2u = (ce([1.0, 0.0], 0) + ce([2.0, 0.0], 0) + ce([0.0, 3.0, 1.0], 2)) / 3
+    assert loss.item() == pytest.approx((u2i + i2u) / 2, abs=1e-6)
+    unmasked, _ = ContrastiveLoss(temperature=1.0, normalize=False)(u, i)
+    assert abs(unmasked.item() - loss.item()) > 1e-3
+
+
+def test_infonce_batch_of_one():
+    loss, m = ContrastiveLoss()(torch.randn(1, 4, requires_grad=True), torch.randn(1, 4))
+    assert loss.item() == 0.0
+    assert m["contrastive_u2i_acc"].item() == 1.0 and m["contrastive_i2u_acc"].item() == 1.0
+
+
+def test_dpo_with_reference_hand_computed():
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
+    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -2.0])
+    loss, m = DPOLoss(beta=0.5)(pc, pr, rc, rr)
+    # h = β[(π_c − ref_c) − (π_r − ref_r)] = 0.5·[(0.5) − (−1)] = 0.75；0.5·[0 − 1] = −0.5
+    expected = -(logsig(0.75) + logsig(-0.5)) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert m["dpo_accuracy"].item() == 0.5
+    assert m["dpo_chosen_reward"].item() == pytest.approx((0.25 + 0.0) / 2)
+    assert m["dpo_rejected_reward"].item() == pytest.approx((-0.5 + 0.5) / 2)
+    assert m["dpo_reward_margin"].item() == pytest.approx((0.75 - 0.5) / 2)
+
+
+def test_dpo_reference_free_and_missing_refs():
+    pc, pr = torch.tensor([-1.0]), torch.tensor([-3.0])
+    loss, m = DPOLoss(beta=0.1, reference_free=True)(pc, pr, torch.tensor([5.0]), torch.tensor([-9.0]))
+    assert loss.item() == pytest.approx(-logsig(0.1 * 2.0), abs=1e-6)  # 参考值被忽略
+    assert m["dpo_accuracy"].item() == 1.0
+    with pytest.raises(ValueError, match="reference_free"):
+        DPOLoss()(pc, pr)
+    smooth, _ = DPOLoss(beta=0.1, reference_free=True, label_smoothing=0.2)(pc, pr)
+    assert smooth.item() == pytest.approx(-0.8 * logsig(0.2) - 0.2 * logsig(-0.2), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 统一损失
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_unified_formula_hand_computed():
+    l1, l2, l3, lab = small_inputs()
+    u = torch.tensor([[1.0, 0.0], [2.0, 3.0]])
+    i = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # 对比学习需要 B=2：把 NTP 输入复制一份（损失不变）
+    out = GenerativeRecOutput(l1_logits=l1.repeat(2, 1, 1), l2_logits=l2.repeat(2, 1, 1),
+                              l3_logits=l3.repeat(2, 1, 1), user_repr=u, item_repr=i)
+    pref = {"chosen_logps": torch.tensor([-1.0]), "rejected_logps": torch.tensor([-3.0]),
+            "reference_chosen_logps": torch.tensor([-1.0]), "reference_rejected_logps": torch.tensor([-2.0])}
+    fn = UnifiedLoss(lambda_contrastive=0.1, lambda_preference=0.2, lambda_moe_balance=0.01,
+                     contrastive_temperature=1.0, contrastive_normalize=False, dpo_beta=1.0)
+    res = fn(out, lab.repeat(2, 1, 1), aux_loss=torch.tensor(2.0), preference=pref)
+    ntp = 0.5 * hand_level(L1, 0) + 0.3 * hand_level(L2, 1) + 0.2 * hand_level(L3, 2)
+    con = ((ce([1.0, 0.0], 0) + ce([2.0, 3.0], 1)) / 2 + (ce([1.0, 2.0], 0) + ce([0.0, 3.0], 1)) / 2) / 2
+    dpo = -logsig(1.0)
+    assert res["ntp_loss"].item() == pytest.approx(ntp, abs=1e-6)
+    assert res["contrastive_loss"].item() == pytest.approx(con, abs=1e-6)
+    assert res["dpo_loss"].item() == pytest.approx(dpo, abs=1e-6)
+    assert res["moe_balance_loss"].item() == 2.0
+    assert res["total_loss"].item() == pytest.approx(ntp + 0.1 * con + 0.2 * dpo + 0.01 * 2.0, abs=1e-6)
+    res["total_loss"].backward()
+    assert l1.grad is not None
+
+
+def test_unified_skips_zero_lambda_terms_and_from_config():
+    l1, l2, l3, lab = small_inputs()
+
+    class Cfg:
+        l1_weight, l2_weight, l3_weight = 1.0, 0.0, 0.0
+        lambda_contrastive, lambda_preference, lambda_moe_balance = 0.0, 0.0, 0.5
+        label_smoothing = 0.0
+        dpo_beta = 0.3
+
+    fn = UnifiedLoss.from_config(Cfg())
+    assert fn.dpo_loss.beta == 0.3
+    out = {"l1_logits": l1, "l2_logits": l2, "l3_logits": l3,
+           "user_repr": torch.randn(1, 2), "item_repr": torch.randn(1, 2), "aux_loss": torch.tensor(0.4)}
+    res = fn(out, {"l1": lab[..., 0], "l2": lab[..., 1], "l3": lab[..., 2]},
+             preference={"chosen_logps": torch.tensor([0.0]), "rejected_logps": torch.tensor([0.0])})
+    assert "contrastive_loss" not in res and "dpo_loss" not in res
+    assert res["total_loss"].item() == pytest.approx(hand_level(L1, 0) + 0.5 * 0.4, abs=1e-6)
+    with pytest.raises(ValueError, match="missing required field 'l3_logits'"):
+        fn({"l1_logits": l1, "l2_logits": l2}, lab)
