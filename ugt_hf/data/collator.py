@@ -1,0 +1,291 @@
+"""把样本拼成批次（interfaces.py 的批次契约）。
+
+输入可以是数据集 `__getitem__` 的输出（语义 ID 为 3 个 [T] 张量的列表，或一个 [T, 3] 张量），
+也可以是原始 schema 记录（JSONL 里的一行 dict），后者先经过与数据集相同的逐条校验。
+
+约定：两侧都右 padding（有效 token 在前）。encoder 的位置是显式给出的，右 padding 不会改变有效 token 的位置；
+decoder 右 padding 让 labels[:, t] 与 decoder 第 t 位对齐，生成时在末尾追加 token 也最自然。
+padding 处：语义 ID = pad_token_id，位置 = 0，token_type = 0，attention mask = 0，labels = -100。
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ugt_hf.data.schema import DECODER_LIST_FIELDS, ENCODER_LIST_FIELDS, LABEL_LIST_FIELDS
+from ugt_hf.data.validation import (
+    DataValidationError,
+    as_int_array,
+    check_positive,
+    check_vocab_sizes,
+    truncate_decoder,
+    truncate_encoder,
+    validate_preference_record,
+    validate_recommend_record,
+)
+from ugt_hf.interfaces import IGNORE_INDEX, NUM_LEVELS
+
+__all__ = ["DataCollator", "PreferenceCollator"]
+
+
+def _to_numpy(x: Any, field: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise DataValidationError(f"expected an integer tensor, got dtype {x.dtype}", field=field)
+        return x.detach().cpu().numpy().astype(np.int64, copy=False)
+    return as_int_array(x, field)
+
+
+def _semantic_ids(x: Any, field: str) -> List[np.ndarray]:
+    """接受 3 个 [T] 的列表或 [T, 3] 张量/数组，返回 3 个 [T] int64 数组。"""
+    if isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim == 2:
+        if x.shape[1] != NUM_LEVELS:
+            raise DataValidationError(f"expected shape [T, {NUM_LEVELS}], got {tuple(x.shape)}", field=field)
+        arr = _to_numpy(x.reshape(-1), field).reshape(-1, NUM_LEVELS)
+        return [arr[:, i] for i in range(NUM_LEVELS)]
+    if not isinstance(x, (list, tuple)) or len(x) != NUM_LEVELS:
+        raise DataValidationError(f"expected a list of {NUM_LEVELS} id sequences or a [T, {NUM_LEVELS}] tensor", field=field)
+    levels = [_to_numpy(v, field) for v in x]
+    if len({len(v) for v in levels}) != 1:
+        raise DataValidationError(f"the {NUM_LEVELS} levels have different lengths {[len(v) for v in levels]}", field=field)
+    return levels
+
+
+def _check_len(arr: np.ndarray, n: int, field: str, ref: str) -> np.ndarray:
+    if len(arr) != n:
+        raise DataValidationError(f"length {len(arr)} differs from {ref} length {n}", field=field)
+    return arr
+
+
+def _encoder_from_sample(s: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    ids = _semantic_ids(s["encoder_semantic_ids"], "encoder_semantic_ids")
+    n = len(ids[0])
+    out = {f"encoder_l{i + 1}_ids": ids[i] for i in range(NUM_LEVELS)}
+    out["encoder_positions"] = _check_len(
+        _to_numpy(s["encoder_positions"], "encoder_positions") if "encoder_positions" in s else np.arange(n),
+        n, "encoder_positions", "encoder_semantic_ids")
+    out["encoder_token_types"] = _check_len(
+        _to_numpy(s["encoder_token_types"], "encoder_token_types") if "encoder_token_types" in s else np.ones(n, np.int64),
+        n, "encoder_token_types", "encoder_semantic_ids")
+    mask = s.get("encoder_mask", s.get("encoder_attention_mask"))
+    out["encoder_mask"] = _check_len(
+        np.ones(n, np.int64) if mask is None else _to_numpy(mask, "encoder_mask"), n, "encoder_mask", "encoder_semantic_ids")
+    return out
+
+
+def _decoder_from_sample(s: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    if "decoder_semantic_ids" not in s:
+        raise DataValidationError("missing required field", field="decoder_semantic_ids")
+    if "labels" not in s:
+        raise DataValidationError("missing required field", field="labels")
+    ids = _semantic_ids(s["decoder_semantic_ids"], "decoder_semantic_ids")
+    m = len(ids[0])
+    out = {f"decoder_l{i + 1}_ids": ids[i] for i in range(NUM_LEVELS)}
+    out["decoder_positions"] = _check_len(
+        _to_numpy(s["decoder_positions"], "decoder_positions") if "decoder_positions" in s else np.arange(m),
+        m, "decoder_positions", "decoder_semantic_ids")
+    out["decoder_token_types"] = _check_len(
+        _to_numpy(s["decoder_token_types"], "decoder_token_types") if "decoder_token_types" in s else np.ones(m, np.int64),
+        m, "decoder_token_types", "decoder_semantic_ids")
+    mask = s.get("decoder_mask", s.get("decoder_attention_mask"))
+    out["decoder_mask"] = _check_len(
+        np.ones(m, np.int64) if mask is None else _to_numpy(mask, "decoder_mask"), m, "decoder_mask", "decoder_semantic_ids")
+    labels = _semantic_ids(s["labels"], "labels")
+    for i in range(NUM_LEVELS):
+        out[f"labels_l{i + 1}"] = _check_len(labels[i], m, "labels", "decoder_semantic_ids")
+    return out
+
+
+def _round_up(n: int, multiple: Optional[int]) -> int:
+    if not multiple:
+        return n
+    return ((n + multiple - 1) // multiple) * multiple
+
+
+class _EncoderPadding:
+    """encoder 侧的公共逻辑（DataCollator 与 PreferenceCollator 共用）。"""
+
+    def __init__(self, pad_token_id, dynamic_padding, max_encoder_length, pad_to_multiple_of, vocab_sizes):
+        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or pad_token_id < 0:
+            raise ValueError(f"pad_token_id must be a non-negative integer, got {pad_token_id!r}")
+        check_positive("max_encoder_length", max_encoder_length, allow_none=True)
+        check_positive("pad_to_multiple_of", pad_to_multiple_of, allow_none=True)
+        self.pad_token_id = pad_token_id
+        self.dynamic_padding = bool(dynamic_padding)
+        self.max_encoder_length = max_encoder_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.vocab_sizes = check_vocab_sizes(vocab_sizes)
+        if not self.dynamic_padding and max_encoder_length is None:
+            raise ValueError("dynamic_padding=False needs max_encoder_length (pad every batch to that length)")
+
+    def _target_len(self, lengths: Sequence[int], max_len: Optional[int]) -> int:
+        n = max(lengths) if self.dynamic_padding else max_len
+        if max_len is not None:
+            n = min(n, max_len) if self.dynamic_padding else max_len
+        return _round_up(max(n, 1), self.pad_to_multiple_of)
+
+    def _pad_encoder(self, encs: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
+        B = len(encs)
+        Te = self._target_len([len(e["encoder_l1_ids"]) for e in encs], self.max_encoder_length)
+        ids = np.full((B, Te, NUM_LEVELS), self.pad_token_id, np.int64)  # [B, Te, 3]
+        pos = np.zeros((B, Te), np.int64)  # [B, Te]
+        types = np.zeros((B, Te), np.int64)
+        mask = np.zeros((B, Te), np.int64)
+        for b, e in enumerate(encs):
+            n = len(e["encoder_l1_ids"])
+            for lvl in range(NUM_LEVELS):
+                ids[b, :n, lvl] = e[f"encoder_l{lvl + 1}_ids"]
+            pos[b, :n] = e["encoder_positions"]
+            types[b, :n] = e["encoder_token_types"]
+            mask[b, :n] = e["encoder_mask"]
+        return {
+            "encoder_semantic_ids": torch.from_numpy(ids),
+            "encoder_positions": torch.from_numpy(pos),
+            "encoder_token_types": torch.from_numpy(types),
+            "encoder_attention_mask": torch.from_numpy(mask),
+        }
+
+    def _truncate_encoder(self, enc: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if self.max_encoder_length is None or len(enc["encoder_l1_ids"]) <= self.max_encoder_length:
+            return enc
+        return truncate_encoder(enc, self.max_encoder_length)
+
+
+class DataCollator(_EncoderPadding):
+    """样本列表 → 批次字典（全部 LongTensor）：
+
+        encoder_semantic_ids [B, Te, 3]、encoder_positions / encoder_token_types / encoder_attention_mask [B, Te]、
+        decoder_semantic_ids [B, Td, 3]、decoder_positions / decoder_token_types / decoder_attention_mask [B, Td]、
+        labels [B, Td, 3]（padding 为 -100）。
+
+    Args:
+        pad_token_id: 语义 ID 的 padding 值。
+        dynamic_padding: True = pad 到本批最长（不超过 max_*_length）；False = 固定 pad 到 max_*_length。
+        max_encoder_length / max_decoder_length: 超长样本按数据集同样的规则截断（encoder 留最近，decoder 留前面）。
+        pad_to_multiple_of: 长度向上取整到它的倍数（利于 Tensor Core）。
+        vocab_sizes: 原始记录输入时用来检查 id 范围；None 只检查非负。
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int = 0,
+        dynamic_padding: bool = True,
+        max_encoder_length: Optional[int] = None,
+        max_decoder_length: Optional[int] = None,
+        pad_to_multiple_of: Optional[int] = None,
+        vocab_sizes: Optional[Sequence[int]] = None,
+        label_pad_token_id: int = IGNORE_INDEX,
+    ):
+        super().__init__(pad_token_id, dynamic_padding, max_encoder_length, pad_to_multiple_of, vocab_sizes)
+        check_positive("max_decoder_length", max_decoder_length, allow_none=True)
+        if not self.dynamic_padding and max_decoder_length is None:
+            raise ValueError("dynamic_padding=False needs max_decoder_length (pad every batch to that length)")
+        self.max_decoder_length = max_decoder_length
+        self.label_pad_token_id = label_pad_token_id
+
+    def _sample_arrays(self, s: Any) -> Dict[str, np.ndarray]:
+        if not isinstance(s, Mapping):
+            raise DataValidationError(f"sample is not a dict (got {type(s).__name__})")
+        if "encoder_semantic_ids" in s:
+            arrays = {**_encoder_from_sample(s), **_decoder_from_sample(s)}
+        elif "encoder_l1_ids" in s or "user_id" in s:
+            arrays = validate_recommend_record(s, self.vocab_sizes)  # 原始 schema 记录
+        else:
+            raise DataValidationError(
+                "sample has neither 'encoder_semantic_ids' (dataset output) nor schema fields (raw record)",
+                field="encoder_semantic_ids",
+            )
+        return arrays
+
+    def __call__(self, features: Sequence[Any]) -> Dict[str, torch.Tensor]:
+        if len(features) == 0:
+            raise ValueError("DataCollator got an empty list of samples")
+        encs, decs = [], []
+        for i, s in enumerate(features):
+            try:
+                a = self._sample_arrays(s)
+            except DataValidationError as e:
+                raise DataValidationError(f"batch sample {i}: {e.reason}", field=e.field) from None
+            encs.append(self._truncate_encoder({f: a[f] for f in ENCODER_LIST_FIELDS}))
+            dec = {f: a[f] for f in DECODER_LIST_FIELDS + LABEL_LIST_FIELDS}
+            if self.max_decoder_length is not None:
+                dec = truncate_decoder(dec, self.max_decoder_length)
+            decs.append(dec)
+        batch = self._pad_encoder(encs)
+        B = len(decs)
+        Td = self._target_len([len(d["decoder_l1_ids"]) for d in decs], self.max_decoder_length)
+        ids = np.full((B, Td, NUM_LEVELS), self.pad_token_id, np.int64)  # [B, Td, 3]
+        labels = np.full((B, Td, NUM_LEVELS), self.label_pad_token_id, np.int64)  # [B, Td, 3]
+        pos = np.zeros((B, Td), np.int64)
+        types = np.zeros((B, Td), np.int64)
+        mask = np.zeros((B, Td), np.int64)
+        for b, d in enumerate(decs):
+            m = len(d["decoder_l1_ids"])
+            for lvl in range(NUM_LEVELS):
+                ids[b, :m, lvl] = d[f"decoder_l{lvl + 1}_ids"]
+                labels[b, :m, lvl] = d[f"labels_l{lvl + 1}"]
+            pos[b, :m] = d["decoder_positions"]
+            types[b, :m] = d["decoder_token_types"]
+            mask[b, :m] = d["decoder_mask"]
+        batch.update(
+            decoder_semantic_ids=torch.from_numpy(ids),
+            decoder_positions=torch.from_numpy(pos),
+            decoder_token_types=torch.from_numpy(types),
+            decoder_attention_mask=torch.from_numpy(mask),
+            labels=torch.from_numpy(labels),
+        )
+        return batch
+
+
+class PreferenceCollator(_EncoderPadding):
+    """偏好样本 → encoder 侧同 DataCollator + chosen_ids [B, 3]、rejected_ids [B, 3]（Long）、preference_score [B]（float32）。"""
+
+    def __init__(
+        self,
+        pad_token_id: int = 0,
+        dynamic_padding: bool = True,
+        max_encoder_length: Optional[int] = None,
+        pad_to_multiple_of: Optional[int] = None,
+        vocab_sizes: Optional[Sequence[int]] = None,
+    ):
+        super().__init__(pad_token_id, dynamic_padding, max_encoder_length, pad_to_multiple_of, vocab_sizes)
+
+    def _sample_arrays(self, s: Any) -> Dict[str, Any]:
+        if not isinstance(s, Mapping):
+            raise DataValidationError(f"sample is not a dict (got {type(s).__name__})")
+        if "encoder_semantic_ids" in s:
+            a: Dict[str, Any] = dict(_encoder_from_sample(s))
+            for key in ("chosen_ids", "rejected_ids"):
+                if key not in s:
+                    raise DataValidationError("missing required field", field=key)
+                v = _to_numpy(s[key], key).reshape(-1)
+                if len(v) != NUM_LEVELS:
+                    raise DataValidationError(f"expected {NUM_LEVELS} ids, got {len(v)}", field=key)
+                a[key] = v
+            score = s.get("preference_score", 1.0)
+            a["preference_score"] = float(score.item() if isinstance(score, torch.Tensor) else score)
+            return a
+        if "user_sequence" in s or "chosen_item" in s:
+            return validate_preference_record(s, self.vocab_sizes)  # 原始 schema 记录
+        raise DataValidationError(
+            "sample has neither 'encoder_semantic_ids' (dataset output) nor preference schema fields (raw record)",
+            field="encoder_semantic_ids",
+        )
+
+    def __call__(self, features: Sequence[Any]) -> Dict[str, torch.Tensor]:
+        if len(features) == 0:
+            raise ValueError("PreferenceCollator got an empty list of samples")
+        arrays = []
+        for i, s in enumerate(features):
+            try:
+                arrays.append(self._sample_arrays(s))
+            except DataValidationError as e:
+                raise DataValidationError(f"batch sample {i}: {e.reason}", field=e.field) from None
+        batch = self._pad_encoder([self._truncate_encoder({f: a[f] for f in ENCODER_LIST_FIELDS}) for a in arrays])
+        batch["chosen_ids"] = torch.from_numpy(np.stack([a["chosen_ids"] for a in arrays]).astype(np.int64))  # [B, 3]
+        batch["rejected_ids"] = torch.from_numpy(np.stack([a["rejected_ids"] for a in arrays]).astype(np.int64))  # [B, 3]
+        batch["preference_score"] = torch.tensor([a["preference_score"] for a in arrays], dtype=torch.float32)  # [B]
+        return batch
