@@ -1,0 +1,232 @@
+"""UGT 模型：形状、无泄漏、padding 不变性、MoE 辅助损失、打分一致性、保存/加载。"""
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModel
+
+from ugt_hf.auto import register
+from ugt_hf.configuration_ugt import UGTConfig
+from ugt_hf.interfaces import IGNORE_INDEX, check_model_output
+from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation, load_balancing_loss
+
+V = [8, 12, 16]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # 小张量上多线程没有收益；共享的 2 核机器上 2 个 OpenMP 线程互相等待会慢 ~100 倍
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**kw):
+    args = dict(vocab_sizes=V, d_model=32, num_heads=4, ffn_dim=48, num_encoder_layers=2, num_decoder_layers=2,
+                num_experts=4, num_experts_per_tok=2, dropout=0.0, max_position_embeddings=32)
+    args.update(kw)
+    return UGTForGenerativeRecommendation(UGTConfig(**args)).eval()
+
+
+def rand_ids(b, t, gen=None):
+    return torch.stack([torch.randint(0, v, (b, t), generator=gen) for v in V], -1)
+
+
+def batch(b=3, te=6, td=4):
+    return dict(encoder_semantic_ids=rand_ids(b, te), decoder_semantic_ids=rand_ids(b, td), labels=rand_ids(b, td))
+
+
+def test_shapes_and_contract():
+    m = tiny()
+    x = batch()
+    out = m(**x)
+    check_model_output(out, 3, 4)
+    assert out.l1_logits.shape == (3, 4, V[0]) and out.l2_logits.shape == (3, 4, V[1]) and out.l3_logits.shape == (3, 4, V[2])
+    assert out.user_repr.shape == (3, 32) and out.item_repr.shape == (3, 32)
+    assert out.loss.ndim == 0 and out.aux_loss.ndim == 0
+    # 规格的列表形式输入与 [B, T, 3] 等价
+    out2 = m(encoder_semantic_ids=list(x["encoder_semantic_ids"].unbind(-1)),
+             decoder_semantic_ids=list(x["decoder_semantic_ids"].unbind(-1)), labels=list(x["labels"].unbind(-1)))
+    assert torch.allclose(out.l3_logits, out2.l3_logits)
+    # 无 labels（推理）：仍给出三层 logits，默认解码器 = [BOS]
+    out3 = m(encoder_semantic_ids=x["encoder_semantic_ids"])
+    check_model_output(out3, 3, 1)
+    assert out3.loss is None and out3.item_repr is None
+
+
+def test_no_leakage_from_later_decoder_positions():
+    m = tiny()
+    x = batch(td=5)
+    base = m(**x)
+    y = {k: v.clone() for k, v in x.items()}
+    y["decoder_semantic_ids"][:, 3] = (y["decoder_semantic_ids"][:, 3] + 1) % torch.tensor(V)
+    y["labels"][:, 3:] = (y["labels"][:, 3:] + 1) % torch.tensor(V)
+    out = m(**y)
+    for name in ("l1_logits", "l2_logits", "l3_logits"):
+        a, b = getattr(base, name), getattr(out, name)
+        assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6), name
+        assert not torch.allclose(a[:, 3:], b[:, 3:]), name  # 后面的位置确实变了（测试能失败）
+
+
+def test_encoder_padding_invariance_right_and_left():
+    m = tiny()
+    x = batch(te=5)
+    base = m(**x)
+    b = 3
+    pad = torch.zeros(b, 3, 3, dtype=torch.long) + 5  # padding 位的 id 任意
+    right = dict(x, encoder_semantic_ids=torch.cat([x["encoder_semantic_ids"], pad], 1),
+                 encoder_attention_mask=torch.cat([torch.ones(b, 5), torch.zeros(b, 3)], 1).long(),
+                 encoder_token_types=torch.cat([torch.ones(b, 5), torch.zeros(b, 3)], 1).long())
+    out = m(**right)
+    assert torch.allclose(base.l3_logits, out.l3_logits, atol=1e-5)
+    assert torch.allclose(base.user_repr, out.user_repr, atol=1e-5)
+    left = dict(x, encoder_semantic_ids=torch.cat([pad, x["encoder_semantic_ids"]], 1),
+                encoder_attention_mask=torch.cat([torch.zeros(b, 3), torch.ones(b, 5)], 1).long(),
+                encoder_token_types=torch.cat([torch.zeros(b, 3), torch.ones(b, 5)], 1).long(),
+                encoder_positions=torch.cat([torch.zeros(b, 3), torch.arange(5).expand(b, 5)], 1).long())
+    out = m(**left)
+    assert torch.allclose(base.l3_logits, out.l3_logits, atol=1e-5)
+
+
+def test_decoder_padding_invariance_and_aux_ignores_padding():
+    m = tiny()
+    x = batch(td=4)
+    base = m(**x)
+    b = 3
+    ids = torch.cat([x["decoder_semantic_ids"], torch.full((b, 2, 3), 3)], 1)
+    labels = torch.cat([x["labels"], torch.full((b, 2, 3), IGNORE_INDEX)], 1)
+    mask = torch.cat([torch.ones(b, 4), torch.zeros(b, 2)], 1).long()
+    types = mask.clone()
+    types[:, 0] = 0
+    out = m(encoder_semantic_ids=x["encoder_semantic_ids"], decoder_semantic_ids=ids, decoder_attention_mask=mask,
+            decoder_token_types=types, labels=labels)
+    assert torch.allclose(base.l2_logits, out.l2_logits[:, :4], atol=1e-5)
+    assert torch.allclose(base.loss, out.loss, atol=1e-5)
+    assert torch.allclose(base.aux_loss, out.aux_loss, atol=1e-5)
+    assert torch.allclose(base.item_repr, out.item_repr, atol=1e-6)  # 目标 = 最后一个有效 label
+
+
+def test_special_positions_ignore_ids():
+    m = tiny()
+    x = batch()
+    base = m(**x)
+    y = dict(x, decoder_semantic_ids=x["decoder_semantic_ids"].clone())
+    y["decoder_semantic_ids"][:, 0] = torch.tensor([7, 11, 15])  # BOS 位（token_type 0）的 id 不影响结果
+    assert torch.allclose(base.l1_logits, m(**y).l1_logits)
+
+
+def test_load_balancing_loss_values():
+    e, n = 4, 64
+    uniform = torch.full((n, e), 1.0 / e)
+    balanced = torch.arange(n).remainder(e).unsqueeze(1)
+    assert load_balancing_loss(uniform, balanced, e).item() == pytest.approx(1.0)
+    collapsed_p = torch.zeros(n, e)
+    collapsed_p[:, 0] = 1.0
+    assert load_balancing_loss(collapsed_p, torch.zeros(n, 1, dtype=torch.long), e).item() == pytest.approx(e)
+    top2 = torch.tensor([[0, 1]]).expand(n, 2)
+    p = torch.tensor([[0.6, 0.4, 0.0, 0.0]]).expand(n, e)
+    assert load_balancing_loss(p, top2, e).item() == pytest.approx(e * 0.5)
+
+
+class FixedRouter(nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1).clone()
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_model_aux_loss_uniform_is_minimal_collapsed_is_larger(k):
+    m = tiny(num_experts=4, num_experts_per_tok=k)
+    x = batch()
+    for layer in m.decoder_layers:
+        nn.init.zeros_(layer.ffn.router.weight)  # 均匀路由
+    uniform = m(**x).aux_loss.item()
+    assert uniform == pytest.approx(1.0, abs=1e-5)  # 均匀路由时取到最小值 1
+    for layer in m.decoder_layers:
+        layer.ffn.router = FixedRouter(torch.tensor([[10.0, 0.0, 0.0, 0.0]]))
+    collapsed = m(**x).aux_loss.item()
+    assert collapsed > uniform + 0.9
+
+
+def test_dense_model_has_no_aux_loss_and_z_loss_adds():
+    assert tiny(num_experts=1, num_experts_per_tok=1)(**batch()).aux_loss is None
+    torch.manual_seed(0)
+    a = tiny(router_z_loss_coef=0.0)
+    torch.manual_seed(0)
+    b = tiny(router_z_loss_coef=0.5)
+    x = batch()
+    oa, ob = a(**x), b(**x)
+    assert ob.aux_loss.item() == pytest.approx(oa.aux_loss.item() + 0.5 * ob.router_z_loss.item(), rel=1e-5)
+
+
+def test_score_items_matches_teacher_forced_forward():
+    m = tiny()
+    x = batch(b=2, td=1)
+    items = rand_ids(2, 3)  # [B, M=3, 3]
+    scores = m.score_items(items, encoder_semantic_ids=x["encoder_semantic_ids"])
+    for j in range(3):
+        out = m(encoder_semantic_ids=x["encoder_semantic_ids"], labels=items[:, j : j + 1])
+        ref = sum(torch.log_softmax(getattr(out, f"l{i + 1}_logits")[:, 0], -1).gather(1, items[:, j, i : i + 1]).squeeze(1)
+                  for i in range(3))
+        assert torch.allclose(scores[:, j], ref, atol=1e-5)
+    # [B, 3] 输入 -> [B]
+    assert m.score_items(items[:, 0], encoder_semantic_ids=x["encoder_semantic_ids"]).shape == (2,)
+
+
+def test_target_item_ids_and_bad_inputs():
+    m = tiny()
+    x = batch()
+    last = x["labels"][:, -1]
+    assert torch.allclose(m(**x).item_repr, m(**dict(x, target_item_ids=last)).item_repr)
+    bad = x["encoder_semantic_ids"].clone()
+    bad[0, 0, 2] = V[2]
+    with pytest.raises(ValueError, match=r"encoder_semantic_ids\[\.\.\., 2\] \(L3\)"):
+        m(**dict(x, encoder_semantic_ids=bad))
+    with pytest.raises(ValueError, match="labels"):
+        m(**dict(x, labels=x["labels"][:, :2]))
+
+
+def test_training_reduces_loss_and_router_gets_gradient():
+    torch.manual_seed(0)
+    m = tiny(num_experts_per_tok=1).train()
+    x = batch(b=8)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    first = None
+    for _ in range(12):
+        out = m(**x)
+        loss = out.loss + 0.01 * out.aux_loss
+        opt.zero_grad()
+        loss.backward()
+        assert m.decoder_layers[0].ffn.router.weight.grad.abs().sum() > 0
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.7 * first
+
+
+def test_tied_weights_and_save_load_roundtrip(tmp_path):
+    register()
+    m = tiny()
+    assert m.heads.out2.weight is m.embeddings.l2.weight
+    assert "UGTDecoderLayer" in m._no_split_modules
+    m.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, UGTForGenerativeRecommendation)
+    assert loaded.heads.out3.weight is loaded.embeddings.l3.weight
+    x = batch()
+    a, b = m(**x), loaded(**x)
+    for name in ("l1_logits", "l2_logits", "l3_logits", "aux_loss", "user_repr", "item_repr", "loss"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_untied_heads_save_load(tmp_path):
+    m = tiny(tie_word_embeddings=False)
+    assert m.heads.out1.weight is not m.embeddings.l1.weight
+    m.save_pretrained(tmp_path)
+    loaded = UGTForGenerativeRecommendation.from_pretrained(tmp_path).eval()
+    x = batch()
+    assert torch.equal(m(**x).l3_logits, loaded(**x).l3_logits)

@@ -1,0 +1,105 @@
+"""UGT 模型配置：`UGTConfig(PretrainedConfig)`，model_type = "ugt"。
+
+transformers 5.x 的配置类是 dataclass：字段带类型注解与默认值，校验放在 `__post_init__`，
+这样 `save_pretrained` / `from_pretrained` / `AutoConfig` 全部按 HF 的常规方式工作。
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from transformers import PretrainedConfig
+
+# 规格的三层语义 ID 词表大小（L1/L2/L3）
+DEFAULT_VOCAB_SIZES = (1024, 4096, 16384)
+
+
+class UGTConfig(PretrainedConfig):
+    r"""UGT 生成式推荐模型的配置。
+
+    vocab_sizes (`list[int]`, 默认 [1024, 4096, 16384]): L1/L2/L3 语义 ID 词表大小。
+    d_model (`int`, 默认 128): 隐层维度。
+    num_heads (`int`, 默认 4): 注意力头数（d_model 必须能整除）。
+    num_encoder_layers / num_decoder_layers (`int`, 默认 2 / 2): 编码器 / 解码器层数。
+    ffn_dim (`int`, 默认 512): FFN（以及每个专家）的中间维度。
+    dropout / attention_dropout (`float`): 残差与注意力 dropout。
+    max_position_embeddings (`int`, 默认 512): 可学习位置嵌入的长度（位置 id 必须小于它）。
+    num_token_types (`int`, 默认 2): 0 = BOS/特殊位，1 = 物品。
+    num_experts (`int`, 默认 4): 解码器 FFN 的专家数；1 = 稠密 FFN（此时 aux_loss 为 None）。
+    num_experts_per_tok (`int`, 默认 2): 每个 token 路由到的专家数 top_k。
+    router_aux_loss_coef (`float`, 默认 1.0): aux_loss 里负载均衡项的系数（训练器再乘 lambda_moe_balance）。
+    router_z_loss_coef (`float`, 默认 0.0): aux_loss 里 router z-loss（ST-MoE）的系数，0 表示不用。
+    user_pooling (`str`, 默认 "mean"): user_repr 的池化方式，"mean"（有效位置均值）或 "last"（最后一个有效位置）。
+    tie_word_embeddings (`bool`, 默认 True): 各层输出头与该层的 ID 嵌入共享权重。
+    initializer_range (`float`, 默认 0.02): HF 约定的正态初始化标准差。
+    pad_token_id (`int`, 默认 0): padding/BOS 位置上的语义 ID 取值（由 token_type 屏蔽，不参与嵌入）。
+    """
+
+    model_type = "ugt"
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "num_heads",
+        "num_hidden_layers": "num_decoder_layers",
+    }
+
+    vocab_sizes: Optional[List[int]] = None
+    d_model: int = 128
+    num_heads: int = 4
+    num_encoder_layers: int = 2
+    num_decoder_layers: int = 2
+    ffn_dim: int = 512
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    max_position_embeddings: int = 512
+    num_token_types: int = 2
+    num_experts: int = 4
+    num_experts_per_tok: int = 2
+    router_aux_loss_coef: float = 1.0
+    router_z_loss_coef: float = 0.0
+    user_pooling: str = "mean"
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    pad_token_id: Optional[int] = 0
+    is_encoder_decoder: bool = True
+
+    def __post_init__(self, **kwargs):
+        # 规格沿用的别名：top_k / moe_top_k -> num_experts_per_tok
+        for alias in ("top_k", "moe_top_k"):
+            if alias in kwargs:
+                self.num_experts_per_tok = int(kwargs.pop(alias))
+        if self.vocab_sizes is None:
+            self.vocab_sizes = list(DEFAULT_VOCAB_SIZES)
+        self.vocab_sizes = [int(v) for v in self.vocab_sizes]
+        self._validate()
+        super().__post_init__(**kwargs)
+
+    def _validate(self) -> None:
+        """配置错误时给出指明字段的报错，而不是等到 forward 里才出现形状错误。"""
+        if len(self.vocab_sizes) != 3 or any(v <= 0 for v in self.vocab_sizes):
+            raise ValueError(f"UGTConfig.vocab_sizes must be 3 positive ints (L1, L2, L3), got {self.vocab_sizes}")
+        if self.d_model <= 0 or self.num_heads <= 0 or self.d_model % self.num_heads != 0:
+            raise ValueError(
+                f"UGTConfig.d_model ({self.d_model}) must be a positive multiple of num_heads ({self.num_heads})"
+            )
+        if self.num_experts < 1:
+            raise ValueError(f"UGTConfig.num_experts must be >= 1, got {self.num_experts}")
+        if not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise ValueError(
+                f"UGTConfig.num_experts_per_tok ({self.num_experts_per_tok}) must be in [1, num_experts={self.num_experts}]"
+            )
+        if self.user_pooling not in ("mean", "last"):
+            raise ValueError(f"UGTConfig.user_pooling must be 'mean' or 'last', got {self.user_pooling!r}")
+        for name in ("num_encoder_layers", "num_decoder_layers", "ffn_dim", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"UGTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_token_types < 2:
+            raise ValueError(f"UGTConfig.num_token_types must be >= 2 (0 = special, 1 = item), got {self.num_token_types}")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
+
+
+__all__ = ["UGTConfig", "DEFAULT_VOCAB_SIZES"]

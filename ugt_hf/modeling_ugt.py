@@ -1,0 +1,646 @@
+"""UGT 参考模型：编码器–解码器 Transformer + MoE 解码器 FFN + 层次化 L1/L2/L3 输出头。
+
+- 输入嵌入 = L1/L2/L3 三个 ID 嵌入之和 + 位置嵌入 + token 类型嵌入；token_type 0（BOS/特殊/padding）
+  位置不加 ID 嵌入，所以那里的 id 取什么都不影响结果（0 同时是合法码字，不能当 padding_idx 用）。
+- 编码器：pre-norm、双向、按 padding 屏蔽；解码器：pre-norm、因果自注意力 + 交叉注意力，
+  FFN 为 top-k 路由的 MoE（Switch/GShard 负载均衡损失 + 可选 router z-loss，作为 aux_loss 返回）。
+  num_experts = 1 时为稠密 FFN，aux_loss 返回 None（契约：无 MoE 时为 None）。
+- 输出头：log p(item) = log p(l1) + log p(l2 | l1) + log p(l3 | l1, l2)。L2 头看到解码器状态与 L1 的 ID 嵌入，
+  L3 头再加上 L2 的嵌入；训练时用 labels 里的前缀（teacher forcing），推理时由束搜索
+  （`generation.py`）调用 `level1_logits/level2_logits/level3_logits` 逐层给出前缀。
+- 注意力统一用 `F.scaled_dot_product_attention`。
+
+push_to_hub：与任何 HF 模型相同（`model.push_to_hub(repo)`、`tokenizer.push_to_hub(repo)`），
+`import ugt_hf` 会注册 AutoConfig/AutoModel/AutoTokenizer，因此加载端无需 remote code。
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+
+from ugt_hf.configuration_ugt import UGTConfig
+from ugt_hf.interfaces import IGNORE_INDEX, SPECIAL_TOKEN_TYPE, GenerativeRecOutput
+
+IdsLike = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+@dataclass
+class UGTOutput(GenerativeRecOutput):
+    """契约字段之外再给出：解码器末层状态（束搜索/DPO 打分用）与未加系数的 MoE 分项（日志用）。
+
+    decoder_hidden_states: [B, Td, D]
+    moe_balance_loss / router_z_loss: 标量（无 MoE 时为 None）
+    """
+
+    decoder_hidden_states: Optional[torch.Tensor] = None
+    moe_balance_loss: Optional[torch.Tensor] = None
+    router_z_loss: Optional[torch.Tensor] = None
+
+
+# ---------------------------------------------------------------------------
+# 输入整理
+# ---------------------------------------------------------------------------
+
+
+def stack_semantic_ids(ids: Optional[IdsLike], name: str) -> Optional[torch.Tensor]:
+    """接受 [B, T, 3] 张量或规格的 3 个 [B, T] 张量组成的列表，统一成 [B, T, 3] long。"""
+    if ids is None:
+        return None
+    if isinstance(ids, (list, tuple)):
+        if len(ids) != 3:
+            raise ValueError(f"{name}: expected a list of 3 tensors [B, T] (L1, L2, L3), got {len(ids)}")
+        ids = torch.stack([torch.as_tensor(t) for t in ids], dim=-1)
+    if ids.dim() != 3 or ids.shape[-1] != 3:
+        raise ValueError(f"{name}: expected shape [B, T, 3], got {tuple(ids.shape)}")
+    return ids.long()
+
+
+def load_balancing_loss(router_probs: torch.Tensor, expert_index: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Switch/GShard 负载均衡损失：E * sum_e f_e * P_e。
+
+    Args:
+        router_probs: [N, E] 每个有效 token 的路由概率（softmax 后）
+        expert_index: [N, k] 每个 token 选中的专家
+    f_e = 分到专家 e 的 token 份额（按 N*k 归一），P_e = 专家 e 的平均路由概率。
+    均匀路由时 = 1（最小值），全部塌缩到一个专家时 = E / k。
+    """
+    if router_probs.shape[0] == 0:
+        return router_probs.new_zeros(())
+    dispatch = F.one_hot(expert_index, num_experts).sum(dim=1).to(router_probs.dtype)  # [N, E]
+    tokens_per_expert = dispatch.mean(dim=0) / expert_index.shape[1]  # [E]
+    prob_per_expert = router_probs.mean(dim=0)  # [E]
+    return num_experts * torch.sum(tokens_per_expert * prob_per_expert)
+
+
+def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE 的 router z-loss：mean(logsumexp(logits)^2)，抑制路由 logits 变大。router_logits: [N, E]"""
+    if router_logits.shape[0] == 0:
+        return router_logits.new_zeros(())
+    return torch.logsumexp(router_logits, dim=-1).pow(2).mean()
+
+
+# ---------------------------------------------------------------------------
+# 模块
+# ---------------------------------------------------------------------------
+
+
+class UGTEmbeddings(nn.Module):
+    """三层 ID 嵌入（与物品表示、输出头共享）+ 位置 + token 类型。"""
+
+    def __init__(self, config: UGTConfig):
+        super().__init__()
+        v1, v2, v3 = config.vocab_sizes
+        self.l1 = nn.Embedding(v1, config.d_model)
+        self.l2 = nn.Embedding(v2, config.d_model)
+        self.l3 = nn.Embedding(v3, config.d_model)
+        self.position = nn.Embedding(config.max_position_embeddings, config.d_model)
+        self.token_type = nn.Embedding(config.num_token_types, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def item_embedding(self, triples: torch.Tensor) -> torch.Tensor:
+        """triples: [..., 3] -> [..., D]（物品 = 三层嵌入之和）"""
+        return self.l1(triples[..., 0]) + self.l2(triples[..., 1]) + self.l3(triples[..., 2])
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, token_types: torch.Tensor) -> torch.Tensor:
+        # ids: [B, T, 3]；特殊位的 id 置 0 再乘 0，既不越界也不参与梯度
+        is_item = (token_types != SPECIAL_TOKEN_TYPE).unsqueeze(-1)  # [B, T, 1]
+        safe_ids = torch.where(is_item, ids, torch.zeros_like(ids))
+        x = self.item_embedding(safe_ids) * is_item.to(self.l1.weight.dtype)
+        x = x + self.position(positions) + self.token_type(token_types)
+        return self.dropout(x)  # [B, T, D]
+
+
+class UGTAttention(nn.Module):
+    """多头注意力（自注意力或交叉注意力），底层用 scaled_dot_product_attention。"""
+
+    def __init__(self, config: UGTConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.d_model // config.num_heads
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.o_proj = nn.Linear(config.d_model, config.d_model)
+        self.attention_dropout = config.attention_dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        # x: [B, Tq, D]；kv: [B, Tk, D]；attn_mask: bool [B, 1, Tq|1, Tk]，True = 可见
+        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attention_dropout if self.training else 0.0
+        )  # [B, H, Tq, hd]
+        b, _, tq, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(b, tq, -1))
+
+
+class UGTFeedForward(nn.Module):
+    def __init__(self, config: UGTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+        self.act = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+class UGTSparseMoE(nn.Module):
+    """top-k 路由的专家 FFN（无容量上限、不丢 token）。
+
+    k > 1 时对选中的 k 个概率重新归一（GShard/Mixtral 做法）；k = 1 时乘原始概率（Switch），
+    保证路由器能从主损失得到梯度。负载统计只在有效 token 上算，所以 padding 不影响 aux_loss。
+    """
+
+    def __init__(self, config: UGTConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.router = nn.Linear(config.d_model, config.num_experts, bias=False)
+        self.experts = nn.ModuleList([UGTFeedForward(config) for _ in range(config.num_experts)])
+
+    def forward(
+        self, x: torch.Tensor, token_mask: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, d = x.shape
+        flat = x.reshape(-1, d)  # [N, D]
+        logits = self.router(flat)  # [N, E]
+        probs = torch.softmax(logits.float(), dim=-1)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)  # [N, k]
+        if self.top_k > 1:
+            top_p = top_p / top_p.sum(dim=-1, keepdim=True)
+        top_p = top_p.to(flat.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows, slots = (top_i == e).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            out.index_add_(0, rows, expert(flat[rows]) * top_p[rows, slots].unsqueeze(-1))
+        valid = torch.ones(b * t, dtype=torch.bool, device=x.device) if token_mask is None else token_mask.reshape(-1)
+        balance = load_balancing_loss(probs[valid], top_i[valid], self.num_experts)
+        z = router_z_loss(logits[valid].float())
+        return out.view(b, t, d), balance, z
+
+
+class UGTEncoderLayer(nn.Module):
+    def __init__(self, config: UGTConfig):
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.self_attn = UGTAttention(config)
+        self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = UGTFeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        h = self.self_attn_norm(x)
+        x = x + self.dropout(self.self_attn(h, h, attn_mask))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class UGTDecoderLayer(nn.Module):
+    def __init__(self, config: UGTConfig):
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.self_attn = UGTAttention(config)
+        self.cross_attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.cross_attn = UGTAttention(config)
+        self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = UGTSparseMoE(config) if config.num_experts > 1 else UGTFeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, self_mask, memory, cross_mask, token_mask):
+        h = self.self_attn_norm(x)
+        x = x + self.dropout(self.self_attn(h, h, self_mask))
+        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), memory, cross_mask))
+        h = self.ffn_norm(x)
+        if isinstance(self.ffn, UGTSparseMoE):
+            y, balance, z = self.ffn(h, token_mask)
+        else:
+            y, balance, z = self.ffn(h), None, None
+        return x + self.dropout(y), balance, z
+
+
+class UGTHierarchicalHeads(nn.Module):
+    """L1 头看解码器状态；L2 头看状态 + L1 嵌入；L3 头看状态 + L1 + L2 嵌入（小残差 MLP 做条件化）。"""
+
+    def __init__(self, config: UGTConfig):
+        super().__init__()
+        d = config.d_model
+        v1, v2, v3 = config.vocab_sizes
+        act = ACT2FN[config.hidden_act]
+        self.cond2 = nn.Sequential(nn.Linear(2 * d, d), act, nn.Linear(d, d))
+        self.cond3 = nn.Sequential(nn.Linear(3 * d, d), act, nn.Linear(d, d))
+        self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.norm3 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.out1 = nn.Linear(d, v1)
+        self.out2 = nn.Linear(d, v2)
+        self.out3 = nn.Linear(d, v3)
+
+
+# ---------------------------------------------------------------------------
+# PreTrainedModel
+# ---------------------------------------------------------------------------
+
+
+class UGTPreTrainedModel(PreTrainedModel):
+    config_class = UGTConfig
+    base_model_prefix = "ugt"
+    main_input_name = "encoder_semantic_ids"
+    _no_split_modules = ["UGTEncoderLayer", "UGTDecoderLayer"]
+    _supports_sdpa = True
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # HF 默认：Linear/Embedding ~ N(0, initializer_range)、偏置 0、LayerNorm (1, 0)；本模型没有裸 Parameter
+        super()._init_weights(module)
+
+
+class UGTForGenerativeRecommendation(UGTPreTrainedModel):
+    """UGT 生成式推荐模型（forward 满足 `ugt_hf.interfaces` 的批次与输出契约）。"""
+
+    # tie_word_embeddings=True 时各层输出头与该层 ID 嵌入共享权重（v5 的 {目标: 来源} 写法）
+    _tied_weights_keys = {
+        "heads.out1.weight": "embeddings.l1.weight",
+        "heads.out2.weight": "embeddings.l2.weight",
+        "heads.out3.weight": "embeddings.l3.weight",
+    }
+
+    def __init__(self, config: UGTConfig):
+        super().__init__(config)
+        self.embeddings = UGTEmbeddings(config)
+        self.encoder_layers = nn.ModuleList([UGTEncoderLayer(config) for _ in range(config.num_encoder_layers)])
+        self.encoder_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.decoder_layers = nn.ModuleList([UGTDecoderLayer(config) for _ in range(config.num_decoder_layers)])
+        self.decoder_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.heads = UGTHierarchicalHeads(config)
+        self.item_proj = nn.Linear(config.d_model, config.d_model)
+        # 本模型不走 HF generate()（束搜索在 generation.py），但 TRL 的 DPOTrainer 会无条件写
+        # model.generation_config.pad_token_id，所以给一个空的 GenerationConfig（can_generate() 为 False，不会被保存）
+        self.generation_config = GenerationConfig()
+        self.post_init()
+
+    # ---- 输入校验与默认值 ----
+
+    def _check_ids(self, ids: torch.Tensor, token_types: torch.Tensor, name: str) -> None:
+        """物品位的语义 ID 必须落在词表内；越界时指明字段与层级，而不是报 index error。"""
+        is_item = token_types != SPECIAL_TOKEN_TYPE
+        if not bool(is_item.any()):
+            return
+        for level, vocab in enumerate(self.config.vocab_sizes):
+            vals = ids[..., level][is_item]
+            lo, hi = int(vals.min()), int(vals.max())
+            if lo < 0 or hi >= vocab:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"{name}[..., {level}] (L{level + 1}) contains id {bad} outside [0, {vocab})")
+
+    def _prepare_side(self, ids, positions, token_types, mask, name: str):
+        """补齐 positions/token_types/mask 的默认值并校验形状。返回 ids, positions, token_types, mask(bool)。"""
+        b, t, _ = ids.shape
+        device = ids.device
+        if mask is None:
+            mask = torch.ones(b, t, dtype=torch.bool, device=device)
+        mask = mask.to(device=device).bool()
+        if token_types is None:
+            token_types = mask.long()
+        token_types = token_types.to(device=device).long()
+        if positions is None:
+            positions = torch.arange(t, device=device).unsqueeze(0).expand(b, t)
+        positions = positions.to(device=device).long()
+        for field, tensor in (("positions", positions), ("token_types", token_types), ("attention_mask", mask)):
+            if tuple(tensor.shape) != (b, t):
+                raise ValueError(f"{name.split('_')[0]}_{field}: expected shape {(b, t)}, got {tuple(tensor.shape)}")
+        if int(positions.max()) >= self.config.max_position_embeddings or int(positions.min()) < 0:
+            raise ValueError(
+                f"{name.split('_')[0]}_positions: values must be in [0, max_position_embeddings="
+                f"{self.config.max_position_embeddings}), got max {int(positions.max())}"
+            )
+        if int(token_types.max()) >= self.config.num_token_types or int(token_types.min()) < 0:
+            raise ValueError(f"{name.split('_')[0]}_token_types: values must be in [0, {self.config.num_token_types})")
+        self._check_ids(ids, token_types, name)
+        return ids, positions, token_types, mask
+
+    # ---- 编码 / 解码 ----
+
+    def encode(
+        self,
+        encoder_semantic_ids: IdsLike,
+        encoder_positions: Optional[torch.Tensor] = None,
+        encoder_token_types: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """返回 (编码器输出 [B, Te, D]（已过末层 LayerNorm）, 有效位 mask bool [B, Te])。"""
+        ids = stack_semantic_ids(encoder_semantic_ids, "encoder_semantic_ids").to(self.device)
+        ids, pos, types, mask = self._prepare_side(
+            ids, encoder_positions, encoder_token_types, encoder_attention_mask, "encoder_semantic_ids"
+        )
+        x = self.embeddings(ids, pos, types)
+        # 每个位置至少能看到自己：padding 查询不会得到全屏蔽（NaN），有效位置不受影响
+        eye = torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
+        attn_mask = mask[:, None, None, :] | eye[None, None]  # [B, 1, Te, Te]
+        for layer in self.encoder_layers:
+            x = layer(x, attn_mask)
+        return self.encoder_norm(x), mask
+
+    def decode(
+        self,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        decoder_semantic_ids: Optional[IdsLike] = None,
+        decoder_positions: Optional[torch.Tensor] = None,
+        decoder_token_types: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+    ):
+        """返回 (解码器状态 [B, Td, D]（已过末层 LayerNorm）, 负载均衡损失, z-loss)；无 MoE 时后两者为 None。
+
+        不给 decoder_semantic_ids 时用单个 BOS（token_type 0、位置 0），即评估样本的约定。
+        """
+        b = encoder_hidden_states.shape[0]
+        device = encoder_hidden_states.device
+        if decoder_semantic_ids is None:
+            ids = torch.full((b, 1, 3), self.config.pad_token_id or 0, dtype=torch.long, device=device)
+            decoder_token_types = torch.full((b, 1), SPECIAL_TOKEN_TYPE, dtype=torch.long, device=device)
+            decoder_positions = decoder_attention_mask = None
+        else:
+            ids = stack_semantic_ids(decoder_semantic_ids, "decoder_semantic_ids").to(device)
+        if ids.shape[0] != b:
+            raise ValueError(f"decoder_semantic_ids has batch size {ids.shape[0]}, encoder has {b}")
+        if decoder_token_types is None:
+            # 约定：第 0 位是 BOS（类型 0），其余有效位是物品
+            decoder_token_types = torch.ones(ids.shape[:2], dtype=torch.long, device=device)
+            decoder_token_types[:, 0] = SPECIAL_TOKEN_TYPE
+            if decoder_attention_mask is not None:
+                decoder_token_types = decoder_token_types * decoder_attention_mask.to(device).long()
+        ids, pos, types, dmask = self._prepare_side(
+            ids, decoder_positions, decoder_token_types, decoder_attention_mask, "decoder_semantic_ids"
+        )
+        td = ids.shape[1]
+        x = self.embeddings(ids, pos, types)
+        causal = torch.ones(td, td, dtype=torch.bool, device=device).tril()
+        eye = torch.eye(td, dtype=torch.bool, device=device)
+        self_mask = (causal[None, None] & dmask[:, None, None, :]) | eye[None, None]  # [B, 1, Td, Td]
+        # 空历史（编码器全为 padding）的行退化为只看第 0 位，保证结果有限且确定
+        enc_mask = encoder_attention_mask.clone()
+        empty = ~enc_mask.any(dim=1)
+        if bool(empty.any()):
+            enc_mask[empty, 0] = True
+        cross_mask = enc_mask[:, None, None, :]  # [B, 1, 1, Te]
+        balances, zs = [], []
+        for layer in self.decoder_layers:
+            x, balance, z = layer(x, self_mask, encoder_hidden_states, cross_mask, dmask)
+            if balance is not None:
+                balances.append(balance)
+                zs.append(z)
+        if not balances:
+            return self.decoder_norm(x), None, None
+        return self.decoder_norm(x), torch.stack(balances).mean(), torch.stack(zs).mean()
+
+    # ---- 层次化输出头（束搜索与打分直接调用） ----
+
+    def level1_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """states: [..., D] -> [..., V1]"""
+        return self.heads.out1(states)
+
+    def level2_logits(self, states: torch.Tensor, l1: torch.Tensor) -> torch.Tensor:
+        """states: [..., D]，l1: [...]（与 states 前缀维度一致）-> [..., V2]"""
+        e1 = self.embeddings.l1(l1)
+        h = self.heads.norm2(states + self.heads.cond2(torch.cat([states, e1], dim=-1)))
+        return self.heads.out2(h)
+
+    def level3_logits(self, states: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+        """states: [..., D]，l1/l2: [...] -> [..., V3]"""
+        e1, e2 = self.embeddings.l1(l1), self.embeddings.l2(l2)
+        h = self.heads.norm3(states + self.heads.cond3(torch.cat([states, e1, e2], dim=-1)))
+        return self.heads.out3(h)
+
+    def item_log_probs(self, states: torch.Tensor, item_triples: torch.Tensor) -> torch.Tensor:
+        """给定状态下物品的 log p(item)。states: [B, D]；item_triples: [B, M, 3] 或 [B, 3] -> [B, M] 或 [B]"""
+        squeeze = item_triples.dim() == 2
+        triples = item_triples.unsqueeze(1) if squeeze else item_triples  # [B, M, 3]
+        triples = triples.to(states.device).long()
+        b, m, _ = triples.shape
+        l1, l2, l3 = triples[..., 0], triples[..., 1], triples[..., 2]
+        lp1 = torch.log_softmax(self.level1_logits(states).float(), dim=-1).gather(1, l1)  # [B, M]
+        s = states.unsqueeze(1).expand(b, m, states.shape[-1])  # [B, M, D]
+        lp2 = torch.log_softmax(self.level2_logits(s, l1).float(), dim=-1).gather(2, l2.unsqueeze(-1)).squeeze(-1)
+        lp3 = torch.log_softmax(self.level3_logits(s, l1, l2).float(), dim=-1).gather(2, l3.unsqueeze(-1)).squeeze(-1)
+        out = lp1 + lp2 + lp3
+        return out.squeeze(1) if squeeze else out
+
+    # ---- 用户状态 / 物品打分 ----
+
+    @staticmethod
+    def select_position(
+        hidden: torch.Tensor, position: Union[int, str, torch.Tensor], mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """从 [B, Td, D] 取每行一个位置的状态 -> [B, D]。
+
+        position: int（所有行同一位置，0 = BOS）、"last"（每行最后一个有效位置）或 [B] 张量。
+        """
+        b, td, _ = hidden.shape
+        if isinstance(position, str):
+            if position != "last":
+                raise ValueError(f"position must be an int, 'last' or a [B] tensor, got {position!r}")
+            if mask is None:
+                idx = torch.full((b,), td - 1, dtype=torch.long, device=hidden.device)
+            else:
+                ar = torch.arange(td, device=hidden.device).expand(b, td)
+                idx = torch.where(mask.bool(), ar, torch.zeros_like(ar)).max(dim=1).values
+        elif isinstance(position, int):
+            if not -td <= position < td:
+                raise ValueError(f"position {position} out of range for decoder length {td}")
+            return hidden[:, position]
+        else:
+            idx = torch.as_tensor(position, device=hidden.device).long().reshape(-1)
+            if idx.numel() != b or int(idx.min()) < 0 or int(idx.max()) >= td:
+                raise ValueError(f"position tensor must have {b} entries in [0, {td}), got {idx.tolist()[:8]}")
+        return hidden[torch.arange(b, device=hidden.device), idx]
+
+    def prediction_states(
+        self,
+        encoder_semantic_ids: IdsLike,
+        encoder_positions: Optional[torch.Tensor] = None,
+        encoder_token_types: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        decoder_semantic_ids: Optional[IdsLike] = None,
+        decoder_positions: Optional[torch.Tensor] = None,
+        decoder_token_types: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+        position: Union[int, str, torch.Tensor] = 0,
+        **unused,
+    ) -> torch.Tensor:
+        """用于预测下一个物品的解码器状态 [B, D]（默认 BOS 位，即评估样本的约定）。多余的批次键（labels 等）被忽略。"""
+        memory, enc_mask = self.encode(
+            encoder_semantic_ids, encoder_positions, encoder_token_types, encoder_attention_mask
+        )
+        hidden, _, _ = self.decode(
+            memory, enc_mask, decoder_semantic_ids, decoder_positions, decoder_token_types, decoder_attention_mask
+        )
+        dmask = None if decoder_semantic_ids is None else decoder_attention_mask
+        return self.select_position(hidden, position, dmask)
+
+    def score_items(self, item_triples: torch.Tensor, position: Union[int, str, torch.Tensor] = 0, **batch):
+        """给一批用户的给定物品打分：log p(item) [B, M]（item_triples [B, M, 3]）或 [B]（[B, 3]）。
+
+        用户由批次里的编码器（及可选的解码器）输入给出，默认从 BOS 位置预测；DPO 用它算 chosen/rejected 的 logp。
+        """
+        states = self.prediction_states(position=position, **batch)
+        return self.item_log_probs(states, item_triples)
+
+    def user_representation(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """编码器池化 -> [B, D]：有效位置均值，或最后一个有效位置。"""
+        m = mask.to(memory.dtype).unsqueeze(-1)  # [B, Te, 1]
+        if self.config.user_pooling == "last":
+            return self.select_position(memory, "last", mask)
+        return (memory * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+    def item_representation(self, item_triples: torch.Tensor) -> torch.Tensor:
+        """共享 ID 嵌入之和 + 投影：[..., 3] -> [..., D]"""
+        return self.item_proj(self.embeddings.item_embedding(item_triples.long()))
+
+    # ---- forward ----
+
+    def forward(
+        self,
+        encoder_semantic_ids: Optional[IdsLike] = None,
+        encoder_positions: Optional[torch.Tensor] = None,
+        encoder_token_types: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        decoder_semantic_ids: Optional[IdsLike] = None,
+        decoder_positions: Optional[torch.Tensor] = None,
+        decoder_token_types: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[IdsLike] = None,
+        target_item_ids: Optional[torch.Tensor] = None,
+        encoder_mask: Optional[torch.Tensor] = None,
+        decoder_mask: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[UGTOutput, tuple]:
+        """批次键见 `ugt_hf.interfaces`。encoder_mask/decoder_mask 是规格记录里的别名。
+
+        有 labels 时 L2/L3 头用 labels 的前缀（teacher forcing）并返回加权 NTP loss；
+        没有 labels 时 L2/L3 用贪心前缀（argmax L1、再 argmax L2），只为满足输出契约——
+        推荐请用 `generation.py` 的束搜索。
+        item_repr：target_item_ids [B, 3]，否则取每行最后一个有效 label；都没有时为 None。
+        aux_loss = router_aux_loss_coef * 负载均衡 + router_z_loss_coef * z-loss（无 MoE 时 None）。
+        """
+        if encoder_semantic_ids is None:
+            raise ValueError("forward() requires encoder_semantic_ids ([B, Te, 3] or a list of 3 [B, Te] tensors)")
+        encoder_attention_mask = encoder_attention_mask if encoder_attention_mask is not None else encoder_mask
+        decoder_attention_mask = decoder_attention_mask if decoder_attention_mask is not None else decoder_mask
+        memory, enc_mask = self.encode(
+            encoder_semantic_ids, encoder_positions, encoder_token_types, encoder_attention_mask
+        )
+        hidden, balance, z = self.decode(
+            memory, enc_mask, decoder_semantic_ids, decoder_positions, decoder_token_types, decoder_attention_mask
+        )  # hidden: [B, Td, D]
+
+        l1_logits = self.level1_logits(hidden)  # [B, Td, V1]
+        labels_t = stack_semantic_ids(labels, "labels")
+        if labels_t is not None:
+            labels_t = labels_t.to(hidden.device)
+            if labels_t.shape[:2] != hidden.shape[:2]:
+                raise ValueError(f"labels: expected shape {tuple(hidden.shape[:2]) + (3,)}, got {tuple(labels_t.shape)}")
+            self._check_labels(labels_t)
+            prefix = labels_t.clamp(min=0)  # -100 的位置随便给个合法前缀，loss 会忽略
+        else:
+            with torch.no_grad():
+                g1 = l1_logits.argmax(dim=-1)
+                g2 = self.level2_logits(hidden, g1).argmax(dim=-1)
+            prefix = torch.stack([g1, g2, torch.zeros_like(g1)], dim=-1)
+        l2_logits = self.level2_logits(hidden, prefix[..., 0])  # [B, Td, V2]
+        l3_logits = self.level3_logits(hidden, prefix[..., 0], prefix[..., 1])  # [B, Td, V3]
+
+        aux_loss = None
+        if balance is not None:
+            aux_loss = self.config.router_aux_loss_coef * balance
+            if self.config.router_z_loss_coef:
+                aux_loss = aux_loss + self.config.router_z_loss_coef * z
+
+        user_repr = self.user_representation(memory, enc_mask)
+        target = self._target_items(labels_t, target_item_ids)
+        item_repr = self.item_representation(target.to(hidden.device)) if target is not None else None
+
+        loss = None
+        if labels_t is not None:
+            loss = ntp_loss(l1_logits, l2_logits, l3_logits, labels_t)
+
+        out = UGTOutput(
+            loss=loss,
+            l1_logits=l1_logits,
+            l2_logits=l2_logits,
+            l3_logits=l3_logits,
+            aux_loss=aux_loss,
+            user_repr=user_repr,
+            item_repr=item_repr,
+            decoder_hidden_states=hidden,
+            moe_balance_loss=balance,
+            router_z_loss=z,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return out if return_dict else out.to_tuple()
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        valid = labels[..., 0] != IGNORE_INDEX
+        if not bool(valid.any()):
+            return
+        for level, vocab in enumerate(self.config.vocab_sizes):
+            vals = labels[..., level][valid]
+            if int(vals.min()) < 0 or int(vals.max()) >= vocab:
+                raise ValueError(f"labels[..., {level}] (L{level + 1}) has values outside [0, {vocab}) at non-ignored positions")
+
+    @staticmethod
+    def _target_items(labels: Optional[torch.Tensor], target_item_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """目标物品 [B, 3]：显式给出的 target_item_ids，或每行最后一个有效 label（全无效的行取 0 号三元组）。"""
+        if target_item_ids is not None:
+            target = torch.as_tensor(target_item_ids).long()
+            if target.dim() != 2 or target.shape[-1] != 3:
+                raise ValueError(f"target_item_ids: expected shape [B, 3], got {tuple(target.shape)}")
+            return target
+        if labels is None:
+            return None
+        valid = labels[..., 0] != IGNORE_INDEX  # [B, Td]
+        td = labels.shape[1]
+        ar = torch.arange(td, device=labels.device).expand_as(valid)
+        last = torch.where(valid, ar, torch.zeros_like(ar)).max(dim=1).values  # [B]
+        target = labels[torch.arange(labels.shape[0], device=labels.device), last]
+        return target.clamp(min=0)
+
+
+def ntp_loss(l1_logits, l2_logits, l3_logits, labels: torch.Tensor) -> torch.Tensor:
+    """加权 NTP 损失：优先用 `ugt_hf.training.losses.NextTokenPredictionLoss`（训练器的同一实现），
+    该模块不存在时退回规格的 0.5/0.3/0.2 加权交叉熵。labels: [B, Td, 3]"""
+    try:
+        from ugt_hf.training.losses import NextTokenPredictionLoss  # type: ignore
+    except ImportError:
+        NextTokenPredictionLoss = None
+    if NextTokenPredictionLoss is not None:
+        result = NextTokenPredictionLoss()(l1_logits, l2_logits, l3_logits, labels[..., 0], labels[..., 1], labels[..., 2])
+        return result[0] if isinstance(result, tuple) else result
+    losses = [
+        F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), labels[..., i].reshape(-1), ignore_index=IGNORE_INDEX)
+        for i, lg in enumerate((l1_logits, l2_logits, l3_logits))
+    ]
+    return 0.5 * losses[0] + 0.3 * losses[1] + 0.2 * losses[2]
+
+
+__all__ = [
+    "UGTForGenerativeRecommendation",
+    "UGTPreTrainedModel",
+    "UGTOutput",
+    "load_balancing_loss",
+    "router_z_loss",
+    "stack_semantic_ids",
+    "ntp_loss",
+]
