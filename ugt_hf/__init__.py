@@ -1,3 +1,18 @@
-"""UGT-Train：基于 Hugging Face Trainer 的生成式推荐训练扩展。"""
+"""UGT-Train：基于 Hugging Face Trainer 的生成式推荐训练扩展。
+
+`import ugt_hf` 即把 UGT 注册到 AutoConfig / AutoModel / AutoTokenizer 与 "generative-recommendation"
+pipeline（见 auto.py），之后 `AutoModel.from_pretrained(dir)`、`pipeline("generative-recommendation", ...)`
+无需 remote code。
+"""
 
 __version__ = "0.1.0"
+
+from .auto import register  # noqa: E402
+
+register()
+
+from .configuration_ugt import UGTConfig  # noqa: E402
+from .modeling_ugt import UGTForGenerativeRecommendation  # noqa: E402
+from .tokenization_ugt import UGTTokenizer  # noqa: E402
+
+__all__ = ["UGTConfig", "UGTForGenerativeRecommendation", "UGTTokenizer", "register", "__version__"]

@@ -13,6 +13,10 @@ from typing import List, Optional
 # 子命令 -> "模块:函数"；函数签名 main(argv: list[str]) -> int
 SUBCOMMANDS = {
     "prepare": ("ugt_hf.data.prepare", "main", "原始交互日志 -> 语义 ID -> 数据产物目录"),
+    "train": ("ugt_hf.cli", "train_main", "训练一个阶段：ugt train --stage N --config FILE [--key value ...]"),
+    "evaluate": ("ugt_hf.evaluation", "main", "全目录排序评估：ugt evaluate --model DIR --data DIR [--split test]"),
+    "pipeline": ("ugt_hf.workflow", "main", "准备（如需要）→ 阶段 1→2→3 → 测试评估与报告"),
+    "report": ("ugt_hf.report", "main", "根据运行目录重画报告与图：ugt report RUN"),
 }
 
 
@@ -21,6 +25,16 @@ def _usage() -> str:
     for name, (_, _, help_text) in SUBCOMMANDS.items():
         lines.append(f"  {name:<10} {help_text}")
     return "\n".join(lines)
+
+
+def train_main(argv: List[str]) -> int:
+    """`ugt train --stage N ...`：与 recipes/stage{N}.py 相同。"""
+    if len(argv) < 2 or argv[0] != "--stage" or argv[1] not in ("1", "2", "3"):
+        print("usage: ugt train --stage {1,2,3} --config FILE [--key value ...]", file=sys.stderr)
+        return 2
+    from .training.stages import main as stage_main
+
+    return stage_main(int(argv[1]), argv[2:])
 
 
 def main(argv: Optional[List[str]] = None) -> int:

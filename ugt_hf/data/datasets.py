@@ -312,6 +312,13 @@ class RecommendDataset(_ValidatedArrowDataset):
     def _to_sample(self, arrays):
         return recommend_sample(arrays, self.max_encoder_length, self.max_decoder_length)
 
+    def lengths(self) -> List[int]:
+        """每条样本截断后的 encoder 长度（按长度分组采样用；直接读 Arrow 列，不逐条解码）。"""
+        import pyarrow.compute as pc
+
+        col = self.hf_dataset.data.column("encoder_l1_ids")
+        return np.minimum(pc.list_value_length(col).to_numpy(zero_copy_only=False), self.max_encoder_length).tolist()
+
 
 class PreferenceDataset(_ValidatedArrowDataset):
     """规格的 DPO 偏好数据集：user_id、user_sequence{encoder_* 列表}、chosen_item / rejected_item{l1_id,l2_id,l3_id}、

@@ -225,6 +225,38 @@ class _UGTFields:
         metadata=_h("验证数据（别名 --eval_data）；给出且未设 eval_strategy 时按 eval_steps 评估", aliases=["--eval_data"]),
     )
     resume_from_checkpoint: Optional[str] = field(default=None, metadata=_h("从该检查点目录恢复训练"))
+    data_dir: Optional[str] = field(
+        default=None,
+        metadata=_h("`ugt prepare` 的产物目录（items.parquet、meta.json）；未给 train/eval 路径时取其中的 train/valid"),
+    )
+    model_config: Union[dict, str, None] = field(
+        default=None,
+        metadata=_h("从头训练时的 UGTConfig 参数（YAML 映射、JSON 字符串或 config.json 路径）；有 pretrained 时忽略"),
+    )
+
+    # ----- 评估（全目录排序） -----
+    eval_k_values: Optional[List[int]] = field(default_factory=lambda: [5, 10, 20], metadata=_h("排序指标的 K"))
+    num_beams: int = field(default=20, metadata=_h("约束 beam search 宽度（评估与自生成偏好对）"))
+    exclude_history: bool = field(default=False, metadata=_h("评估时是否不推荐用户历史物品（结果表会注明）"))
+    eval_max_samples: Optional[int] = field(
+        default=None, metadata=_h("训练中评估最多用多少个验证样本（大数据集上加速选模型；最终测试用全部）")
+    )
+    torch_num_threads: Optional[int] = field(
+        default=None,
+        metadata=_h("CPU 上 torch 的线程数；None = 不改。共享的 2 核机器上 1 线程比 2 线程快一个数量级（见 README）"),
+    )
+    max_consecutive_nonfinite: int = field(
+        default=10, metadata=_h("连续多少个优化步出现非有限 loss/梯度范数后停止训练")
+    )
+
+    # ----- 阶段 3 偏好对 -----
+    preference_source: str = field(
+        default="auto",
+        metadata=_h("偏好对来源：ratings（数据集的评分对）/ self（阶段 2 模型 beam 候选作 rejected）/ auto（有评分用评分）"),
+    )
+    max_preference_pairs: Optional[int] = field(
+        default=None, metadata=_h("自生成偏好对的最多数量（从训练样本中抽取）")
+    )
 
     # ----- 日志与保存 -----
     logging_steps: float = field(default=100, metadata=_h("每多少优化步记录一次日志"))

@@ -283,6 +283,23 @@ class UGTTrainer(Trainer, TrainerInterface):
                 dict.fromkeys(list(self._signature_columns) + list(_KEEP_COLUMNS) + list(_record_fields()))
             )
 
+    def _get_train_sampler(self, train_dataset=None):
+        """group_by_length：HF 只会从 datasets.Dataset 的长度列或 input_ids 推长度；我们的数据集直接给出
+        encoder 长度（RecommendDataset.lengths），让一个批次里的历史长度相近，padding 少得多。"""
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(ds, "lengths"):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=ds.lengths())
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        """评估按顺序读：HF 在 group_by_length 时对评估集也用 LengthGroupedSampler，需要 input_ids 推长度。"""
+        if self.args.train_sampling_strategy == "group_by_length":
+            return torch.utils.data.SequentialSampler(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset)
+
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         """有效标签“位置”数（而非 HF 口径的 labels.ne(-100).sum()，后者对 [B, T, 3] 的标签会数三遍）。
 

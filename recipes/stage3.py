@@ -1,0 +1,15 @@
+"""阶段 3：偏好对齐（TRL DPOTrainer 之上的 UGTDPOTrainer），从阶段 2 的最佳模型开始。
+
+用法（单进程或 accelerate 多进程，代码路径相同）：
+    python recipes/stage3.py --config recipes/configs/demo_stage3.yaml [--key value ...]
+    accelerate launch --config_file accelerate_configs/multi_gpu_ddp.yaml recipes/stage3.py --config ...
+规格的参数名都可用：--train_data --eval_data --output_dir --batch_size --max_epochs --pretrained
+--lambda_contrastive --dpo_beta --deepspeed --zero_stage，以及任意配置字段 --key value。
+"""
+
+import sys
+
+from ugt_hf.training.stages import main
+
+if __name__ == "__main__":
+    sys.exit(main(3))

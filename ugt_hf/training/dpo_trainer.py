@@ -1,0 +1,325 @@
+"""阶段 3：在 TRL `DPOTrainer` 之上做语义 ID 物品的偏好对齐。
+
+TRL 的 DPOTrainer 把一条偏好样本看成 “prompt + completion 的 token 序列”，在 `_compute_loss` 里用
+`model(..., labels=..., fused_lm_head=True).log_probs` 取每个 completion token 的 log-prob 再求和。
+语义 ID 物品恰好也能写成这种形式：completion = (l1, l2, l3) 三个 token，逐 token log-prob 就是
+[log p(l1), log p(l2|l1), log p(l3|l1,l2)]，求和即层次化物品打分 log p(item)。
+
+所以这里只替换 LM 特有的两处，TRL 的损失变体（sigmoid/ipo/hinge/...）、参考模型处理
+（precompute_ref_log_probs、同步参考模型）、rewards/* 指标与日志全部原样复用：
+1. 批次准备：`UGTPreferencePairCollator` 把偏好记录变成 TRL 期望的键（input_ids/completion_mask/
+   attention_mask，[chosen; rejected] 沿 batch 拼接）外加编码器输入；
+2. 前向 / log-prob：TRL 在初始化时用 `add_fused_lm_head` 给模型打补丁（它假设模型有 LM backbone + lm_head）。
+   我们在 `UGTDPOTrainer.__init__` 期间把这个钩子换成 `add_ugt_fused_head`，让 `fused_lm_head=True`
+   的前向走层次化物品打分。
+
+总损失按规格：L = L_ntp(chosen) + λ2·L_DPO(TRL) + λ1·L_contrastive + λ3·L_moe。
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import types
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers.utils import ModelOutput
+
+import trl.trainer.dpo_trainer as trl_dpo
+from trl import DPOTrainer
+
+from ..data.collator import PreferenceCollator
+from ..interfaces import NUM_LEVELS
+from .losses import ContrastiveLoss
+
+logger = logging.getLogger(__name__)
+
+# TRL 批次里不是模型输入的键（与 TRL `_compute_loss` 的 _non_model_keys 一致）
+_NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+_ENCODER_KEYS = ("encoder_semantic_ids", "encoder_positions", "encoder_token_types", "encoder_attention_mask")
+
+
+class UGTPreferencePairCollator:
+    """偏好记录 → TRL DPOTrainer 的批次。
+
+    输出：
+        encoder_*        [B, Te(,3)]   每个用户一份（chosen 与 rejected 共享，前向里只编码一次）
+        input_ids        [2B, 4]       [0, l1, l2, l3]，前 B 行 chosen、后 B 行 rejected（TRL 的约定）
+        completion_mask  [2B, 4]       [0, 1, 1, 1]：只有三层 ID 计入 log-prob
+        attention_mask   [2B, 4]       全 1（TRL 只用它统计 token 数）
+        preference_score [B]
+        ref_chosen_logps / ref_rejected_logps [B]（数据集里已预计算时透传）
+    """
+
+    def __init__(self, pad_token_id: int = 0, vocab_sizes: Optional[Sequence[int]] = None,
+                 max_encoder_length: Optional[int] = None):
+        self.base = PreferenceCollator(pad_token_id=pad_token_id, vocab_sizes=vocab_sizes,
+                                       max_encoder_length=max_encoder_length)
+
+    def __call__(self, features: List[Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
+        refs = {k: [f[k] for f in features] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in features[0]}
+        stripped = [{k: v for k, v in f.items() if k not in refs} for f in features]
+        batch = self.base(stripped)
+        chosen, rejected = batch.pop("chosen_ids"), batch.pop("rejected_ids")  # [B, 3]
+        items = torch.cat([chosen, rejected], dim=0)  # [2B, 3]
+        prompt = torch.zeros(items.shape[0], 1, dtype=torch.long)
+        batch["input_ids"] = torch.cat([prompt, items], dim=1)  # [2B, 4]
+        mask = torch.ones_like(batch["input_ids"])
+        batch["attention_mask"] = mask
+        completion = mask.clone()
+        completion[:, 0] = 0
+        batch["completion_mask"] = completion
+        for k, v in refs.items():
+            batch[k] = torch.as_tensor(v, dtype=torch.float32)
+        return batch
+
+
+@dataclass
+class UGTFusedOutput(ModelOutput):
+    """与 TRL `FusedCausalLMOutput` 同名字段：每个 completion token（三层 ID）一列。"""
+
+    loss: Optional[torch.Tensor] = None
+    log_probs: Optional[torch.Tensor] = None  # [2B, 3]
+    entropy: Optional[torch.Tensor] = None  # [2B, 3]
+    log_sum_sq_probs: Optional[torch.Tensor] = None
+    mean_logits: Optional[torch.Tensor] = None  # [2B, 3]
+    is_top1: Optional[torch.Tensor] = None  # [2B, 3] bool
+    label_mask: Optional[torch.Tensor] = None
+    aux_loss: Optional[torch.Tensor] = None
+
+
+def _level_stats(logits: torch.Tensor, target: torch.Tensor):
+    """logits [N, V]，target [N] -> (log p(target), 熵, 平均 logit, 是否 top-1, log Σp²)，都是 [N]。"""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
+    lp = logp.gather(1, target.unsqueeze(1)).squeeze(1)
+    with torch.no_grad():
+        p = logp.exp()
+        entropy = -(p * logp).sum(-1)
+        mean_logits = logits.float().mean(-1)
+        is_top1 = logits.argmax(-1) == target
+        log_sum_sq = torch.logsumexp(2 * logp, dim=-1)
+    return lp, entropy, mean_logits, is_top1, log_sum_sq
+
+
+def ugt_fused_forward(model, labels: torch.Tensor, reference_free: bool = False, **batch) -> UGTFusedOutput:
+    """`fused_lm_head=True` 时的前向：从 BOS 位置给 [chosen; rejected] 三层 ID 逐层打分。
+
+    labels: [2B, 4]，第 0 列是 -100（prompt），其余是 (l1, l2, l3)。编码器输入只有 B 行。
+    结果同时存到 `model._ugt_last_fused`，供 `UGTDPOTrainer.compute_loss` 加 NTP / 对比 / MoE 项。
+    """
+    items = labels[:, 1:].long()  # [2B, 3]
+    n = items.shape[0]
+    if reference_free:
+        zeros = torch.zeros(n, NUM_LEVELS, device=items.device)
+        return UGTFusedOutput(log_probs=zeros, entropy=zeros, mean_logits=zeros,
+                              is_top1=torch.zeros_like(zeros, dtype=torch.bool), log_sum_sq_probs=zeros)
+    enc = {k: batch[k] for k in _ENCODER_KEYS if batch.get(k) is not None}
+    memory, enc_mask = model.encode(**enc)  # [B, Te, D]
+    hidden, balance, z = model.decode(memory, enc_mask)  # BOS 解码 -> [B, 1, D]
+    states = hidden[:, 0]  # [B, D]
+    b = states.shape[0]
+    if n % b != 0:
+        raise ValueError(f"preference batch: {n} completion rows for {b} users (expected [chosen; rejected])")
+    states = states.repeat(n // b, 1)  # [2B, D]
+    l1, l2, l3 = items.unbind(-1)
+    stats = [
+        _level_stats(model.level1_logits(states), l1),
+        _level_stats(model.level2_logits(states, l1), l2),
+        _level_stats(model.level3_logits(states, l1, l2), l3),
+    ]
+    log_probs, entropy, mean_logits, is_top1, log_sum_sq = (torch.stack(x, dim=1) for x in zip(*stats))  # [2B, 3]
+    aux = None
+    if balance is not None:
+        cfg = model.config
+        aux = getattr(cfg, "router_aux_loss_coef", 1.0) * balance
+        if z is not None and getattr(cfg, "router_z_loss_coef", 0.0):
+            aux = aux + cfg.router_z_loss_coef * z
+    model._ugt_last_fused = {
+        "log_probs": log_probs,
+        "aux_loss": aux,
+        "user_repr": model.user_representation(memory, enc_mask),  # [B, D]
+        "chosen_triples": items[:b],  # [B, 3]
+    }
+    return UGTFusedOutput(
+        loss=-log_probs.sum(-1).mean(), log_probs=log_probs, entropy=entropy, mean_logits=mean_logits,
+        is_top1=is_top1, log_sum_sq_probs=log_sum_sq, label_mask=torch.ones_like(is_top1), aux_loss=aux,
+    )
+
+
+def _is_ugt_model(model) -> bool:
+    return all(hasattr(model, name) for name in ("encode", "decode", "level1_logits", "level2_logits", "level3_logits"))
+
+
+def add_ugt_fused_head(model, *args, reference_free: bool = False, **kwargs) -> None:
+    """替代 TRL 的 `add_fused_lm_head`：UGT 模型的 `fused_lm_head=True` 前向走层次化物品打分。"""
+    if not _is_ugt_model(model):
+        return _ORIGINAL_ADD_FUSED_LM_HEAD(model, *args, **kwargs)
+    original_forward = model.forward
+
+    def _forward(self, *f_args, fused_lm_head: bool = False, labels=None, use_cache=None, input_ids=None,
+                 attention_mask=None, num_items_in_batch=None, output_router_logits=None, **f_kwargs):
+        if not fused_lm_head:
+            return original_forward(*f_args, labels=labels, **f_kwargs)
+        if labels is None:
+            labels = input_ids
+        return ugt_fused_forward(self, labels, reference_free=getattr(self, "_ugt_reference_free", False),
+                                 **f_kwargs)
+
+    model.forward = types.MethodType(_forward, model)
+
+
+_ORIGINAL_ADD_FUSED_LM_HEAD = trl_dpo.add_fused_lm_head
+
+
+def _as_hf_dataset(dataset):
+    """PreferenceDataset（有 .hf_dataset）、记录列表或 HF Dataset -> HF Dataset（TRL 只接受它）。"""
+    if dataset is None or isinstance(dataset, Dataset):
+        return dataset
+    if hasattr(dataset, "hf_dataset"):
+        return dataset.hf_dataset
+    if isinstance(dataset, list):
+        return Dataset.from_list(dataset)
+    raise TypeError(f"preference dataset must be a datasets.Dataset, a PreferenceDataset or a list of records, "
+                    f"got {type(dataset).__name__}")
+
+
+class UGTDPOTrainer(DPOTrainer):
+    """TRL `DPOTrainer` 的语义 ID 版本（见模块说明）。args 是 `Stage3Config`（基于 TRL `DPOConfig`）。
+
+    参考模型：给了 `ref_model` 就用它；`args.dpo_reference_free` 时参考 log-prob 恒为 0；
+    `args.precompute_ref_log_probs` 时由 TRL 在训练前用初始策略算好（参考模型不常驻内存，ZeRO-3 友好）；
+    否则冻结一份策略模型的拷贝。
+    """
+
+    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
+                 optimizers=(None, None), **kwargs):
+        if args is None:
+            raise ValueError("UGTDPOTrainer needs args (a Stage3Config)")
+        if processing_class is None:
+            raise ValueError("UGTDPOTrainer needs processing_class (the model's UGTTokenizer)")
+        self.reference_free = bool(getattr(args, "dpo_reference_free", False))
+        if ref_model is None and (self.reference_free or not args.precompute_ref_log_probs):
+            # TRL 会尝试按 config 里的名字从 hub 重新加载参考模型；我们直接冻结一份内存里的拷贝
+            ref_model = copy.deepcopy(model).eval()
+            for p in ref_model.parameters():
+                p.requires_grad_(False)
+        if ref_model is not None and self.reference_free:
+            ref_model._ugt_reference_free = True
+        if data_collator is None:
+            data_collator = UGTPreferencePairCollator(
+                pad_token_id=getattr(model.config, "pad_token_id", 0) or 0,
+                vocab_sizes=getattr(model.config, "vocab_sizes", None),
+                max_encoder_length=getattr(args, "encoder_max_length", None),
+            )
+        if getattr(model, "generation_config", None) is None:
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig()
+        train_dataset = _as_hf_dataset(train_dataset)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: _as_hf_dataset(v) for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = _as_hf_dataset(eval_dataset)
+        self.lambda_preference = float(getattr(args, "lambda_preference", 1.0))
+        self.lambda_contrastive = float(getattr(args, "lambda_contrastive", 0.0))
+        self.lambda_moe_balance = float(getattr(args, "lambda_moe_balance", 0.0))
+        self.level_weights = torch.tensor([
+            getattr(args, "l1_loss_weight", 0.5), getattr(args, "l2_loss_weight", 0.3),
+            getattr(args, "l3_loss_weight", 0.2)], dtype=torch.float32)
+        self.contrastive = ContrastiveLoss(temperature=getattr(args, "contrastive_temperature", 0.07))
+        # TRL 会把 tokenizer 的 pad token id 写进 model.config.pad_token_id；模型用该字段作语义 ID 的 padding 值，
+        # 两者含义不同，初始化后还原
+        semantic_pad = getattr(model.config, "pad_token_id", 0)
+        with mock.patch.object(trl_dpo, "add_fused_lm_head", add_ugt_fused_head):
+            super().__init__(model=model, ref_model=ref_model, args=args, data_collator=data_collator,
+                             train_dataset=train_dataset, eval_dataset=eval_dataset,
+                             processing_class=processing_class, compute_metrics=compute_metrics,
+                             callbacks=callbacks, optimizers=optimizers, **kwargs)
+        for m in (self.accelerator.unwrap_model(self.model), self.ref_model):
+            if m is not None and hasattr(m, "config"):
+                m.config.pad_token_id = semantic_pad
+
+    # 我们的数据已经是语义 ID 记录，不需要 TRL 的文本分词 / 加 EOS
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["user_id", "user_sequence", "chosen_item", "rejected_item", "preference_score",
+                                       "ref_chosen_logps", "ref_rejected_logps"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """L = L_ntp(chosen) + λ2·L_DPO + λ1·L_contrastive + λ3·L_moe；L_DPO 是 TRL 的（含其 loss_weights）。"""
+        dpo_loss = super().compute_loss(model, inputs, return_outputs=False)
+        unwrapped = self.accelerator.unwrap_model(model)
+        last = getattr(unwrapped, "_ugt_last_fused", None)
+        if last is None:
+            raise RuntimeError("UGT fused forward did not run: is the model patched by UGTDPOTrainer?")
+        unwrapped._ugt_last_fused = None
+        mode = "train" if self.model.training else "eval"
+        log_probs = last["log_probs"]  # [2B, 3]
+        b = log_probs.shape[0] // 2
+        weights = self.level_weights.to(log_probs.device)
+        ntp = -(log_probs[:b] * weights).sum(-1).mean()
+        loss = ntp + self.lambda_preference * dpo_loss
+        self._metrics[mode]["ntp_loss"].append(self.accelerator.gather(ntp.detach()).mean().item())
+        self._metrics[mode]["dpo_loss"].append(self.accelerator.gather(dpo_loss.detach()).mean().item())
+        if self.lambda_contrastive > 0 and b > 1:
+            item_repr = unwrapped.item_representation(last["chosen_triples"])  # [B, D]
+            item_key = (last["chosen_triples"] * torch.tensor([1 << 40, 1 << 20, 1], device=log_probs.device)).sum(-1)
+            con, _ = self.contrastive(last["user_repr"], item_repr, item_ids=item_key)
+            loss = loss + self.lambda_contrastive * con
+            self._metrics[mode]["contrastive_loss"].append(self.accelerator.gather(con.detach()).mean().item())
+        aux = last.get("aux_loss")
+        if aux is not None and self.lambda_moe_balance > 0:
+            loss = loss + self.lambda_moe_balance * aux
+            self._metrics[mode]["moe_balance_loss"].append(self.accelerator.gather(aux.detach()).mean().item())
+        if return_outputs:
+            return loss, {"log_probs": log_probs.detach()}
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # 评估只要损失与 rewards/* 指标（TRL 记录在 _metrics 里）；排序指标由 evaluation.evaluate_ranking 给出
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, return_outputs=False)
+        return loss.detach(), None, None
+
+    def _save_checkpoint(self, model, trial):
+        # TRL 在这里写 model card（需要 hub 元数据）；离线环境下直接用 Trainer 的保存逻辑
+        return super(DPOTrainer, self)._save_checkpoint(model, trial)
+
+
+@torch.no_grad()
+def pairwise_preference_accuracy(model, dataset, batch_size: int = 256, collator=None) -> Dict[str, float]:
+    """留出偏好对上的成对准确率：log p(chosen) > log p(rejected) 的比例（策略模型本身，不减参考模型）。"""
+    dataset = _as_hf_dataset(dataset)
+    collator = collator or UGTPreferencePairCollator(
+        pad_token_id=getattr(model.config, "pad_token_id", 0) or 0, vocab_sizes=getattr(model.config, "vocab_sizes", None)
+    )
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    margin_sum = 0.0
+    device = next(model.parameters()).device
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collator(rows)
+        enc = {k: batch[k].to(device) for k in _ENCODER_KEYS if k in batch}
+        items = batch["input_ids"][:, 1:].to(device)  # [2B, 3]
+        b = items.shape[0] // 2
+        states = model.prediction_states(**enc)  # [B, D]
+        lp_c = model.item_log_probs(states, items[:b])  # [B]
+        lp_r = model.item_log_probs(states, items[b:])
+        correct += int((lp_c > lp_r).sum())
+        total += b
+        margin_sum += float((lp_c - lp_r).sum())
+    model.train(was_training)
+    return {"preference_accuracy": correct / max(total, 1), "preference_margin": margin_sum / max(total, 1),
+            "num_pairs": float(total)}

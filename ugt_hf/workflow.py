@@ -1,0 +1,159 @@
+"""`ugt pipeline`：需要时先 `ugt prepare`，再依次跑阶段 1→2→3，最后在测试集上评估每个阶段并写报告。
+
+流水线配置（YAML）：
+    dataset: beauty                      # 报告里的名字
+    prepare: {source: s3rec, input: ...} # 数据目录不存在时用这些参数准备（同 `ugt prepare` 的选项）
+    stages:                              # 每个阶段的配置文件（与 recipes/stage{n}.py 用的是同一批文件）
+      1: recipes/configs/beauty_stage1.yaml
+      2: recipes/configs/beauty_stage2.yaml
+      3: recipes/configs/beauty_stage3.yaml
+    evaluation: {split: test, k_values: [5, 10, 20], num_beams: 20, exclude_history: false}
+    published: {TIGER: {recall@5: ..., ...}}   # 可选：报告里并列的论文数字
+每个阶段从上一阶段的 best_model 开始；阶段的 data_dir / output_dir / pretrained 由流水线给出。
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import yaml
+
+from .training.arguments import ConfigError, load_yaml_config
+
+PIPELINE_KEYS = {"dataset", "prepare", "stages", "evaluation", "published"}
+EVAL_KEYS = {"split", "k_values", "num_beams", "exclude_history", "batch_size"}
+
+
+def git_commit(path: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def load_pipeline_config(path) -> Dict[str, Any]:
+    """读取并校验流水线配置；阶段配置路径相对配置文件所在目录或当前目录解析。"""
+    raw, lines = load_yaml_config(path)
+    for key in raw:
+        if key not in PIPELINE_KEYS:
+            raise ConfigError(f"未知的流水线配置项 '{key}'（可用：{sorted(PIPELINE_KEYS)}）", field=key,
+                              source=str(path), line=lines.get(key))
+    stages = raw.get("stages") or {}
+    if not isinstance(stages, dict) or sorted(int(k) for k in stages) != [1, 2, 3]:
+        raise ConfigError("stages 必须给出 1、2、3 三个阶段的配置文件", field="stages", source=str(path),
+                          line=lines.get("stages"))
+    resolved = {}
+    for k, v in stages.items():
+        p = Path(v)
+        if not p.is_absolute() and not p.exists():
+            p = Path(path).parent / Path(v).name
+        if not p.is_file():
+            raise ConfigError(f"阶段 {k} 的配置文件 {v} 不存在", field="stages", source=str(path),
+                              line=lines.get("stages"))
+        resolved[int(k)] = str(p)
+    raw["stages"] = resolved
+    ev = raw.get("evaluation") or {}
+    bad = set(ev) - EVAL_KEYS
+    if bad:
+        raise ConfigError(f"evaluation 下未知的键 {sorted(bad)}（可用：{sorted(EVAL_KEYS)}）", field="evaluation",
+                          source=str(path), line=lines.get("evaluation"))
+    raw["evaluation"] = ev
+    return raw
+
+
+def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print) -> dict:
+    """数据目录已有 meta.json 就直接用；否则按配置的 prepare 选项准备（重复运行是 no-op）。"""
+    from .data.prepare import prepare
+
+    if (data_dir / "meta.json").is_file() and not prepare_opts:
+        return json.loads((data_dir / "meta.json").read_text())
+    if not prepare_opts:
+        raise ConfigError(f"{data_dir} 不是准备好的数据目录，且流水线配置没有 prepare 段", field="prepare")
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return prepare(str(data_dir), **dict(prepare_opts), log=log)
+    finally:
+        torch.set_num_threads(threads)  # prepare 为 k-means 固定成 1 线程；训练要恢复
+
+
+def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 3),
+                 extra_args: Sequence[str] = (), log=print) -> Dict[str, Any]:
+    from .evaluation import evaluate_ranking, load_catalogue, popularity_baseline
+    from .modeling_ugt import UGTForGenerativeRecommendation
+    from .report import RESULTS_FILE, write_report
+    from .training.stages import BEST_MODEL_DIR, run_stage
+
+    t_start = time.perf_counter()
+    cfg = load_pipeline_config(config_path)
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = ensure_prepared(data_dir, cfg.get("prepare"), log=log)
+    ev = {"split": "test", "k_values": [5, 10, 20], "num_beams": 20, "exclude_history": False, "batch_size": 256,
+          **cfg["evaluation"]}
+    catalogue = load_catalogue(data_dir, meta)
+    results: Dict[str, Any] = {
+        "dataset": cfg.get("dataset", data_dir.name), "data_dir": str(data_dir), "config": str(config_path),
+        "git_commit": git_commit(Path(__file__).resolve().parent), "split": ev["split"],
+        "num_items": catalogue.num_items, "num_beams": ev["num_beams"], "exclude_history": ev["exclude_history"],
+        "stage_configs": cfg["stages"], "published": cfg.get("published"), "stages": {},
+    }
+    results["popularity"] = popularity_baseline(data_dir, ev["split"], ev["k_values"], ev["exclude_history"])
+    previous = None
+    for n in stages:
+        name = f"stage{n}"
+        argv = ["--config", cfg["stages"][n], "--data_dir", str(data_dir), "--output_dir", str(run_dir / name)]
+        if previous is not None:
+            argv += ["--pretrained", previous]
+            if n == 3:
+                argv += ["--reference_model_path", previous]
+        argv += list(extra_args)
+        log(f"[pipeline] {name}: {' '.join(argv)}")
+        summary = run_stage(n, argv)
+        best = summary["best_model_dir"]
+        model = UGTForGenerativeRecommendation.from_pretrained(best).eval()
+        t0 = time.perf_counter()
+        test = evaluate_ranking(model, data_dir, split=ev["split"], k_values=ev["k_values"], num_beams=ev["num_beams"],
+                                exclude_history=ev["exclude_history"], batch_size=ev["batch_size"],
+                                catalogue=catalogue)
+        entry = {"train_seconds": summary["train_seconds"], "eval_seconds": time.perf_counter() - t0,
+                 "best_model_dir": best, "test": test}
+        for key in ("preference_source", "num_preference_pairs"):
+            if key in summary:
+                entry[key] = summary[key]
+        if "preference_before" in summary:
+            results["stages"].setdefault("stage2", {})["preference_accuracy"] = summary["preference_before"]
+            entry["preference_accuracy"] = summary["preference_after"]
+        results["stages"][name] = {**results["stages"].get(name, {}), **entry}
+        log(f"[pipeline] {name} test: " + ", ".join(f"{k}={test[k]:.4f}" for k in ("recall@10", "ndcg@10", "mrr")))
+        previous = best
+        results["total_seconds"] = time.perf_counter() - t_start
+        (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    write_report(run_dir)
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="ugt pipeline", description="准备数据（如需要）→ 阶段 1→2→3 → 测试评估与报告")
+    parser.add_argument("--data", required=True, help="数据产物目录（不存在时按配置的 prepare 段生成）")
+    parser.add_argument("--config", required=True, help="流水线 YAML（见 recipes/configs/*_pipeline.yaml）")
+    parser.add_argument("--out", required=True, help="运行目录：各阶段检查点、results.json、report.md、PNG 图")
+    parser.add_argument("--stages", default="1,2,3", help="要跑的阶段，逗号分隔（默认 1,2,3）")
+    ns, extra = parser.parse_known_args(argv)
+    try:
+        stages = [int(s) for s in ns.stages.split(",")]
+        results = run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra)
+    except ConfigError as e:
+        print(f"ugt pipeline: {e}")
+        return 2
+    from .report import REPORT_MD
+
+    print((Path(ns.out) / REPORT_MD).read_text())
+    return 0
