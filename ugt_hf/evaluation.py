@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .data.collator import DataCollator
+from .interfaces import SEMANTIC_PAD_ID
 from .data.datasets import RecommendDataset
 from .data.schema import ITEMS_FILE, META_FILE
 from .generation import ItemCatalogue, recommend
@@ -66,7 +67,7 @@ def rank_dataset(
 ):
     """对数据集每个样本（BOS 位置）做约束 beam search。返回 (predictions [N, K] 物品下标, targets [N])。"""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    collator = DataCollator(pad_token_id=getattr(model.config, "pad_token_id", 0) or 0)
+    collator = DataCollator(pad_token_id=SEMANTIC_PAD_ID)
     n = len(dataset) if max_samples is None else min(len(dataset), int(max_samples))
     preds, targets = [], []
     was_training = model.training

@@ -27,6 +27,8 @@ from transformers.utils import ModelOutput
 # 语义 ID 层数固定为 3（L1/L2/L3）
 NUM_LEVELS = 3
 IGNORE_INDEX = -100
+# 语义 ID 的 padding 值（schema 的 pad_token_id）；与 tokenizer 的 "<pad>" token id 不是一回事
+SEMANTIC_PAD_ID = 0
 SPECIAL_TOKEN_TYPE = 0
 ITEM_TOKEN_TYPE = 1
 

@@ -28,13 +28,14 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
+from transformers import TrainerCallback
 from transformers.utils import ModelOutput
 
 import trl.trainer.dpo_trainer as trl_dpo
 from trl import DPOTrainer
 
 from ..data.collator import PreferenceCollator
-from ..interfaces import NUM_LEVELS
+from ..interfaces import NUM_LEVELS, SEMANTIC_PAD_ID
 from .losses import ContrastiveLoss
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,17 @@ def _as_hf_dataset(dataset):
                     f"got {type(dataset).__name__}")
 
 
+class _RestoreSemanticPadCallback(TrainerCallback):
+    """HF Trainer 在 train() 开头按 tokenizer 对齐 model.config.pad_token_id（align_special_tokens）；
+    UGT 的 pad_token_id 是语义 ID 的 padding 值（0），与 tokenizer 的 "<pad>" 物品表 id 含义不同，这里还原。"""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._restore_semantic_pad()
+
+
 class UGTDPOTrainer(DPOTrainer):
     """TRL `DPOTrainer` 的语义 ID 版本（见模块说明）。args 是 `Stage3Config`（基于 TRL `DPOConfig`）。
 
@@ -213,7 +225,7 @@ class UGTDPOTrainer(DPOTrainer):
             ref_model._ugt_reference_free = True
         if data_collator is None:
             data_collator = UGTPreferencePairCollator(
-                pad_token_id=getattr(model.config, "pad_token_id", 0) or 0,
+                pad_token_id=SEMANTIC_PAD_ID,
                 vocab_sizes=getattr(model.config, "vocab_sizes", None),
                 max_encoder_length=getattr(args, "encoder_max_length", None),
             )
@@ -235,15 +247,20 @@ class UGTDPOTrainer(DPOTrainer):
         self.contrastive = ContrastiveLoss(temperature=getattr(args, "contrastive_temperature", 0.07))
         # TRL 会把 tokenizer 的 pad token id 写进 model.config.pad_token_id；模型用该字段作语义 ID 的 padding 值，
         # 两者含义不同，初始化后还原
-        semantic_pad = getattr(model.config, "pad_token_id", 0)
+        semantic_pad = SEMANTIC_PAD_ID
         with mock.patch.object(trl_dpo, "add_fused_lm_head", add_ugt_fused_head):
             super().__init__(model=model, ref_model=ref_model, args=args, data_collator=data_collator,
                              train_dataset=train_dataset, eval_dataset=eval_dataset,
                              processing_class=processing_class, compute_metrics=compute_metrics,
                              callbacks=callbacks, optimizers=optimizers, **kwargs)
+        self._semantic_pad = semantic_pad
+        self._restore_semantic_pad()
+        self.add_callback(_RestoreSemanticPadCallback(self))
+
+    def _restore_semantic_pad(self) -> None:
         for m in (self.accelerator.unwrap_model(self.model), self.ref_model):
             if m is not None and hasattr(m, "config"):
-                m.config.pad_token_id = semantic_pad
+                m.config.pad_token_id = self._semantic_pad
 
     # 我们的数据已经是语义 ID 记录，不需要 TRL 的文本分词 / 加 EOS
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -301,7 +318,7 @@ def pairwise_preference_accuracy(model, dataset, batch_size: int = 256, collator
     """留出偏好对上的成对准确率：log p(chosen) > log p(rejected) 的比例（策略模型本身，不减参考模型）。"""
     dataset = _as_hf_dataset(dataset)
     collator = collator or UGTPreferencePairCollator(
-        pad_token_id=getattr(model.config, "pad_token_id", 0) or 0, vocab_sizes=getattr(model.config, "vocab_sizes", None)
+        pad_token_id=SEMANTIC_PAD_ID, vocab_sizes=getattr(model.config, "vocab_sizes", None)
     )
     was_training = model.training
     model.eval()

@@ -125,11 +125,12 @@ def self_generated_pairs(model, dataset: RecommendDataset, catalogue, max_pairs:
     """没有评分时的偏好对（OneRec 式）：chosen = 用户真实的下一个物品，rejected = 模型自己 beam 候选里
     排名最高、但用户没有选的物品。对齐把模型“错误地最自信”的候选压下去。"""
     from ..data.collator import DataCollator
+    from ..interfaces import SEMANTIC_PAD_ID
 
     n = len(dataset)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)[: (max_pairs or n)]
-    collator = DataCollator(pad_token_id=getattr(model.config, "pad_token_id", 0) or 0)
+    collator = DataCollator(pad_token_id=SEMANTIC_PAD_ID)
     device = next(model.parameters()).device
     pairs: List[Dict[str, Any]] = []
     was_training = model.training

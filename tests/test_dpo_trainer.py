@@ -1,0 +1,142 @@
+"""dpo_trainer.py：偏好批次、层次化物品打分与 TRL DPOTrainer 的对接、总损失公式、留出偏好准确率。"""
+
+import random
+
+import pytest
+import torch
+
+from ugt_hf.configuration_ugt import UGTConfig
+from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
+from ugt_hf.tokenization_ugt import UGTTokenizer
+from ugt_hf.training.arguments import Stage3Config
+from ugt_hf.training.dpo_trainer import (
+    UGTDPOTrainer,
+    UGTPreferencePairCollator,
+    pairwise_preference_accuracy,
+    ugt_fused_forward,
+)
+
+V = (6, 5, 4)
+TRIPLES = [(a, b, c) for a in range(3) for b in range(3) for c in range(2)]  # 18 个物品
+
+
+def _record(uid, hist, chosen, rejected):
+    seq = {
+        "encoder_l1_ids": [TRIPLES[i][0] for i in hist], "encoder_l2_ids": [TRIPLES[i][1] for i in hist],
+        "encoder_l3_ids": [TRIPLES[i][2] for i in hist], "encoder_positions": list(range(len(hist))),
+        "encoder_token_types": [1] * len(hist), "encoder_mask": [1] * len(hist),
+    }
+    item = lambda i: dict(zip(("l1_id", "l2_id", "l3_id"), TRIPLES[i]))  # noqa: E731
+    return {"user_id": str(uid), "user_sequence": seq, "chosen_item": item(chosen), "rejected_item": item(rejected),
+            "preference_score": 1.0}
+
+
+def _pairs(n=48, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for u in range(n):
+        hist = [rng.randrange(len(TRIPLES)) for _ in range(rng.randint(1, 4))]
+        # 可学习的偏好：chosen 总是 L1=0 的物品，rejected 总是 L1=2 的物品
+        out.append(_record(u, hist, rng.randrange(0, 6), rng.randrange(12, 18)))
+    return out
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    cfg = UGTConfig(vocab_sizes=list(V), d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+                    ffn_dim=32, num_experts=2, num_experts_per_tok=1, dropout=0.0)
+    return UGTForGenerativeRecommendation(cfg)
+
+
+def _tokenizer():
+    return UGTTokenizer(item_ids=list(range(len(TRIPLES))), triples=TRIPLES, vocab_sizes=V)
+
+
+def _args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), batch_size=8, max_epochs=3, learning_rate=5e-3, warmup_steps=0,
+                logging_steps=2, save_strategy="no", report_to="none", fp16=False, lambda_contrastive=0.0,
+                lambda_preference=1.0, dpo_beta=0.5, seed=0)
+    base.update(kw)
+    return Stage3Config(**base)
+
+
+def test_collator_exact_tensors():
+    batch = UGTPreferencePairCollator(vocab_sizes=V)([_record(0, [1, 2], 0, 17), _record(1, [3], 5, 12)])
+    assert batch["encoder_semantic_ids"].shape == (2, 2, 3)  # 编码器每个用户一份
+    expected = torch.tensor([[0, *TRIPLES[0]], [0, *TRIPLES[5]], [0, *TRIPLES[17]], [0, *TRIPLES[12]]])
+    assert torch.equal(batch["input_ids"], expected)  # [chosen; rejected]
+    assert torch.equal(batch["completion_mask"], torch.tensor([[0, 1, 1, 1]] * 4))
+    assert torch.equal(batch["attention_mask"], torch.ones(4, 4, dtype=torch.long))
+    assert torch.equal(batch["encoder_attention_mask"], torch.tensor([[1, 1], [1, 0]]))
+
+
+def test_fused_forward_equals_hierarchical_item_score():
+    model = _model().eval()
+    batch = UGTPreferencePairCollator(vocab_sizes=V)(_pairs(5))
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    enc = {k: v for k, v in batch.items() if k.startswith("encoder_")}
+    with torch.no_grad():
+        out = ugt_fused_forward(model, labels, **enc)
+        items = batch["input_ids"][:, 1:]
+        direct = torch.cat([model.score_items(items[:5], **enc), model.score_items(items[5:], **enc)])
+    assert out.log_probs.shape == (10, 3)
+    torch.testing.assert_close(out.log_probs.sum(-1), direct, atol=1e-5, rtol=1e-5)
+    assert (out.log_probs <= 0).all()
+
+
+def test_dpo_training_learns_preference_and_logs_trl_metrics(tmp_path):
+    pairs = _pairs()
+    model = _model()
+    before = pairwise_preference_accuracy(model, pairs)["preference_accuracy"]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = UGTDPOTrainer(model=model, args=_args(tmp_path), train_dataset=pairs, processing_class=_tokenizer())
+    trainer.train()
+    after = pairwise_preference_accuracy(trainer.model, pairs)["preference_accuracy"]
+    assert after > max(before, 0.8), (before, after)
+    assert any(not torch.equal(start[k], v) for k, v in trainer.model.state_dict().items())
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "ntp_loss", "dpo_loss"):
+        assert key in logged[-1], key
+    assert logged[-1]["rewards/margins"] > 0
+    assert trainer.model.config.pad_token_id == 0  # TRL 写入的 tokenizer pad id 已还原
+
+
+def test_total_loss_formula_and_reference_free(tmp_path):
+    pairs = _pairs(8)
+    model = _model()
+    args = _args(tmp_path, lambda_preference=0.0, lambda_moe_balance=0.0, dpo_reference_free=True, batch_size=8)
+    trainer = UGTDPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=_tokenizer())
+    batch = trainer.data_collator(pairs)
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+        enc = {k: v for k, v in batch.items() if k.startswith("encoder_")}
+        states = model.prediction_states(**enc)
+        items = batch["input_ids"][:8, 1:]
+        l1 = torch.log_softmax(model.level1_logits(states), -1).gather(1, items[:, :1]).squeeze(1)
+        l2 = torch.log_softmax(model.level2_logits(states, items[:, 0]), -1).gather(1, items[:, 1:2]).squeeze(1)
+        l3 = torch.log_softmax(model.level3_logits(states, items[:, 0], items[:, 1]), -1).gather(
+            1, items[:, 2:3]).squeeze(1)
+    # λ2 = λ1 = λ3 = 0：总损失 = 按层加权的 chosen NTP（0.5/0.3/0.2）
+    expected = -(0.5 * l1 + 0.3 * l2 + 0.2 * l3).mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    # reference-free：参考模型的 log-prob 恒为 0，rewards = β·logπ
+    assert getattr(trainer.ref_model, "_ugt_reference_free", False)
+
+
+def test_pairwise_accuracy_counts():
+    model = _model().eval()
+    pairs = _pairs(6)
+    res = pairwise_preference_accuracy(model, pairs)
+    swapped = [dict(p, chosen_item=p["rejected_item"], rejected_item=p["chosen_item"]) for p in pairs]
+    res2 = pairwise_preference_accuracy(model, swapped)
+    assert res["num_pairs"] == 6
+    assert res["preference_accuracy"] + res2["preference_accuracy"] == pytest.approx(1.0)
+    assert res["preference_margin"] == pytest.approx(-res2["preference_margin"], abs=1e-5)
+
+
+def test_requires_args_and_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match="processing_class"):
+        UGTDPOTrainer(model=_model(), args=_args(tmp_path), train_dataset=_pairs(4))
+    with pytest.raises(ValueError, match="Stage3Config"):
+        UGTDPOTrainer(model=_model(), train_dataset=_pairs(4), processing_class=_tokenizer())

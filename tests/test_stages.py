@@ -1,0 +1,97 @@
+"""stages.py：数据目录解析、模型构建（新建/续自上一阶段）、偏好对来源、自生成偏好对。"""
+
+import json
+
+import pytest
+import torch
+
+from ugt_hf.evaluation import load_catalogue, load_meta, split_path
+from ugt_hf.training.arguments import ConfigError, Stage1Config, Stage3Config
+from ugt_hf.training.stages import (
+    _model_config_kwargs,
+    _recommend_dataset,
+    build_model,
+    preference_data,
+    resolve_data,
+    self_generated_pairs,
+)
+
+from _tiny_artifacts import tiny_data_dir
+
+TINY = {"d_model": 16, "num_heads": 2, "num_encoder_layers": 1, "num_decoder_layers": 1, "ffn_dim": 32,
+        "num_experts": 1, "num_experts_per_tok": 1}
+
+
+def _args(tmp_path, cls=Stage1Config, **kw):
+    base = dict(output_dir=str(tmp_path / "o"), fp16=False, report_to="none", model_config=TINY,
+                data_dir=str(tiny_data_dir()), encoder_max_length=20, decoder_max_length=5)
+    base.update(kw)
+    return cls(**base)
+
+
+def test_model_config_forms(tmp_path):
+    assert _model_config_kwargs({"d_model": 8}) == {"d_model": 8}
+    assert _model_config_kwargs('{"d_model": 8}') == {"d_model": 8}
+    (tmp_path / "config.json").write_text(json.dumps({"d_model": 12}))
+    assert _model_config_kwargs(str(tmp_path)) == {"d_model": 12}
+    with pytest.raises(ConfigError, match="model_config"):
+        _model_config_kwargs("{bad json")
+    with pytest.raises(ConfigError, match="不存在"):
+        _model_config_kwargs(str(tmp_path / "nope.json"))
+
+
+def test_build_model_new_and_pretrained(tmp_path):
+    args = _args(tmp_path)
+    meta = load_meta(args.data_dir)
+    model = build_model(args, meta)
+    assert model.config.vocab_sizes == meta["vocab_sizes"] and model.config.d_model == 16
+    model.save_pretrained(tmp_path / "prev")
+    again = build_model(_args(tmp_path, pretrained_model_path=str(tmp_path / "prev")), meta)
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    bad_meta = dict(meta, vocab_sizes=[v + 1 for v in meta["vocab_sizes"]])
+    with pytest.raises(ConfigError, match="vocab_sizes"):
+        build_model(_args(tmp_path, pretrained_model_path=str(tmp_path / "prev")), bad_meta)
+
+
+def test_resolve_data_errors(tmp_path):
+    with pytest.raises(ConfigError, match="data_dir"):
+        resolve_data(_args(tmp_path, data_dir=None))
+    with pytest.raises(ConfigError, match="ugt prepare"):
+        resolve_data(_args(tmp_path, data_dir=str(tmp_path)))
+    args = _args(tmp_path, data_dir=None, train_data_path=str(split_path(tiny_data_dir(), "train")))
+    assert resolve_data(args)["data_dir"] == str(tiny_data_dir())
+
+
+def test_preference_sources(tmp_path):
+    d = tiny_data_dir()
+    meta = load_meta(d)
+    cat = load_catalogue(d, meta)
+    model = build_model(_args(tmp_path), meta)
+    train, held, source = preference_data(_args(tmp_path, Stage3Config), model, str(d), meta, cat)
+    assert source == "ratings" and len(train) == meta["splits"]["preference_train"] and held is not None
+    train, held, source = preference_data(_args(tmp_path, Stage3Config, preference_source="self",
+                                                max_preference_pairs=40), model, str(d), meta, cat)
+    assert source == "self" and len(train) + len(held) <= 40 and len(held) >= 1
+    with pytest.raises(ConfigError, match="preference_source"):
+        preference_data(_args(tmp_path, Stage3Config, preference_source="magic"), model, str(d), meta, cat)
+    no_pairs = dict(meta, splits=dict(meta["splits"], preference_train=0))
+    with pytest.raises(ConfigError, match="preference_train = 0"):
+        preference_data(_args(tmp_path, Stage3Config, preference_source="ratings"), model, str(d), no_pairs, cat)
+
+
+def test_self_generated_pairs_reject_model_candidates(tmp_path):
+    d = tiny_data_dir()
+    meta = load_meta(d)
+    cat = load_catalogue(d, meta)
+    args = _args(tmp_path)
+    model = build_model(args, meta)
+    ds = _recommend_dataset(split_path(d, "train"), args, meta)
+    pairs = self_generated_pairs(model, ds, cat, max_pairs=30, num_beams=10)
+    assert 0 < len(pairs) <= 30
+    valid = {tuple(t) for t in cat.triples.tolist()}
+    for p in pairs:
+        c = tuple(p["chosen_item"][k] for k in ("l1_id", "l2_id", "l3_id"))
+        r = tuple(p["rejected_item"][k] for k in ("l1_id", "l2_id", "l3_id"))
+        assert c != r and r in valid and c in valid
+        assert len(p["user_sequence"]["encoder_l1_ids"]) >= 1
