@@ -19,8 +19,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
+# 合成数据上的完整流程：准备 → 阶段 1→2→3 → 测试评估，打印指标表（报告与图在 runs/demo/）
 demo: $(STAMP)
-	@echo "make demo 将在 pipeline issue (#6) 完成后运行完整三阶段流程；目前尚未实现。" ; exit 1
+	$(PYTHON) -m ugt_hf.cli pipeline --data runs/demo_data --config recipes/configs/demo_pipeline.yaml --out runs/demo
 
 clean:
-	rm -f $(STAMP)
+	rm -rf $(STAMP) runs/demo runs/demo_data
