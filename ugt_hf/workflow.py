@@ -85,7 +85,9 @@ def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print) -> 
 
 
 def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 3),
-                 extra_args: Sequence[str] = (), log=print) -> Dict[str, Any]:
+                 extra_args: Sequence[str] = (), log=print,
+                 prepare_overrides: Optional[dict] = None) -> Dict[str, Any]:
+    """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。"""
     from .evaluation import evaluate_ranking, load_catalogue, popularity_baseline
     from .modeling_ugt import UGTForGenerativeRecommendation
     from .report import RESULTS_FILE, write_report
@@ -95,7 +97,8 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
     cfg = load_pipeline_config(config_path)
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = ensure_prepared(data_dir, cfg.get("prepare"), log=log)
+    prepare_opts = {**(cfg.get("prepare") or {}), **(prepare_overrides or {})} or None
+    meta = ensure_prepared(data_dir, prepare_opts, log=log)
     ev = {"split": "test", "k_values": [5, 10, 20], "num_beams": 20, "exclude_history": False, "batch_size": 256,
           **cfg["evaluation"]}
     catalogue = load_catalogue(data_dir, meta)
