@@ -13,15 +13,6 @@ from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
 V = [16, 32, 64]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 小张量上多线程没有收益；共享的 2 核机器上 2 个 OpenMP 线程互相等待会慢 ~100 倍
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -13,15 +13,6 @@ from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation, load_balancing_l
 V = [8, 12, 16]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 小张量上多线程没有收益；共享的 2 核机器上 2 个 OpenMP 线程互相等待会慢 ~100 倍
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw):
     args = dict(vocab_sizes=V, d_model=32, num_heads=4, ffn_dim=48, num_encoder_layers=2, num_decoder_layers=2,
                 num_experts=4, num_experts_per_tok=2, dropout=0.0, max_position_embeddings=32)

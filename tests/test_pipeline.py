@@ -14,15 +14,6 @@ from ugt_hf.tokenization_ugt import UGTTokenizer
 V = [4, 8, 16]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 小张量上多线程没有收益；共享的 2 核机器上 2 个 OpenMP 线程互相等待会慢 ~100 倍
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     register()

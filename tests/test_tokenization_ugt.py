@@ -15,15 +15,6 @@ from ugt_hf.tokenization_ugt import ITEMS_JSON, UGTTokenizer
 V = [4, 8, 16]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 小张量上多线程没有收益；共享的 2 核机器上 2 个 OpenMP 线程互相等待会慢 ~100 倍
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_tok(n=20, max_len=4):
     triples = np.array([[i % 4, (i // 4) % 8, i % 16] for i in range(n)])
     return UGTTokenizer(item_ids=[f"i{k}" for k in range(n)], triples=triples, encoder_max_length=max_len, vocab_sizes=V)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import BatchEncoding, PreTrainedTokenizer
 
-from ugt_hf.interfaces import ITEM_TOKEN_TYPE, SPECIAL_TOKEN_TYPE
+from ugt_hf.interfaces import MODEL_INPUT_KEYS, ITEM_TOKEN_TYPE, SPECIAL_TOKEN_TYPE
 
 ITEMS_JSON = "ugt_items.json"
 ITEMS_FORMAT = "ugt-items-v1"
@@ -35,16 +35,8 @@ class UGTTokenizer(PreTrainedTokenizer):
     """
 
     vocab_files_names = {"items_file": ITEMS_JSON}
-    model_input_names = [
-        "encoder_semantic_ids",
-        "encoder_positions",
-        "encoder_token_types",
-        "encoder_attention_mask",
-        "decoder_semantic_ids",
-        "decoder_positions",
-        "decoder_token_types",
-        "decoder_attention_mask",
-    ]
+    # 模型 forward 的批次键（labels 除外：推理时没有），与 interfaces.MODEL_INPUT_KEYS 同源
+    model_input_names = [k for k in MODEL_INPUT_KEYS if k != "labels"]
 
     def __init__(
         self,
