@@ -94,9 +94,14 @@ class LossComponentAccumulator:
             self._sum = self._sum + vals * weights
             self._den = self._den + weights
 
-    def averages(self, reset: bool = True) -> Dict[str, float]:
+    def averages(self, reset: bool = True, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                 ) -> Dict[str, float]:
+        """reduce：多进程时对分子、分母做跨进程求和（各进程的 NTP 权重是 n_local·W/N，求和后即全局 token 平均）。
+        所有进程必须在同一时刻调用（HF 在每个进程的同一步调用 log / 评估结束）。"""
         if self._sum is None:
             return {}
+        if reduce is not None:
+            self._sum, self._den = reduce(self._sum), reduce(self._den)
         avg = (self._sum / self._den.clamp(min=1e-12)).tolist()
         den = self._den.tolist()
         out = {k: float(v) for k, v, d in zip(self.keys, avg, den) if d > 0}
@@ -425,15 +430,21 @@ class UGTTrainer(Trainer, TrainerInterface):
         self._eval_components.reset()
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-        for k, v in self._eval_components.averages().items():
+        for k, v in self._eval_components.averages(reduce=self._cross_rank_sum()).items():
             output.metrics.setdefault(f"{prefix}_{k}", v)
         return output
 
     # ------------------------------------------------------------------ 日志
+    def _cross_rank_sum(self):
+        """多进程时返回跨进程求和的函数，单进程时 None（记录的损失分量与 HF 的全局 "loss" 同口径）。"""
+        if self.args.world_size <= 1:
+            return None
+        return lambda t: self.accelerator.reduce(t, "sum")
+
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         """训练日志（含 "loss" 的那种）里加上窗口内平均的各损失分量与非有限计数。"""
         if "loss" in logs and not any(k.startswith("eval_") for k in logs):
-            for k, v in self._log_components.averages().items():
+            for k, v in self._log_components.averages(reduce=self._cross_rank_sum()).items():
                 logs.setdefault(k, v)
             logs["nonfinite_skipped"] = self.nonfinite_guard.total_skipped
         super().log(logs, start_time)
@@ -655,7 +666,7 @@ class UGTTrainer(Trainer, TrainerInterface):
         finally:
             self.args.num_train_epochs = configured
         metrics: Dict[str, float] = {"loss": float(out.training_loss)}
-        metrics.update(self._run_components.averages())
+        metrics.update(self._run_components.averages(reduce=self._cross_rank_sum()))
         metrics["learning_rate"] = float(self._get_learning_rate())
         metrics["epoch"] = float(self.state.epoch or 0.0)
         metrics["global_step"] = float(self.state.global_step)
