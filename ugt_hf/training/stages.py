@@ -228,7 +228,8 @@ def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Di
         train_pairs, held_pairs, source = preference_data(args, model, data_dir, meta, catalogue)
         summary["preference_source"] = source
         summary["num_preference_pairs"] = len(train_pairs)
-        if held_pairs is not None:
+        # 留出偏好准确率只对评分偏好对有意义：自生成的 rejected 本就是模型自己的首选候选，准确率按构造接近 0
+        if held_pairs is not None and source == "ratings":
             summary["preference_before"] = pairwise_preference_accuracy(model, held_pairs)
         ref_model = None
         if args.reference_model_path and not args.dpo_reference_free:
@@ -247,7 +248,7 @@ def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Di
         trainer.save_model(best_dir)  # load_best_model_at_end 时这就是最佳模型
         tokenizer.save_pretrained(best_dir)
         save_resolved_config(args, best_dir)
-    if stage == 3 and held_pairs is not None:
+    if stage == 3 and "preference_before" in summary:
         summary["preference_after"] = pairwise_preference_accuracy(trainer.accelerator.unwrap_model(trainer.model),
                                                                    held_pairs)
     summary["best_model_dir"] = best_dir
