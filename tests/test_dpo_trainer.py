@@ -140,3 +140,25 @@ def test_requires_args_and_tokenizer(tmp_path):
         UGTDPOTrainer(model=_model(), args=_args(tmp_path), train_dataset=_pairs(4))
     with pytest.raises(ValueError, match="Stage3Config"):
         UGTDPOTrainer(model=_model(), train_dataset=_pairs(4), processing_class=_tokenizer())
+
+
+def test_precomputed_reference_log_probs_match_live_reference(tmp_path):
+    """ZeRO-3 友好的路径：训练前用初始策略预计算参考 log-prob（TRL 的 precompute_ref_log_probs），
+    与冻结参考模型现场计算的结果一致。"""
+    pairs = _pairs(16)
+    model = _model()
+    trainer = UGTDPOTrainer(model=model, args=_args(tmp_path, precompute_ref_log_probs=True, max_epochs=1),
+                            train_dataset=pairs, processing_class=_tokenizer())
+    assert trainer.ref_model is None  # 参考模型不常驻内存
+    cols = trainer.train_dataset.column_names
+    assert "ref_chosen_logps" in cols and "ref_rejected_logps" in cols
+    batch = UGTPreferencePairCollator(vocab_sizes=V)(pairs)
+    enc = {k: v for k, v in batch.items() if k.startswith("encoder_")}
+    with torch.no_grad():
+        items = batch["input_ids"][:, 1:]
+        live_c = model.eval().score_items(items[:16], **enc)
+        live_r = model.score_items(items[16:], **enc)
+    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_chosen_logps"]), live_c, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_rejected_logps"]), live_r, atol=1e-5, rtol=1e-5)
+    trainer.train()  # 批次里带着预计算的参考 log-prob 也能训练
+    assert any("rewards/margins" in e for e in trainer.state.log_history)
