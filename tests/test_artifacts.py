@@ -136,3 +136,29 @@ def test_atomic_dir_leaves_nothing_on_error(tmp_path):
         with AtomicDir(str(target), replace=False) as tmp:
             pass
     assert os.listdir(tmp_path) == ["out"]
+
+
+def test_atomic_dir_restores_target_when_swap_fails(tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    with AtomicDir(str(target)) as tmp:
+        open(os.path.join(tmp, "a.txt"), "w").write("old")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if ".tmp-" in os.path.basename(src):  # 只让“临时目录 -> 目标”这一步失败
+            raise OSError("simulated rename failure")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="simulated"):
+        with AtomicDir(str(target), replace=True) as tmp:
+            open(os.path.join(tmp, "b.txt"), "w").write("new")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["out"] and os.listdir(target) == ["a.txt"]
+
+
+def test_normalise_accepts_ids_beyond_int64():
+    big = "9" * 25  # 数字串但超出 int64：退回按字符串排序，而不是抛 OverflowError
+    seqs = normalise(_inter([(big, "1", 1), (big, "2", 2), ("7", "1", 3), ("7", "2", 4)]))
+    assert seqs.user_ids == sorted([big, "7"])
+    assert seqs.item_ids == ["1", "2"]

@@ -123,6 +123,10 @@ def test_collator_errors_name_sample_and_field():
         DataCollator()([{"foo": 1}])
     with pytest.raises(ValueError, match="empty"):
         DataCollator()([])
+    bad = sample_b()
+    bad["decoder_positions"] = bad["decoder_positions"].reshape(-1, 1)  # [Td, 1]：长度对，但不是一维
+    with pytest.raises(DataValidationError, match=r"field 'decoder_positions': batch sample 0: expected a 1-D"):
+        DataCollator()([bad])
 
 
 def pref(ids, chosen, rejected, score=None):
@@ -161,3 +165,9 @@ def test_preference_collator_exact():
     assert b["preference_score"].tolist() == [1.0]
     with pytest.raises(DataValidationError, match="chosen_ids"):
         PreferenceCollator()([{**pref([(1, 2, 3)], [1, 1], [2, 2, 2])}])
+    # 数据集输出路径上的分数与原始记录同一规则（有限且 >= 0），错误指明样本与字段
+    for score, text in ((float("nan"), "finite"), (-1.0, "finite"), ("high", "expected a number")):
+        s = pref([(1, 2, 3)], [1, 1, 1], [2, 2, 2])
+        s["preference_score"] = score
+        with pytest.raises(DataValidationError, match=rf"field 'preference_score': batch sample 0: .*{text}"):
+            PreferenceCollator()([s])

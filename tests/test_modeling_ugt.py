@@ -179,6 +179,11 @@ def test_target_item_ids_and_bad_inputs():
         m(**dict(x, encoder_semantic_ids=bad))
     with pytest.raises(ValueError, match="labels"):
         m(**dict(x, labels=x["labels"][:, :2]))
+    with pytest.raises(ValueError, match=r"target_item_ids\[\.\.\., 0\] \(L1\) contains id"):
+        m(**dict(x, target_item_ids=last.clamp(min=0) + torch.tensor([V[0], 0, 0])))
+    with pytest.raises(ValueError, match="encoder_semantic_ids: sequence length is 0"):
+        m(**dict(x, encoder_semantic_ids=x["encoder_semantic_ids"][:, :0], encoder_positions=None,
+                 encoder_token_types=None, encoder_attention_mask=None))
 
 
 def test_training_reduces_loss_and_router_gets_gradient():

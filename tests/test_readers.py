@@ -42,6 +42,16 @@ def test_ml100k_malformed_line_error_and_skip(tmp_path):
     assert "u.data:2" in inter.warnings[0]
 
 
+def test_ml_empty_or_na_field_is_an_error_not_nan(tmp_path):
+    # pyarrow 默认把空字段 / "NA" 读成 null，曾经静默变成 id "nan"；现在必须报出文件与行号
+    p = _write(tmp_path / "u.data", "1\t10\t5\t300\n1\t\t2\t100\n")
+    with pytest.raises(DataFormatError, match=r"u.data:2: field 'item' must be an integer, got ''"):
+        read_ml100k(p)
+    p = _write(tmp_path / "ratings.dat", "1::1193::5::978300760\n1::NA::3::978302109\n")
+    with pytest.raises(DataFormatError, match=r"ratings.dat:2: field 'item' must be an integer, got 'NA'"):
+        read_ml1m(p)
+
+
 def test_ml1m_double_colon(tmp_path):
     _write(tmp_path / "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n")
     _write(tmp_path / "movies.dat", "1193::One Flew Over (1975)::Drama\n661::James: Peach (1996)::Animation|Children's\n",
@@ -73,6 +83,18 @@ def test_s3rec_bad_inputs(tmp_path):
         p = tmp_path / "f.txt"
         p.write_bytes(b"1 2 3\n2 \xff\xfe 3\n")
         read_s3rec(str(p))
+    with pytest.raises(DataFormatError, match=r"g.txt:1: integer id does not fit in int64"):
+        read_s3rec(_write(tmp_path / "g.txt", "1 99999999999999999999\n"))
+
+
+def test_s3rec_and_pairs_skip_bad_lines_count_and_summarise(tmp_path):
+    inter = read_s3rec(_write(tmp_path / "b.txt", "1 5 3\n" + "x 1\n" * 7 + "2 7 8\n"), skip_bad_lines=True)
+    assert inter.user.tolist() == ["1", "1", "2", "2"]
+    assert inter.stats["malformed_lines_skipped"] == 7
+    assert "b.txt:2" in inter.warnings[0] and "2 more malformed lines" in inter.warnings[-1]
+    inter = read_pairs(_write(tmp_path / "p.txt", "a x 5\nb y\nc z 7\n"), skip_bad_lines=True)
+    assert inter.user.tolist() == ["a", "c"] and inter.timestamp.tolist() == [5, 7]
+    assert inter.stats["malformed_lines_skipped"] == 1 and "p.txt:2: inconsistent" in inter.warnings[0]
 
 
 def test_pairs_with_and_without_timestamp(tmp_path):

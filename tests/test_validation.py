@@ -10,7 +10,9 @@ import pytest
 
 from ugt_hf.data.validation import (
     DataValidationError,
+    as_int_array,
     encoder_keep_indices,
+    iter_jsonl,
     locate_row,
     resolve_data_files,
     truncate_decoder,
@@ -200,6 +202,24 @@ def test_locate_row_skips_blank_lines(tmp_path):
     assert locate_row([str(a), str(b)], 1) == (str(a), 3, None)
     assert locate_row([str(a), str(b)], 2) == (str(b), 2, None)
 
+
+
+def test_iter_jsonl_bom_and_exact_line_of_bad_bytes(tmp_path):
+    p = tmp_path / "a.jsonl"
+    lines = [b'{"x": %d}' % i for i in range(2000)]  # 远大于文本模式的解码块（8 KiB）
+    lines[1500] = b'{"x": "\xff"}'
+    p.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")
+    seen = []
+    with pytest.raises(DataValidationError, match="not valid UTF-8") as info:
+        for lineno, obj in iter_jsonl(str(p)):
+            seen.append((lineno, obj))
+    assert info.value.line == 1501 and info.value.path == str(p)
+    assert seen[0] == (1, {"x": 0}) and len(seen) == 1500  # BOM 被容忍，坏行之前的都读到了
+
+
+def test_ndarray_with_wrong_rank_names_shape():
+    with pytest.raises(DataValidationError, match=r"field 'f'.*1-D.*shape \(2, 2\)"):
+        as_int_array(np.zeros((2, 2), np.int64), "f")
 
 # ---- 向量化校验与逐条校验一致：随机破坏，比较“第一条坏记录” ----
 

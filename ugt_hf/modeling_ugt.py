@@ -193,35 +193,45 @@ class UGTSparseMoE(nn.Module):
         return out.view(b, t, d), balance, z
 
 
-class UGTEncoderLayer(nn.Module):
+class _PreNormSelfAttentionLayer(nn.Module):
+    """编码器/解码器层共用的部分：pre-norm 自注意力子层 + 残差 dropout。
+
+    子类在 super().__init__() 之后再注册其余子模块；参数注册顺序（self_attn_norm、self_attn、……、ffn）
+    与拆分前相同，Dropout 没有参数，所以同一随机种子下的初始化与 state_dict 键都不变。
+    """
+
     def __init__(self, config: UGTConfig):
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.self_attn = UGTAttention(config)
-        self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.ffn = UGTFeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def _self_attention_block(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         h = self.self_attn_norm(x)
-        x = x + self.dropout(self.self_attn(h, h, attn_mask))
+        return x + self.dropout(self.self_attn(h, h, attn_mask))
+
+
+class UGTEncoderLayer(_PreNormSelfAttentionLayer):
+    def __init__(self, config: UGTConfig):
+        super().__init__(config)
+        self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = UGTFeedForward(config)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        x = self._self_attention_block(x, attn_mask)
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
-class UGTDecoderLayer(nn.Module):
+class UGTDecoderLayer(_PreNormSelfAttentionLayer):
     def __init__(self, config: UGTConfig):
-        super().__init__()
-        self.self_attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.self_attn = UGTAttention(config)
+        super().__init__(config)
         self.cross_attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.cross_attn = UGTAttention(config)
         self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = UGTSparseMoE(config) if config.num_experts > 1 else UGTFeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, self_mask, memory, cross_mask, token_mask):
-        h = self.self_attn_norm(x)
-        x = x + self.dropout(self.self_attn(h, h, self_mask))
+        x = self._self_attention_block(x, self_mask)
         x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), memory, cross_mask))
         h = self.ffn_norm(x)
         if isinstance(self.ffn, UGTSparseMoE):
@@ -308,6 +318,9 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
     def _prepare_side(self, ids, positions, token_types, mask, name: str):
         """补齐 positions/token_types/mask 的默认值并校验形状。返回 ids, positions, token_types, mask(bool)。"""
         b, t, _ = ids.shape
+        if t == 0:
+            # 空序列没有可算的位置（下面的 max() 也会抛无关的 RuntimeError）；解码器至少要有 BOS
+            raise ValueError(f"{name}: sequence length is 0 (expected shape [B, T, 3] with T >= 1)")
         device = ids.device
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=device)
@@ -570,6 +583,8 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
 
         user_repr = self.user_representation(memory, enc_mask)
         target = self._target_items(labels_t, target_item_ids)
+        if target_item_ids is not None:  # 从 labels 取的目标已由 _check_labels 查过
+            self._check_ids(target, torch.ones_like(target[..., 0]), "target_item_ids")
         item_repr = self.item_representation(target.to(hidden.device)) if target is not None else None
 
         loss = None
@@ -619,20 +634,14 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
 
 
 def ntp_loss(l1_logits, l2_logits, l3_logits, labels: torch.Tensor) -> torch.Tensor:
-    """加权 NTP 损失：优先用 `ugt_hf.training.losses.NextTokenPredictionLoss`（训练器的同一实现），
-    该模块不存在时退回规格的 0.5/0.3/0.2 加权交叉熵。labels: [B, Td, 3]"""
-    try:
-        from ugt_hf.training.losses import NextTokenPredictionLoss  # type: ignore
-    except ImportError:
-        NextTokenPredictionLoss = None
-    if NextTokenPredictionLoss is not None:
-        result = NextTokenPredictionLoss()(l1_logits, l2_logits, l3_logits, labels[..., 0], labels[..., 1], labels[..., 2])
-        return result[0] if isinstance(result, tuple) else result
-    losses = [
-        F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), labels[..., i].reshape(-1), ignore_index=IGNORE_INDEX)
-        for i, lg in enumerate((l1_logits, l2_logits, l3_logits))
-    ]
-    return 0.5 * losses[0] + 0.3 * losses[1] + 0.2 * losses[2]
+    """加权 NTP 损失（规格的 0.5/0.3/0.2），直接用训练器的同一实现 `NextTokenPredictionLoss`。labels: [B, Td, 3]
+
+    函数内导入：ugt_hf.training 的包初始化会导入训练器与整套训练依赖，只用模型（推理、加载）时不必付这个代价。
+    """
+    from ugt_hf.training.losses import NextTokenPredictionLoss
+
+    loss, _ = NextTokenPredictionLoss()(l1_logits, l2_logits, l3_logits, labels[..., 0], labels[..., 1], labels[..., 2])
+    return loss
 
 
 __all__ = [

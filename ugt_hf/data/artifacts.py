@@ -72,7 +72,7 @@ def _sort_ids(ids: np.ndarray) -> np.ndarray:
     try:
         as_int = np.array([int(x) for x in ids], dtype=np.int64)
         return ids[np.argsort(as_int, kind="stable")]
-    except ValueError:
+    except (ValueError, OverflowError):  # 非整数，或超出 int64 的长数字 id：按字符串排
         return np.sort(ids)
 
 
@@ -206,28 +206,24 @@ def _decoder_and_labels(codes: np.ndarray, items: np.ndarray, starts: np.ndarray
     lab_idx, lab_lens = _ranges(starts, ends)
     lab = codes[items[lab_idx]]
     lab_off = _offsets(lab_lens)
-    # decoder 长度与 labels 相同：在每段开头插入 BOS、去掉最后一个物品
-    r = len(starts)
-    dec_len = lab_lens
-    dec_off = lab_off
-    total = int(dec_len.sum())
+    # decoder 与 labels 等长、共用 offsets：在每段开头插入 BOS、去掉最后一个物品
+    total = int(lab_lens.sum())
     dec = np.full((total, 3), pad, dtype=np.int64)
     types = np.full(total, ITEM_TOKEN_TYPE, dtype=np.int64)
-    seg_first = dec_off[:-1][dec_len > 0]
+    seg_first = lab_off[:-1][lab_lens > 0]
     types[seg_first] = SPECIAL_TOKEN_TYPE
     not_first = np.ones(total, dtype=bool)
     not_first[seg_first] = False
     # 每个非首位位置 j 取 labels 的 j-1
     src = np.flatnonzero(not_first) - 1
     dec[not_first] = lab[src]
-    del r
     return {
-        "decoder_l1_ids": (dec[:, 0], dec_off),
-        "decoder_l2_ids": (dec[:, 1], dec_off),
-        "decoder_l3_ids": (dec[:, 2], dec_off),
-        "decoder_positions": (_positions(dec_len), dec_off),
-        "decoder_token_types": (types, dec_off),
-        "decoder_mask": (np.ones(total, np.int64), dec_off),
+        "decoder_l1_ids": (dec[:, 0], lab_off),
+        "decoder_l2_ids": (dec[:, 1], lab_off),
+        "decoder_l3_ids": (dec[:, 2], lab_off),
+        "decoder_positions": (_positions(lab_lens), lab_off),
+        "decoder_token_types": (types, lab_off),
+        "decoder_mask": (np.ones(total, np.int64), lab_off),
         "labels_l1": (lab[:, 0], lab_off),
         "labels_l2": (lab[:, 1], lab_off),
         "labels_l3": (lab[:, 2], lab_off),
@@ -438,7 +434,11 @@ class AtomicDir:
                     raise FileExistsError(f"{self.target} exists and is not empty")
                 old = f"{self.target}.old-{uuid.uuid4().hex[:8]}"
                 os.rename(self.target, old)
-                os.rename(self.tmp, self.target)
+                try:
+                    os.rename(self.tmp, self.target)
+                except BaseException:
+                    os.rename(old, self.target)  # 换入失败：把原目录放回，保证“目标保持原样”
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(self.tmp, self.target)

@@ -10,6 +10,7 @@ padding 处：语义 ID = pad_token_id，位置 = 0，token_type = 0，attention
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -35,8 +36,8 @@ def _to_numpy(x: Any, field: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
             raise DataValidationError(f"expected an integer tensor, got dtype {x.dtype}", field=field)
-        return x.detach().cpu().numpy().astype(np.int64, copy=False)
-    return as_int_array(x, field)
+        x = x.detach().cpu().numpy()
+    return as_int_array(x, field)  # 同时检查是一维（[T, k] 的位置/mask 不能混进来）
 
 
 def _semantic_ids(x: Any, field: str) -> List[np.ndarray]:
@@ -60,43 +61,67 @@ def _check_len(arr: np.ndarray, n: int, field: str, ref: str) -> np.ndarray:
     return arr
 
 
-def _encoder_from_sample(s: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-    ids = _semantic_ids(s["encoder_semantic_ids"], "encoder_semantic_ids")
+def _side_from_sample(s: Mapping[str, Any], side: str) -> Dict[str, np.ndarray]:
+    """数据集输出的一侧（side = "encoder" / "decoder"）→ schema 列；缺省的位置/类型/mask 补默认值并核对长度。"""
+    ref = f"{side}_semantic_ids"
+    ids = _semantic_ids(s[ref], ref)
     n = len(ids[0])
-    out = {f"encoder_l{i + 1}_ids": ids[i] for i in range(NUM_LEVELS)}
-    out["encoder_positions"] = _check_len(
-        _to_numpy(s["encoder_positions"], "encoder_positions") if "encoder_positions" in s else np.arange(n),
-        n, "encoder_positions", "encoder_semantic_ids")
-    out["encoder_token_types"] = _check_len(
-        _to_numpy(s["encoder_token_types"], "encoder_token_types") if "encoder_token_types" in s else np.ones(n, np.int64),
-        n, "encoder_token_types", "encoder_semantic_ids")
-    mask = s.get("encoder_mask", s.get("encoder_attention_mask"))
-    out["encoder_mask"] = _check_len(
-        np.ones(n, np.int64) if mask is None else _to_numpy(mask, "encoder_mask"), n, "encoder_mask", "encoder_semantic_ids")
+    out = {f"{side}_l{i + 1}_ids": ids[i] for i in range(NUM_LEVELS)}
+    defaults = (("positions", np.arange(n)), ("token_types", np.ones(n, np.int64)))
+    for key, default in defaults:
+        f = f"{side}_{key}"
+        out[f] = _check_len(_to_numpy(s[f], f) if f in s else default, n, f, ref)
+    mask = s.get(f"{side}_mask", s.get(f"{side}_attention_mask"))
+    f = f"{side}_mask"
+    out[f] = _check_len(np.ones(n, np.int64) if mask is None else _to_numpy(mask, f), n, f, ref)
     return out
 
 
 def _decoder_from_sample(s: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-    if "decoder_semantic_ids" not in s:
-        raise DataValidationError("missing required field", field="decoder_semantic_ids")
-    if "labels" not in s:
-        raise DataValidationError("missing required field", field="labels")
-    ids = _semantic_ids(s["decoder_semantic_ids"], "decoder_semantic_ids")
-    m = len(ids[0])
-    out = {f"decoder_l{i + 1}_ids": ids[i] for i in range(NUM_LEVELS)}
-    out["decoder_positions"] = _check_len(
-        _to_numpy(s["decoder_positions"], "decoder_positions") if "decoder_positions" in s else np.arange(m),
-        m, "decoder_positions", "decoder_semantic_ids")
-    out["decoder_token_types"] = _check_len(
-        _to_numpy(s["decoder_token_types"], "decoder_token_types") if "decoder_token_types" in s else np.ones(m, np.int64),
-        m, "decoder_token_types", "decoder_semantic_ids")
-    mask = s.get("decoder_mask", s.get("decoder_attention_mask"))
-    out["decoder_mask"] = _check_len(
-        np.ones(m, np.int64) if mask is None else _to_numpy(mask, "decoder_mask"), m, "decoder_mask", "decoder_semantic_ids")
+    for key in ("decoder_semantic_ids", "labels"):
+        if key not in s:
+            raise DataValidationError("missing required field", field=key)
+    out = _side_from_sample(s, "decoder")
+    m = len(out["decoder_l1_ids"])
     labels = _semantic_ids(s["labels"], "labels")
     for i in range(NUM_LEVELS):
         out[f"labels_l{i + 1}"] = _check_len(labels[i], m, "labels", "decoder_semantic_ids")
     return out
+
+
+def _pad_side(rows: List[Dict[str, np.ndarray]], side: str, T: int, pad_token_id: int) -> Dict[str, np.ndarray]:
+    """一侧的变长列 → 右 padding 的 [B, T, 3] / [B, T] 数组（padding：id = pad_token_id，其余 0）。"""
+    B = len(rows)
+    ids = np.full((B, T, NUM_LEVELS), pad_token_id, np.int64)  # [B, T, 3]
+    pos = np.zeros((B, T), np.int64)  # [B, T]
+    types = np.zeros((B, T), np.int64)
+    mask = np.zeros((B, T), np.int64)
+    for b, r in enumerate(rows):
+        n = len(r[f"{side}_l1_ids"])
+        for lvl in range(NUM_LEVELS):
+            ids[b, :n, lvl] = r[f"{side}_l{lvl + 1}_ids"]
+        pos[b, :n] = r[f"{side}_positions"]
+        types[b, :n] = r[f"{side}_token_types"]
+        mask[b, :n] = r[f"{side}_mask"]
+    return {
+        f"{side}_semantic_ids": ids,
+        f"{side}_positions": pos,
+        f"{side}_token_types": types,
+        f"{side}_attention_mask": mask,
+    }
+
+
+def _preference_score(score: Any) -> float:
+    """与 validate_preference_record 同样的规则：有限且 >= 0 的数（张量取标量）。"""
+    if isinstance(score, torch.Tensor):
+        if score.numel() != 1:
+            raise DataValidationError(f"expected a scalar, got a tensor of shape {tuple(score.shape)}", field="preference_score")
+        score = score.item()
+    if isinstance(score, bool) or not isinstance(score, (int, float, np.integer, np.floating)):
+        raise DataValidationError(f"expected a number, got {type(score).__name__} {score!r:.40}", field="preference_score")
+    if not math.isfinite(float(score)) or float(score) < 0:
+        raise DataValidationError(f"must be a finite number >= 0, got {score!r}", field="preference_score")
+    return float(score)
 
 
 def _round_up(n: int, multiple: Optional[int]) -> int:
@@ -128,25 +153,8 @@ class _EncoderPadding:
         return _round_up(max(n, 1), self.pad_to_multiple_of)
 
     def _pad_encoder(self, encs: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
-        B = len(encs)
         Te = self._target_len([len(e["encoder_l1_ids"]) for e in encs], self.max_encoder_length)
-        ids = np.full((B, Te, NUM_LEVELS), self.pad_token_id, np.int64)  # [B, Te, 3]
-        pos = np.zeros((B, Te), np.int64)  # [B, Te]
-        types = np.zeros((B, Te), np.int64)
-        mask = np.zeros((B, Te), np.int64)
-        for b, e in enumerate(encs):
-            n = len(e["encoder_l1_ids"])
-            for lvl in range(NUM_LEVELS):
-                ids[b, :n, lvl] = e[f"encoder_l{lvl + 1}_ids"]
-            pos[b, :n] = e["encoder_positions"]
-            types[b, :n] = e["encoder_token_types"]
-            mask[b, :n] = e["encoder_mask"]
-        return {
-            "encoder_semantic_ids": torch.from_numpy(ids),
-            "encoder_positions": torch.from_numpy(pos),
-            "encoder_token_types": torch.from_numpy(types),
-            "encoder_attention_mask": torch.from_numpy(mask),
-        }
+        return {k: torch.from_numpy(v) for k, v in _pad_side(encs, "encoder", Te, self.pad_token_id).items()}
 
     def _truncate_encoder(self, enc: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         if self.max_encoder_length is None or len(enc["encoder_l1_ids"]) <= self.max_encoder_length:
@@ -190,7 +198,7 @@ class DataCollator(_EncoderPadding):
         if not isinstance(s, Mapping):
             raise DataValidationError(f"sample is not a dict (got {type(s).__name__})")
         if "encoder_semantic_ids" in s:
-            arrays = {**_encoder_from_sample(s), **_decoder_from_sample(s)}
+            arrays = {**_side_from_sample(s, "encoder"), **_decoder_from_sample(s)}
         elif "encoder_l1_ids" in s or "user_id" in s:
             arrays = validate_recommend_record(s, self.vocab_sizes)  # 原始 schema 记录
         else:
@@ -215,28 +223,15 @@ class DataCollator(_EncoderPadding):
                 dec = truncate_decoder(dec, self.max_decoder_length)
             decs.append(dec)
         batch = self._pad_encoder(encs)
-        B = len(decs)
         Td = self._target_len([len(d["decoder_l1_ids"]) for d in decs], self.max_decoder_length)
-        ids = np.full((B, Td, NUM_LEVELS), self.pad_token_id, np.int64)  # [B, Td, 3]
-        labels = np.full((B, Td, NUM_LEVELS), self.label_pad_token_id, np.int64)  # [B, Td, 3]
-        pos = np.zeros((B, Td), np.int64)
-        types = np.zeros((B, Td), np.int64)
-        mask = np.zeros((B, Td), np.int64)
+        padded = _pad_side(decs, "decoder", Td, self.pad_token_id)
+        labels = np.full((len(decs), Td, NUM_LEVELS), self.label_pad_token_id, np.int64)  # [B, Td, 3]
         for b, d in enumerate(decs):
             m = len(d["decoder_l1_ids"])
             for lvl in range(NUM_LEVELS):
-                ids[b, :m, lvl] = d[f"decoder_l{lvl + 1}_ids"]
                 labels[b, :m, lvl] = d[f"labels_l{lvl + 1}"]
-            pos[b, :m] = d["decoder_positions"]
-            types[b, :m] = d["decoder_token_types"]
-            mask[b, :m] = d["decoder_mask"]
-        batch.update(
-            decoder_semantic_ids=torch.from_numpy(ids),
-            decoder_positions=torch.from_numpy(pos),
-            decoder_token_types=torch.from_numpy(types),
-            decoder_attention_mask=torch.from_numpy(mask),
-            labels=torch.from_numpy(labels),
-        )
+        padded["labels"] = labels
+        batch.update({k: torch.from_numpy(v) for k, v in padded.items()})
         return batch
 
 
@@ -257,7 +252,7 @@ class PreferenceCollator(_EncoderPadding):
         if not isinstance(s, Mapping):
             raise DataValidationError(f"sample is not a dict (got {type(s).__name__})")
         if "encoder_semantic_ids" in s:
-            a: Dict[str, Any] = dict(_encoder_from_sample(s))
+            a: Dict[str, Any] = dict(_side_from_sample(s, "encoder"))
             for key in ("chosen_ids", "rejected_ids"):
                 if key not in s:
                     raise DataValidationError("missing required field", field=key)
@@ -265,8 +260,7 @@ class PreferenceCollator(_EncoderPadding):
                 if len(v) != NUM_LEVELS:
                     raise DataValidationError(f"expected {NUM_LEVELS} ids, got {len(v)}", field=key)
                 a[key] = v
-            score = s.get("preference_score", 1.0)
-            a["preference_score"] = float(score.item() if isinstance(score, torch.Tensor) else score)
+            a["preference_score"] = _preference_score(s.get("preference_score", 1.0))
             return a
         if "user_sequence" in s or "chosen_item" in s:
             return validate_preference_record(s, self.vocab_sizes)  # 原始 schema 记录

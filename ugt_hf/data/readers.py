@@ -12,12 +12,14 @@ from __future__ import annotations
 import codecs
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+
+T = TypeVar("T")
 
 SOURCES = ("ml-100k", "ml-1m", "ml-10m", "s3rec", "pairs", "csv", "parquet", "synthetic")
 
@@ -69,13 +71,18 @@ def _check_encoding(encoding: str) -> str:
         raise DataFormatError(f"unknown encoding '{encoding}' (use a Python codec name such as utf-8 or latin-1)")
 
 
-def _read_text(path: str, encoding: str) -> str:
-    """整文件解码；解码失败时报出行号。"""
+def _read_bytes(path: str, encoding: str) -> bytes:
+    """先查编码名与文件是否存在，再整文件读入（文本与快速路径共用）。"""
     _check_encoding(encoding)
     if not os.path.isfile(path):
         raise DataFormatError(f"{path}: file not found")
     with open(path, "rb") as f:
-        raw = f.read()
+        return f.read()
+
+
+def _read_text(path: str, encoding: str) -> str:
+    """整文件解码；解码失败时报出行号。"""
+    raw = _read_bytes(path, encoding)
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as e:
@@ -99,6 +106,38 @@ def _to_int(tok: str, path: str, lineno: int, what: str) -> int:
         raise DataFormatError(_bad(path, lineno, f"field '{what}' must be an integer, got {tok!r}"))
 
 
+def _scan_lines(
+    text: str,
+    path: str,
+    parse_line: Callable[[int, str], T],
+    skip_bad_lines: bool,
+    stats: Dict[str, int],
+    warnings: List[str],
+) -> List[T]:
+    """逐行调用 parse_line(行号, 行)（坏行抛 DataFormatError），跳过空白行，返回各行的解析结果。
+
+    所有逐行读取器共用同一套坏行策略：skip_bad_lines=False 时第一处坏行直接报错；
+    否则跳过并计入 stats["malformed_lines_skipped"]，警告里列出前 5 处。
+    """
+    out: List[T] = []
+    bad = 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(parse_line(lineno, line))
+        except DataFormatError as e:
+            if not skip_bad_lines:
+                raise
+            bad += 1
+            if bad <= 5:
+                warnings.append(f"skipped malformed line {e}")
+    stats["malformed_lines_skipped"] = stats.get("malformed_lines_skipped", 0) + bad
+    if bad > 5:
+        warnings.append(f"... {bad - 5} more malformed lines skipped in {path}")
+    return out
+
+
 def _scan_delimited(
     text: str,
     path: str,
@@ -110,42 +149,29 @@ def _scan_delimited(
     warnings: List[str],
 ) -> Dict[str, list]:
     """逐行解析（慢路径）：精确定位坏行；skip_bad_lines 时跳过并计数。"""
-    cols: Dict[str, list] = {n: [] for n in names}
-    bad = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+
+    def parse(lineno: int, line: str) -> list:
         parts = line.split(sep) if sep is not None else line.split()
-        try:
-            if len(parts) < len(names):
-                raise DataFormatError(
-                    _bad(path, lineno, f"expected {len(names)} fields ({', '.join(names)}), got {len(parts)}: {line[:80]!r}")
-                )
-            vals = []
-            for name, tok in zip(names, parts):
-                tok = tok.strip()
-                if name in int_fields:
-                    vals.append(_to_int(tok, path, lineno, name))
-                elif name == "rating":
-                    try:
-                        vals.append(float(tok))
-                    except ValueError:
-                        raise DataFormatError(_bad(path, lineno, f"field 'rating' must be a number, got {tok!r}"))
-                else:
-                    vals.append(tok)
-        except DataFormatError as e:
-            if not skip_bad_lines:
-                raise
-            bad += 1
-            if bad <= 5:
-                warnings.append(f"skipped malformed line {e}")
-            continue
-        for name, v in zip(names, vals):
-            cols[name].append(v)
-    stats["malformed_lines_skipped"] = stats.get("malformed_lines_skipped", 0) + bad
-    if bad > 5:
-        warnings.append(f"... {bad - 5} more malformed lines skipped in {path}")
-    return cols
+        if len(parts) < len(names):
+            raise DataFormatError(
+                _bad(path, lineno, f"expected {len(names)} fields ({', '.join(names)}), got {len(parts)}: {line[:80]!r}")
+            )
+        vals = []
+        for name, tok in zip(names, parts):
+            tok = tok.strip()
+            if name in int_fields:
+                vals.append(_to_int(tok, path, lineno, name))
+            elif name == "rating":
+                try:
+                    vals.append(float(tok))
+                except ValueError:
+                    raise DataFormatError(_bad(path, lineno, f"field 'rating' must be a number, got {tok!r}"))
+            else:
+                vals.append(tok)
+        return vals
+
+    rows = _scan_lines(text, path, parse, skip_bad_lines, stats, warnings)
+    return {name: [r[k] for r in rows] for k, name in enumerate(names)}
 
 
 def _fast_delimited(data: bytes, sep: str, names: Sequence[str], int_fields: Sequence[str]) -> pa.Table:
@@ -159,7 +185,9 @@ def _fast_delimited(data: bytes, sep: str, names: Sequence[str], int_fields: Seq
         pa.py_buffer(data),
         read_options=pacsv.ReadOptions(column_names=col_names, use_threads=True),
         parse_options=pacsv.ParseOptions(delimiter=sep, quote_char=False, ignore_empty_lines=True),
-        convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(names)),
+        # null_values=[]：默认会把空字段、"NA" 等读成 null，int 列随后变成 NaN、id 变成字符串 "nan"；
+        # 关掉后这些行在快速路径上解析失败，由慢路径报出文件与行号
+        convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(names), null_values=[]),
     )
 
 
@@ -174,11 +202,7 @@ def _read_delimited(
     warnings: List[str],
     replace_double_colon: bool = False,
 ) -> Dict[str, np.ndarray]:
-    _check_encoding(encoding)
-    if not os.path.isfile(path):
-        raise DataFormatError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = _read_bytes(path, encoding)
     if not data.strip():
         raise DataFormatError(f"{path}: file is empty (no interactions)")
     fast_sep = sep
@@ -245,6 +269,22 @@ def _ml100k_titles(folder: str, stats: Dict[str, int], warnings: List[str]) -> T
     return titles, [path] + ([gpath] if os.path.isfile(gpath) else [])
 
 
+def _rating_interactions(
+    cols: Dict[str, np.ndarray], titles: Dict[str, str], files: List[str], stats: Dict[str, int], warnings: List[str]
+) -> Interactions:
+    """MovieLens 的 (user, item, rating, timestamp) 列 -> Interactions（100K 与 1M/10M 共用）。"""
+    return Interactions(
+        user=_ids_to_str(cols["user"]),
+        item=_ids_to_str(cols["item"]),
+        timestamp=cols["timestamp"].astype(np.int64),
+        rating=cols["rating"].astype(np.float32),
+        titles=titles,
+        files=files,
+        stats=stats,
+        warnings=warnings,
+    )
+
+
 def read_ml100k(path: str, encoding: str = "utf-8", skip_bad_lines: bool = False) -> Interactions:
     """MovieLens 100K：目录（含 u.data、u.item）或 u.data 文件本身。"""
     folder = path if os.path.isdir(path) else os.path.dirname(path)
@@ -255,16 +295,7 @@ def read_ml100k(path: str, encoding: str = "utf-8", skip_bad_lines: bool = False
     cols = _read_delimited(data_path, "\t", names, ("user", "item", "timestamp"), encoding, skip_bad_lines, stats, warnings)
     _require_nonempty(data_path, len(cols["user"]))
     titles, extra = _ml100k_titles(folder, stats, warnings)
-    return Interactions(
-        user=_ids_to_str(cols["user"]),
-        item=_ids_to_str(cols["item"]),
-        timestamp=cols["timestamp"].astype(np.int64),
-        rating=cols["rating"].astype(np.float32),
-        titles=titles,
-        files=[data_path] + extra,
-        stats=stats,
-        warnings=warnings,
-    )
+    return _rating_interactions(cols, titles, [data_path] + extra, stats, warnings)
 
 
 def read_ml1m(path: str, encoding: str = "latin-1", skip_bad_lines: bool = False) -> Interactions:
@@ -296,16 +327,7 @@ def read_ml1m(path: str, encoding: str = "latin-1", skip_bad_lines: bool = False
             titles[parts[0]] = parts[1] + (" | " + genres if genres else "")
     else:
         warnings.append(f"{mpath} not found: items get no titles")
-    return Interactions(
-        user=_ids_to_str(cols["user"]),
-        item=_ids_to_str(cols["item"]),
-        timestamp=cols["timestamp"].astype(np.int64),
-        rating=cols["rating"].astype(np.float32),
-        titles=titles,
-        files=files,
-        stats=stats,
-        warnings=warnings,
-    )
+    return _rating_interactions(cols, titles, files, stats, warnings)
 
 
 # ---------------------------------------------------------------- S3-Rec / pairs
@@ -314,31 +336,27 @@ def read_ml1m(path: str, encoding: str = "latin-1", skip_bad_lines: bool = False
 def read_s3rec(path: str, encoding: str = "utf-8", skip_bad_lines: bool = False) -> Interactions:
     """S3-Rec/SASRec 文本格式：每行 `user item item ...`（按时间排序）；时间戳 = 行内顺序。"""
     text = _read_text(path, encoding)
+    stats: Dict[str, int] = {}
+    warnings: List[str] = []
+
+    def parse(lineno: int, line: str) -> np.ndarray:
+        parts = line.split()
+        if len(parts) < 2:
+            raise DataFormatError(_bad(path, lineno, f"expected 'user item [item ...]', got {line[:80]!r}"))
+        try:
+            return np.array(parts, dtype=np.int64)
+        except (ValueError, OverflowError):
+            bad_tok = next((p for p in parts if not p.lstrip("-").isdigit()), None)
+            if bad_tok is None:  # 全是数字但超出 int64
+                raise DataFormatError(_bad(path, lineno, "integer id does not fit in int64")) from None
+            what = "user" if bad_tok == parts[0] else "item"
+            raise DataFormatError(_bad(path, lineno, f"field '{what}' must be an integer, got {bad_tok!r}")) from None
+
+    rows = _scan_lines(text, path, parse, skip_bad_lines, stats, warnings)
     users: List[int] = []
     items: List[int] = []
     ts: List[int] = []
-    stats: Dict[str, int] = {"malformed_lines_skipped": 0}
-    warnings: List[str] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            if len(parts) < 2:
-                raise DataFormatError(_bad(path, lineno, f"expected 'user item [item ...]', got {line[:80]!r}"))
-            try:
-                vals = np.array(parts, dtype=np.int64)
-            except (ValueError, OverflowError):
-                bad_tok = next(p for p in parts if not p.lstrip("-").isdigit())
-                what = "user" if bad_tok == parts[0] else "item"
-                raise DataFormatError(_bad(path, lineno, f"field '{what}' must be an integer, got {bad_tok!r}"))
-        except DataFormatError as e:
-            if not skip_bad_lines:
-                raise
-            stats["malformed_lines_skipped"] += 1
-            if stats["malformed_lines_skipped"] <= 5:
-                warnings.append(f"skipped malformed line {e}")
-            continue
+    for vals in rows:
         n = len(vals) - 1
         users.extend([int(vals[0])] * n)
         items.extend(vals[1:].tolist())
@@ -357,39 +375,30 @@ def read_s3rec(path: str, encoding: str = "utf-8", skip_bad_lines: bool = False)
 def read_pairs(path: str, encoding: str = "utf-8", skip_bad_lines: bool = False) -> Interactions:
     """`user item [timestamp]` 空白分隔，每行一个事件；无时间戳时按文件顺序。id 可以是任意字符串。"""
     text = _read_text(path, encoding)
-    users: List[str] = []
-    items: List[str] = []
-    ts: List[int] = []
-    stats: Dict[str, int] = {"malformed_lines_skipped": 0}
+    stats: Dict[str, int] = {}
     warnings: List[str] = []
-    has_ts: Optional[bool] = None
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    has_ts: Optional[bool] = None  # 由第一条合格行决定，之后每行必须一致
+    n_ok = 0
+
+    def parse(lineno: int, line: str) -> Tuple[str, str, int]:
+        nonlocal has_ts, n_ok
         parts = line.split()
-        if not parts:
-            continue
-        try:
-            if len(parts) not in (2, 3):
-                raise DataFormatError(_bad(path, lineno, f"expected 'user item [timestamp]', got {line[:80]!r}"))
-            if has_ts is None:
-                has_ts = len(parts) == 3
-            if has_ts != (len(parts) == 3):
-                raise DataFormatError(_bad(path, lineno, "inconsistent number of fields (timestamp present on some lines only)"))
-            t = _to_int(parts[2], path, lineno, "timestamp") if has_ts else len(ts)
-        except DataFormatError as e:
-            if not skip_bad_lines:
-                raise
-            stats["malformed_lines_skipped"] += 1
-            if stats["malformed_lines_skipped"] <= 5:
-                warnings.append(f"skipped malformed line {e}")
-            continue
-        users.append(parts[0])
-        items.append(parts[1])
-        ts.append(t)
-    _require_nonempty(path, len(users))
+        if len(parts) not in (2, 3):
+            raise DataFormatError(_bad(path, lineno, f"expected 'user item [timestamp]', got {line[:80]!r}"))
+        if has_ts is None:
+            has_ts = len(parts) == 3
+        if has_ts != (len(parts) == 3):
+            raise DataFormatError(_bad(path, lineno, "inconsistent number of fields (timestamp present on some lines only)"))
+        t = _to_int(parts[2], path, lineno, "timestamp") if has_ts else n_ok
+        n_ok += 1
+        return parts[0], parts[1], t
+
+    rows = _scan_lines(text, path, parse, skip_bad_lines, stats, warnings)
+    _require_nonempty(path, len(rows))
     return Interactions(
-        user=np.asarray(users, dtype=object),
-        item=np.asarray(items, dtype=object),
-        timestamp=np.asarray(ts, dtype=np.int64),
+        user=np.asarray([r[0] for r in rows], dtype=object),
+        item=np.asarray([r[1] for r in rows], dtype=object),
+        timestamp=np.asarray([r[2] for r in rows], dtype=np.int64),
         files=[path],
         stats=stats,
         warnings=warnings,

@@ -32,6 +32,7 @@ DEFAULT_VOCAB_SIZES = (1024, 4096, 16384)
 
 JSON_EXTENSIONS = (".jsonl", ".json")
 PARQUET_EXTENSIONS = (".parquet",)
+codecs_bom = b"\xef\xbb\xbf"  # UTF-8 BOM
 
 
 class DataValidationError(ValueError):
@@ -160,8 +161,10 @@ def _is_int(x: Any) -> bool:
 def as_int_array(value: Any, field: str) -> np.ndarray:
     """把一个字段转成 int64 数组；非整数元素（含 bool、浮点、字符串、null）报错并指出下标。"""
     if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "iu" or value.ndim != 1:
+        if value.dtype.kind not in "iu":
             raise DataValidationError(f"expected a list of integers, got array of dtype {value.dtype}", field=field)
+        if value.ndim != 1:
+            raise DataValidationError(f"expected a 1-D list of integers, got array of shape {value.shape}", field=field)
         return value.astype(np.int64, copy=False)
     if hasattr(value, "numpy") and hasattr(value, "dtype") and hasattr(value, "dim"):  # torch.Tensor
         return as_int_array(value.detach().cpu().numpy(), field)
@@ -234,6 +237,38 @@ def _check_user_id(record: Mapping[str, Any]) -> str:
     raise DataValidationError(f"expected an int or a string, got {_type_name(uid)} {uid!r:.40}", field="user_id")
 
 
+def _check_record_fields(record: Any, fields: Sequence[str]) -> Dict[str, Any]:
+    """记录必须是对象且 fields 齐全（非 null）；返回以规范化 user_id 开头的输出字典。"""
+    if not isinstance(record, Mapping):
+        raise DataValidationError(f"record is not a JSON object (got {_type_name(record)})")
+    for f in fields:
+        if f not in record or record[f] is None:
+            raise DataValidationError("missing required field (or null)", field=f)
+    return {"user_id": _check_user_id(record)}
+
+
+def _check_int_lists(
+    seq: Mapping[str, Any], fields: Sequence[str], prefix: str, vocab_sizes: Optional[Sequence[int]], empty_reason: str
+) -> Dict[str, np.ndarray]:
+    """一组等长的整数列表（fields[0] 是长度基准）：转 int64、查长度一致、非空、取值范围。"""
+    arrays: Dict[str, np.ndarray] = {}
+    for f in fields:
+        if f not in seq or seq[f] is None:
+            raise DataValidationError("missing required field (or null)", field=prefix + f)
+        arrays[f] = as_int_array(seq[f], prefix + f)
+    ref = fields[0]
+    n = len(arrays[ref])
+    for f in fields[1:]:
+        if len(arrays[f]) != n:
+            raise DataValidationError(f"length {len(arrays[f])} differs from {prefix}{ref} length {n}", field=prefix + f)
+    if n == 0:
+        raise DataValidationError(empty_reason, field=prefix + ref)
+    for f in fields:
+        kind, lvl = FIELD_KINDS[f]
+        check_values(arrays[f], prefix + f, kind, vocab_sizes, lvl)
+    return arrays
+
+
 def _check_encoder_lists(
     seq: Mapping[str, Any],
     prefix: str,
@@ -241,22 +276,9 @@ def _check_encoder_lists(
     max_encoder_length: Optional[int],
     max_seq_length: Optional[int],
 ) -> Dict[str, np.ndarray]:
-    arrays: Dict[str, np.ndarray] = {}
-    for f in ENCODER_LIST_FIELDS:
-        if f not in seq or seq[f] is None:
-            raise DataValidationError("missing required field (or null)", field=prefix + f)
-        arrays[f] = as_int_array(seq[f], prefix + f)
-    n = len(arrays["encoder_l1_ids"])
-    for f in ENCODER_LIST_FIELDS[1:]:
-        if len(arrays[f]) != n:
-            raise DataValidationError(
-                f"length {len(arrays[f])} differs from {prefix}encoder_l1_ids length {n}", field=prefix + f
-            )
-    if n == 0:
-        raise DataValidationError("empty encoder sequence (at least one token is required)", field=prefix + "encoder_l1_ids")
-    for f in ENCODER_LIST_FIELDS:
-        kind, lvl = FIELD_KINDS[f]
-        check_values(arrays[f], prefix + f, kind, vocab_sizes, lvl)
+    arrays = _check_int_lists(
+        seq, ENCODER_LIST_FIELDS, prefix, vocab_sizes, "empty encoder sequence (at least one token is required)"
+    )
     if max_seq_length is not None and max_encoder_length is not None:
         pos = truncate_encoder(arrays, max_encoder_length, fields=("encoder_positions",))["encoder_positions"]
         _check_positions(pos, prefix + "encoder_positions", max_seq_length)
@@ -285,25 +307,13 @@ def validate_recommend_record(
     vocab_sizes=None 时只检查 id 非负（collator 不知道词表）。
     max_seq_length 给出时检查截断后的位置落在 [0, max_seq_length)（模型的位置表大小）。
     """
-    if not isinstance(record, Mapping):
-        raise DataValidationError(f"record is not a JSON object (got {_type_name(record)})")
-    for f in RECOMMEND_FIELDS:
-        if f not in record or record[f] is None:
-            raise DataValidationError("missing required field (or null)", field=f)
-    out: Dict[str, Any] = {"user_id": _check_user_id(record)}
+    out = _check_record_fields(record, RECOMMEND_FIELDS)
     out.update(_check_encoder_lists(record, "", vocab_sizes, max_encoder_length, max_seq_length))
-    dec: Dict[str, np.ndarray] = {}
-    for f in DECODER_LIST_FIELDS + LABEL_LIST_FIELDS:
-        dec[f] = as_int_array(record[f], f)
+    dec = _check_int_lists(
+        record, DECODER_LIST_FIELDS + LABEL_LIST_FIELDS, "", vocab_sizes,
+        "empty decoder sequence (at least the BOS token is required)",
+    )
     m = len(dec["decoder_l1_ids"])
-    for f in DECODER_LIST_FIELDS[1:] + LABEL_LIST_FIELDS:
-        if len(dec[f]) != m:
-            raise DataValidationError(f"length {len(dec[f])} differs from decoder_l1_ids length {m}", field=f)
-    if m == 0:
-        raise DataValidationError("empty decoder sequence (at least the BOS token is required)", field="decoder_l1_ids")
-    for f in DECODER_LIST_FIELDS + LABEL_LIST_FIELDS:
-        kind, lvl = FIELD_KINDS[f]
-        check_values(dec[f], f, kind, vocab_sizes, lvl)
     if max_seq_length is not None:
         keep = m if max_decoder_length is None else min(m, max_decoder_length)
         _check_positions(dec["decoder_positions"][:keep], "decoder_positions", max_seq_length)
@@ -339,12 +349,7 @@ def validate_preference_record(
 
     preference_score 可缺省（1.0），必须是有限的非负数（它是 DPO 样本权重，负值会把损失方向反过来）。
     """
-    if not isinstance(record, Mapping):
-        raise DataValidationError(f"record is not a JSON object (got {_type_name(record)})")
-    for f in PREFERENCE_FIELDS:
-        if f not in record or record[f] is None:
-            raise DataValidationError("missing required field (or null)", field=f)
-    out: Dict[str, Any] = {"user_id": _check_user_id(record)}
+    out = _check_record_fields(record, PREFERENCE_FIELDS)
     seq = record["user_sequence"]
     if not isinstance(seq, Mapping):
         raise DataValidationError(f"expected an object with encoder_* lists, got {_type_name(seq)}", field="user_sequence")
@@ -428,24 +433,27 @@ def resolve_data_files(data_path: Any) -> List[str]:
 def iter_jsonl(path: str) -> Iterator[Tuple[int, Any]]:
     """逐行读 JSONL，产出 (行号从 1 开始, 解析后的对象)；空行跳过；坏 JSON 报出行号。"""
     try:
-        f = open(path, "r", encoding="utf-8-sig")  # 容忍文件开头的 BOM（HF 的 JSON 读取器也容忍）
+        f = open(path, "rb")
     except OSError as e:
         raise DataValidationError(f"cannot open file: {e.strerror}", path=path) from None
     with f:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataValidationError(
-                        f"invalid JSON (truncated or malformed line): {e.msg} at column {e.colno}", path=path, line=lineno
-                    ) from None
-                yield lineno, obj
-        except UnicodeDecodeError as e:
-            raise DataValidationError(f"file is not valid UTF-8: {e.reason}", path=path, line=lineno + 1) from None
+        # 按行解码而不是文本模式：文本模式按块解码，坏字节会在它所在行之前几百行就报错，行号不准
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(codecs_bom):
+                raw = raw[len(codecs_bom):]  # 容忍文件开头的 BOM（HF 的 JSON 读取器也容忍）
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataValidationError(f"file is not valid UTF-8: {e.reason}", path=path, line=lineno) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataValidationError(
+                    f"invalid JSON (truncated or malformed line): {e.msg} at column {e.colno}", path=path, line=lineno
+                ) from None
+            yield lineno, obj
 
 
 def precheck_json_file(path: str) -> None:
@@ -470,8 +478,6 @@ def precheck_json_file(path: str) -> None:
         raise DataValidationError(f"cannot open file: {e.strerror}", path=path) from None
     raise DataValidationError("empty file (no records)", path=path)
 
-
-codecs_bom = b"\xef\xbb\xbf"
 
 
 def is_json_extension(t) -> bool:
