@@ -142,7 +142,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=100, help="计时的步数（另加 1 步预热）")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch 线程数；共享的 2 核机器上 1 线程最快")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                  "bench_trainer.json"))
     a = p.parse_args(argv)
