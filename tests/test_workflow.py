@@ -53,3 +53,9 @@ def test_pipeline_config_errors(tmp_path):
     two.write_text("stages: {1: a.yaml, 2: b.yaml}\n")
     with pytest.raises(ConfigError, match="1、2、3"):
         load_pipeline_config(two)
+
+
+def test_resume_pipeline_from_stage_two_needs_previous_stage(tmp_path):
+    cfg = write_tiny_pipeline(tmp_path)
+    with pytest.raises(ConfigError, match="stage1"):
+        run_pipeline(tmp_path / "data", cfg, tmp_path / "run", stages=(2, 3), log=lambda *a: None)

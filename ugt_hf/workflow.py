@@ -109,7 +109,11 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
         "stage_configs": cfg["stages"], "published": cfg.get("published"), "stages": {},
     }
     results["popularity"] = popularity_baseline(data_dir, ev["split"], ev["k_values"], ev["exclude_history"])
-    previous = None
+    # 从中间阶段续跑（--stages 2,3）时，用运行目录里上一阶段已有的最佳模型
+    earlier = run_dir / f"stage{min(stages) - 1}" / BEST_MODEL_DIR
+    previous = str(earlier) if min(stages) > 1 and earlier.is_dir() else None
+    if min(stages) > 1 and previous is None:
+        raise ConfigError(f"--stages 从 {min(stages)} 开始，但 {earlier} 不存在", field="stages")
     for n in stages:
         name = f"stage{n}"
         argv = ["--config", cfg["stages"][n], "--data_dir", str(data_dir), "--output_dir", str(run_dir / name)]
