@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .make-install.stamp
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install test test-slow demo clean
 
 # 先单独装 torch==2.13.0（本机 /opt/wheels 的 CPU 轮子），避免依赖解析拉取 CUDA 版
 $(STAMP): pyproject.toml
