@@ -11,7 +11,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# 共享的 2 核机器上 2 个 torch 线程互相等待，小算子慢一个数量级（实测 1.1 s vs 0.012 s 一步）：测试固定 1 线程
+# 测试会同时起子进程（续训、2 进程 DDP）；2 核机器上每个进程再开 2 个线程会超额订阅、慢一个数量级：固定 1 线程
 torch.set_num_threads(1)
 
 

@@ -243,7 +243,7 @@ class _UGTFields:
     )
     torch_num_threads: Optional[int] = field(
         default=None,
-        metadata=_h("CPU 上 torch 的线程数；None = 不改。共享的 2 核机器上 1 线程比 2 线程快一个数量级（见 README）"),
+        metadata=_h("CPU 上 torch 的线程数；None = 不改。多个进程共用少量核时设 1，避免超额订阅（见 README）"),
     )
     max_consecutive_nonfinite: int = field(
         default=10, metadata=_h("连续多少个优化步出现非有限 loss/梯度范数后停止训练")
