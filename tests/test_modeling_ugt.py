@@ -226,3 +226,113 @@ def test_untied_heads_save_load(tmp_path):
     loaded = UGTForGenerativeRecommendation.from_pretrained(tmp_path).eval()
     x = batch()
     assert torch.equal(m(**x).l3_logits, loaded(**x).l3_logits)
+
+
+def test_recency_positions_hand_computed():
+    from ugt_hf.modeling_ugt import recency_positions
+
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 0, 0, 0]])
+    expected = torch.tensor([[2, 1, 0, 0, 0], [0, 0, 2, 1, 0], [0, 0, 0, 0, 0]])
+    assert torch.equal(recency_positions(mask), expected)
+
+
+def test_recency_mode_ignores_given_positions_and_matches_explicit_recency():
+    torch.manual_seed(0)
+    rec = tiny(encoder_position_mode="recency")
+    ab = tiny()
+    ab.load_state_dict(rec.state_dict())
+    x = batch(te=5)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    x = dict(x, encoder_attention_mask=mask, encoder_token_types=mask.clone())
+    out = rec(**x)
+    # 传入任意 encoder_positions 都不影响 recency 模式的结果
+    shuffled = rec(**dict(x, encoder_positions=torch.randint(0, 30, (3, 5))))
+    assert torch.equal(out.l3_logits, shuffled.l3_logits)
+    # 与 absolute 模式下显式给出“最近 = 0”的位置完全一致
+    explicit = torch.tensor([[4, 3, 2, 1, 0], [2, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    assert torch.allclose(out.l3_logits, ab(**dict(x, encoder_positions=explicit)).l3_logits, atol=1e-6)
+    # 而 absolute 模式下默认位置（从开头数）结果不同：该选项确实改变了模型
+    assert not torch.allclose(out.l3_logits, ab(**x).l3_logits)
+
+
+def test_item_id_buckets_hash_and_roundtrip(tmp_path):
+    from ugt_hf.modeling_ugt import item_hash
+
+    # 规格最大词表下的极端三元组也在桶范围内（没有 int64 溢出成负数）
+    extreme = torch.tensor([[1023, 4095, 16383], [0, 0, 0], [1023, 0, 16383]])
+    h = item_hash(extreme, 65536)
+    assert bool((h >= 0).all()) and bool((h < 65536).all())
+    # 同一格子里相邻的 l3 落到不同的桶
+    cell = torch.tensor([[5, 7, k] for k in range(16)])
+    assert len(set(item_hash(cell, 4096).tolist())) == 16
+    m = tiny(item_id_buckets=64)
+    assert m.embeddings.item_id.weight.shape == (64, 32)
+    x = batch()
+    out = m(**x)
+    out["loss"].backward()
+    assert m.embeddings.item_id.weight.grad.abs().sum() > 0
+    m.save_pretrained(tmp_path)
+    loaded = UGTForGenerativeRecommendation.from_pretrained(tmp_path).eval()
+    assert loaded.config.item_id_buckets == 64
+    assert torch.equal(m.eval()(**x).l3_logits, loaded(**x).l3_logits)
+    with pytest.raises(ValueError, match="item_id_buckets"):
+        UGTConfig(vocab_sizes=V, item_id_buckets=-1)
+    with pytest.raises(ValueError, match="encoder_position_mode"):
+        UGTConfig(vocab_sizes=V, encoder_position_mode="reverse")
+
+
+def test_node_embeddings_chunking_scoring_and_gradients():
+    torch.manual_seed(0)
+    m = tiny(node_embedding_buckets=97, node_embedding_dim=8)
+    heads = m.heads
+    assert heads.node2.weight.shape == (97, 8) and heads.node3.weight.shape == (97, 8)
+    with torch.no_grad():  # 初始化很小；放大后节点项对 logits 的影响才明显，下面的“确实改变”断言才有意义
+        heads.node2.weight.normal_(0, 1.0)
+        heads.node3.weight.normal_(0, 1.0)
+    q, prefix = torch.randn(5, 7, 8), torch.randint(0, 8, (5, 7, 2))
+    whole = heads.node_scores(q, prefix, heads.node3, V[2])
+    chunked = heads.node_scores(q, prefix, heads.node3, V[2], max_elements=V[2] * 8 * 3)  # 每块 3 行
+    assert whole.shape == (5, 7, V[2]) and torch.allclose(whole, chunked, atol=1e-6)
+    # 手算一个元素：query · E[hash(l1, l2, k)]
+    from ugt_hf.modeling_ugt import item_hash
+
+    k = 5
+    idx = item_hash(torch.tensor([prefix[2, 3, 0], prefix[2, 3, 1], k]), 97)
+    assert torch.allclose(whole[2, 3, k], q[2, 3] @ heads.node3.weight[idx], atol=1e-6)
+    # 带节点项时，teacher forcing 的损失与 item_log_probs 打分一致
+    x = batch(b=4, te=5, td=1)
+    out = m(**x)
+    states = m.prediction_states(encoder_semantic_ids=x["encoder_semantic_ids"], decoder_semantic_ids=x["decoder_semantic_ids"])
+    lp = m.item_log_probs(states, x["labels"][:, 0])
+    tf = sum(torch.log_softmax(lg[:, 0], -1).gather(1, x["labels"][:, 0, i : i + 1]).squeeze(1)
+             for i, lg in enumerate((out.l1_logits, out.l2_logits, out.l3_logits)))  # [B]
+    assert torch.allclose(tf, lp, atol=1e-5)
+    # 节点项确实参与：清零后 l2/l3 logits 改变
+    with torch.no_grad():
+        saved = heads.node2.weight.clone()
+        heads.node2.weight.zero_()
+    assert not torch.allclose(m(**x).l2_logits, out.l2_logits)
+    with torch.no_grad():
+        heads.node2.weight.copy_(saved)
+    m.train()
+    m(**x).loss.backward()
+    assert heads.node2.weight.grad.abs().sum() > 0 and heads.node_proj3.weight.grad.abs().sum() > 0
+
+
+def test_bos_context_last_item_uses_last_valid_position_and_padding_invariant():
+    torch.manual_seed(0)
+    m = tiny(bos_context="last_item", encoder_position_mode="recency")
+    plain = tiny(encoder_position_mode="recency")
+    plain.load_state_dict(m.state_dict())
+    x = batch(te=5)
+    base = m(**x)
+    assert not torch.allclose(base.l1_logits, plain(**x).l1_logits)  # 选项确实改变了 BOS 的输入
+    b = 3
+    pad = torch.full((b, 3, 3), 5)
+    right = dict(x, encoder_semantic_ids=torch.cat([x["encoder_semantic_ids"], pad], 1),
+                 encoder_attention_mask=torch.cat([torch.ones(b, 5), torch.zeros(b, 3)], 1).long(),
+                 encoder_token_types=torch.cat([torch.ones(b, 5), torch.zeros(b, 3)], 1).long())
+    # 右侧 padding 时取的是最后一个“有效”位置，而不是第 T-1 位
+    assert torch.allclose(base.l3_logits, m(**right).l3_logits, atol=1e-5)
+    with pytest.raises(ValueError, match="bos_context"):
+        UGTConfig(vocab_sizes=V, bos_context="first")

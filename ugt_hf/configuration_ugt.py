@@ -30,6 +30,19 @@ class UGTConfig(PretrainedConfig):
     router_aux_loss_coef (`float`, 默认 1.0): aux_loss 里负载均衡项的系数（训练器再乘 lambda_moe_balance）。
     router_z_loss_coef (`float`, 默认 0.0): aux_loss 里 router z-loss（ST-MoE）的系数，0 表示不用。
     user_pooling (`str`, 默认 "mean"): user_repr 的池化方式，"mean"（有效位置均值）或 "last"（最后一个有效位置）。
+    encoder_position_mode (`str`, 默认 "absolute"): 编码器位置 id。"absolute" 用批次给的 encoder_positions（从历史开头数）；
+        "recency" 由 mask 重新计算“距最近一个物品的步数”（最近 = 0），使最近的物品总落在同一个位置嵌入上——
+        下一物品主要由最近几次交互决定，绝对位置下模型得先从变长序列里“找到”末尾。
+    item_id_buckets (`int`, 默认 0): >0 时给每个物品再加一个按完整三元组哈希到该桶数的嵌入（输入侧）。三层码嵌入之和
+        在层间共享、容量有限；哈希嵌入给每个物品独立参数，用于记住具体物品之间的转移。0 表示不用。
+    node_embedding_buckets (`int`, 默认 0): >0 时 L2/L3 头给树上每个节点（(l1, l2) 格子、(l1, l2, l3) 物品）再加一个
+        按哈希取的输出向量：logit += (P·h) · E[node]。共享的码字输出表只能表达“残差方向”，记不住
+        “买了 A 接着买 B”这类具体转移；这是层次 softmax 本来的“每个内部节点一个向量”。代价是每次打分要取
+        V2（或 V3）个 node_embedding_dim 维向量，所以适合封顶后的小词表（如 128）；0 表示不用。
+    node_embedding_dim (`int`, 默认 32): 节点输出向量的维度（低秩，控制上面那次取数的内存）。
+    bos_context (`str`, 默认 "none"): "last_item" 时把编码器在最后一个有效历史位置的输出加到解码器 BOS 的输入上。
+        自回归的 SASRec 在最后一个物品的残差流上直接预测下一个，物品到物品的转移一步可学；编码器-解码器里 BOS
+        只能经交叉注意力在整段历史上“取”信息，最近物品被稀释。"none" 保持原始的编码器-解码器结构。
     tie_word_embeddings (`bool`, 默认 True): 各层输出头与该层的 ID 嵌入共享权重。
     initializer_range (`float`, 默认 0.02): HF 约定的正态初始化标准差。
     pad_token_id (`int`, 默认 0): padding/BOS 位置上的语义 ID 取值（由 token_type 屏蔽，不参与嵌入）。
@@ -59,6 +72,11 @@ class UGTConfig(PretrainedConfig):
     router_aux_loss_coef: float = 1.0
     router_z_loss_coef: float = 0.0
     user_pooling: str = "mean"
+    encoder_position_mode: str = "absolute"
+    item_id_buckets: int = 0
+    node_embedding_buckets: int = 0
+    node_embedding_dim: int = 32
+    bos_context: str = "none"
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
     pad_token_id: Optional[int] = 0
@@ -91,6 +109,17 @@ class UGTConfig(PretrainedConfig):
             )
         if self.user_pooling not in ("mean", "last"):
             raise ValueError(f"UGTConfig.user_pooling must be 'mean' or 'last', got {self.user_pooling!r}")
+        if self.encoder_position_mode not in ("absolute", "recency"):
+            raise ValueError(
+                f"UGTConfig.encoder_position_mode must be 'absolute' or 'recency', got {self.encoder_position_mode!r}"
+            )
+        if self.bos_context not in ("none", "last_item"):
+            raise ValueError(f"UGTConfig.bos_context must be 'none' or 'last_item', got {self.bos_context!r}")
+        for name in ("item_id_buckets", "node_embedding_buckets"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"UGTConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.node_embedding_buckets > 0 and self.node_embedding_dim < 1:
+            raise ValueError(f"UGTConfig.node_embedding_dim must be >= 1, got {self.node_embedding_dim}")
         for name in ("num_encoder_layers", "num_decoder_layers", "ffn_dim", "max_position_embeddings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UGTConfig.{name} must be >= 1, got {getattr(self, name)}")

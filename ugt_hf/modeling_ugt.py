@@ -86,6 +86,22 @@ def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(router_logits, dim=-1).pow(2).mean()
 
 
+def item_hash(triples: torch.Tensor, buckets: int) -> torch.Tensor:
+    """完整三元组 -> [0, buckets) 的桶号：[..., 3] -> [...]。
+
+    三个大质数的线性组合再取模：同一 (l1, l2) 格子里相邻的 l3 不会落进相邻或相同的桶；系数都小于 2^21，
+    在规格最大词表（1024/4096/16384）下也不会溢出 int64。
+    """
+    t = triples.long()
+    return (t[..., 0] * 1_299_709 + t[..., 1] * 1_951_237 + t[..., 2] * 786_433) % buckets
+
+
+def recency_positions(mask: torch.Tensor) -> torch.Tensor:
+    """有效位置的“距最近一个有效位置的步数”（最近 = 0，更早的依次 +1）；padding 位置为 0。mask: [B, T] -> [B, T]"""
+    m = mask.long()
+    return (m.sum(dim=1, keepdim=True) - m.cumsum(dim=1)) * m
+
+
 # ---------------------------------------------------------------------------
 # 模块
 # ---------------------------------------------------------------------------
@@ -103,10 +119,14 @@ class UGTEmbeddings(nn.Module):
         self.position = nn.Embedding(config.max_position_embeddings, config.d_model)
         self.token_type = nn.Embedding(config.num_token_types, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        self.item_id = nn.Embedding(config.item_id_buckets, config.d_model) if config.item_id_buckets > 0 else None
 
     def item_embedding(self, triples: torch.Tensor) -> torch.Tensor:
-        """triples: [..., 3] -> [..., D]（物品 = 三层嵌入之和）"""
-        return self.l1(triples[..., 0]) + self.l2(triples[..., 1]) + self.l3(triples[..., 2])
+        """triples: [..., 3] -> [..., D]（物品 = 三层嵌入之和；开了 item_id_buckets 时再加哈希物品嵌入）"""
+        x = self.l1(triples[..., 0]) + self.l2(triples[..., 1]) + self.l3(triples[..., 2])
+        if self.item_id is not None:
+            x = x + self.item_id(item_hash(triples, self.item_id.num_embeddings))
+        return x
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, token_types: torch.Tensor) -> torch.Tensor:
         # ids: [B, T, 3]；特殊位的 id 置 0 再乘 0，既不越界也不参与梯度
@@ -256,6 +276,36 @@ class UGTHierarchicalHeads(nn.Module):
         self.out1 = nn.Linear(d, v1)
         self.out2 = nn.Linear(d, v2)
         self.out3 = nn.Linear(d, v3)
+        # 可选：树节点的哈希输出向量（见 UGTConfig.node_embedding_buckets）
+        self.node2 = self.node3 = self.node_proj2 = self.node_proj3 = None
+        if config.node_embedding_buckets > 0:
+            r, nb = config.node_embedding_dim, config.node_embedding_buckets
+            self.node2, self.node3 = nn.Embedding(nb, r), nn.Embedding(nb, r)
+            self.node_proj2, self.node_proj3 = nn.Linear(d, r, bias=False), nn.Linear(d, r, bias=False)
+
+    @staticmethod
+    def node_scores(query: torch.Tensor, prefix: torch.Tensor, table: nn.Embedding, vocab: int,
+                    max_elements: int = 1 << 22) -> torch.Tensor:
+        """每个候选子节点的 query · E[hash(prefix, k)]，k = 0..vocab-1。
+
+        query: [..., r]；prefix: [..., P]（父节点的码字）-> [..., vocab]。按行分块，一块最多 max_elements 个取出的数，
+        束搜索里上万个前缀一起打分时内存也有界。
+        """
+        lead = query.shape[:-1]
+        q = query.reshape(-1, query.shape[-1])  # [M, r]
+        pre = prefix.reshape(-1, prefix.shape[-1]).long()  # [M, P]
+        codes = torch.arange(vocab, device=q.device)
+        rows = max(1, max_elements // (vocab * q.shape[-1]))
+        outs = []
+        for s in range(0, q.shape[0], rows):
+            p = pre[s : s + rows]
+            m = p.shape[0]
+            triples = torch.cat([p[:, None, :].expand(m, vocab, p.shape[1]), codes[None, :, None].expand(m, vocab, 1)], -1)
+            if triples.shape[-1] == 2:  # L2 节点 (l1, k)：第三位补 0 再哈希
+                triples = torch.cat([triples, torch.zeros_like(triples[..., :1])], -1)
+            e = table(item_hash(triples, table.num_embeddings))  # [m, vocab, r]
+            outs.append(torch.bmm(e, q[s : s + rows, :, None]).squeeze(-1))  # [m, vocab]
+        return torch.cat(outs).reshape(*lead, vocab)
 
 
 # ---------------------------------------------------------------------------
@@ -358,6 +408,8 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         ids, pos, types, mask = self._prepare_side(
             ids, encoder_positions, encoder_token_types, encoder_attention_mask, "encoder_semantic_ids"
         )
+        if self.config.encoder_position_mode == "recency":
+            pos = recency_positions(mask)  # [B, Te]：最近的物品总在位置 0
         x = self.embeddings(ids, pos, types)
         # 每个位置至少能看到自己：padding 查询不会得到全屏蔽（NaN），有效位置不受影响
         eye = torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
@@ -400,6 +452,10 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         )
         td = ids.shape[1]
         x = self.embeddings(ids, pos, types)
+        if self.config.bos_context == "last_item":
+            # BOS 的残差流里直接放入最近一个历史物品的编码（见 UGTConfig.bos_context）；空历史行取第 0 位（已被 LayerNorm）
+            last = self.select_position(encoder_hidden_states, "last", encoder_attention_mask)  # [B, D]
+            x = torch.cat([x[:, :1] + last[:, None], x[:, 1:]], dim=1)
         causal = torch.ones(td, td, dtype=torch.bool, device=device).tril()
         eye = torch.eye(td, dtype=torch.bool, device=device)
         self_mask = (causal[None, None] & dmask[:, None, None, :]) | eye[None, None]  # [B, 1, Td, Td]
@@ -429,13 +485,21 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         """states: [..., D]，l1: [...]（与 states 前缀维度一致）-> [..., V2]"""
         e1 = self.embeddings.l1(l1)
         h = self.heads.norm2(states + self.heads.cond2(torch.cat([states, e1], dim=-1)))
-        return self.heads.out2(h)
+        logits = self.heads.out2(h)
+        if self.heads.node2 is not None:
+            logits = logits + self.heads.node_scores(self.heads.node_proj2(h), l1[..., None], self.heads.node2,
+                                                     logits.shape[-1])
+        return logits
 
     def level3_logits(self, states: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
         """states: [..., D]，l1/l2: [...] -> [..., V3]"""
         e1, e2 = self.embeddings.l1(l1), self.embeddings.l2(l2)
         h = self.heads.norm3(states + self.heads.cond3(torch.cat([states, e1, e2], dim=-1)))
-        return self.heads.out3(h)
+        logits = self.heads.out3(h)
+        if self.heads.node3 is not None:
+            logits = logits + self.heads.node_scores(self.heads.node_proj3(h), torch.stack([l1, l2], -1),
+                                                     self.heads.node3, logits.shape[-1])
+        return logits
 
     def item_log_probs(self, states: torch.Tensor, item_triples: torch.Tensor) -> torch.Tensor:
         """给定状态下物品的 log p(item)。states: [B, D]；item_triples: [B, M, 3] 或 [B, 3] -> [B, M] 或 [B]"""
