@@ -42,11 +42,14 @@ def run(name: str, shared: Path, work: Path, stages) -> dict:
                                    for k, v in results["stages"].items()},
         "metrics_per_stage": {k: v["test"] for k, v in results["stages"].items()},
         "popularity": results["popularity"],
+        "transition": results.get("transition"),
         "preference_accuracy": {k: v["preference_accuracy"] for k, v in results["stages"].items()
                                 if "preference_accuracy" in v},
         "published": results.get("published"),
     }
     rows = dict(out["metrics_per_stage"], popularity=out["popularity"])
+    if out["transition"]:
+        rows["transition"] = out["transition"]
     print(f"\n== {name} ({out['protocol']}) ==")
     print(metrics_table(rows, reference=out["published"]))
     for k, v in out["wall_seconds_per_stage"].items():

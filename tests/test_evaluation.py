@@ -15,6 +15,7 @@ from ugt_hf.evaluation import (
     main,
     popularity_baseline,
     ranking_metrics,
+    transition_baseline,
     split_path,
 )
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
@@ -76,3 +77,25 @@ def test_evaluate_ranking_returns_only_catalogue_items_and_respects_exclusion(tm
 def test_missing_meta_is_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="ugt prepare"):
         load_meta(tmp_path)
+
+
+def test_transition_baseline_hand_example(tmp_path):
+    from ugt_hf.data.prepare import prepare
+
+    # S3-Rec 格式：训练前缀 = 序列去掉最后两个。训练里的相邻对：
+    #   1->2 两次、1->3 一次；3->2、3->1 各一次（同次数按训练标签流行度：2 出现 3 次 > 1 出现 1 次）；2->3 三次
+    src = tmp_path / "seq.txt"
+    src.write_text("1 1 2 3 1 2\n2 1 3 2 3 2\n3 2 3 1 5 6\n4 1 2 3 2 4\n")
+    d = tmp_path / "data"
+    prepare(str(d), source="s3rec", input=str(src), encoder_max_length=10, progress=False, log=lambda *a: None)
+    # 测试：用户 1 最后 = 1 -> [2, 3]，目标 2 命中第 1 名；用户 2 最后 = 3 -> [2, 1]，目标 2 命中第 1 名；
+    # 用户 3 最后 = 5（无后继，退回流行度 3, 2, 1）目标 6 未中；用户 4 最后 = 2 -> [3, 2, 1]，目标 4 未中
+    m = transition_baseline(d, "test", k_values=[1, 3])
+    assert m["recall@1"] == pytest.approx(0.5) and m["recall@3"] == pytest.approx(0.5)
+    assert m["ndcg@1"] == pytest.approx(0.5) and m["num_users"] == 4
+    # 去掉历史物品后：用户 1、2 的目标 2 在历史里，必不命中；用户 3、4 只剩零流行度物品，按物品号补位
+    # （用户 3：[4, 6] 命中第 2 名；用户 4：后继 3 在历史里，补位 [4, 5, 6] 命中第 1 名）
+    ex = transition_baseline(d, "test", k_values=[1, 3], exclude_history=True)
+    assert ex["recall@1"] == pytest.approx(0.25) and ex["recall@3"] == pytest.approx(0.5)
+    # 它与流行度基线确实不同（流行度对所有人推 [3, 2, 1]）
+    assert popularity_baseline(d, "test", k_values=[1])["recall@1"] == 0.0

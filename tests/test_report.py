@@ -21,6 +21,7 @@ def _fake_run(tmp_path):
     results = {"dataset": "fake", "data_dir": "/x", "num_items": 50, "num_beams": 20, "exclude_history": False,
                "git_commit": "abc", "total_seconds": 42.0, "stages": stages,
                "popularity": {"recall@10": 0.005, "ndcg@10": 0.002},
+               "transition": {"recall@10": 0.0432, "ndcg@10": 0.021},
                "published": {"TIGER": {"recall@10": 0.0648}}}
     (run / "results.json").write_text(json.dumps(results))
     return run
@@ -31,6 +32,7 @@ def test_write_report_table_and_plots(tmp_path):
     out = write_report(run)
     md = (run / "report.md").read_text()
     assert "| stage3 |" in md and "| popularity |" in md and "| TIGER |" in md
+    assert "| transition |" in md and "0.0432" in md
     assert "0.0600" in md  # stage3 recall@10
     assert "history items allowed" in md
     assert "| stage3 | 0.6100 | 100 |" in md

@@ -37,6 +37,7 @@ def test_end_to_end_three_stages(tmp_path):
         assert (run / name).is_file(), name
     report = (run / "report.md").read_text()
     assert "popularity" in report and "stage3" in report and "history items allowed" in report
+    assert "| transition |" in report and 0.0 <= results["transition"]["recall@10"] <= 1.0
     assert elapsed < 120, f"tiny pipeline took {elapsed:.0f}s"
 
 

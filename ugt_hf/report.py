@@ -15,6 +15,8 @@ RESULTS_FILE = "results.json"
 REPORT_MD = "report.md"
 LOSS_PNG = "loss_curves.png"
 METRICS_PNG = "metrics_per_stage.png"
+# 与各阶段并列的基线：流行度；一阶转移（最近物品在训练里的后继，见 evaluation.transition_baseline）
+BASELINES = ("popularity", "transition")
 TABLE_KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr", "coverage@10", "gini@10")
 
 
@@ -63,9 +65,9 @@ def plot_run(run_dir: Path, results: dict) -> List[str]:
     plt.close(fig)
     written.append(LOSS_PNG)
 
-    names = list(stages) + (["popularity"] if results.get("popularity") else [])
-    metric_rows = [stages[n].get("test", {}) for n in stages] + (
-        [results["popularity"]] if results.get("popularity") else [])
+    baselines = [b for b in BASELINES if results.get(b)]
+    names = list(stages) + baselines
+    metric_rows = [stages[n].get("test", {}) for n in stages] + [results[b] for b in baselines]
     keys = ["recall@5", "ndcg@5", "recall@10", "ndcg@10", "mrr"]
     fig, ax = plt.subplots(figsize=(8, 3.8))
     width = 0.8 / max(1, len(names))
@@ -86,8 +88,9 @@ def plot_run(run_dir: Path, results: dict) -> List[str]:
 def render_markdown(results: dict) -> str:
     stages = results.get("stages", {})
     rows = {name: st.get("test", {}) for name, st in stages.items()}
-    if results.get("popularity"):
-        rows["popularity"] = results["popularity"]
+    for b in BASELINES:
+        if results.get(b):
+            rows[b] = results[b]
     setting = "excluded" if results.get("exclude_history") else "allowed (as in TIGER)"
     lines = [
         f"# UGT-Train run report: {results.get('dataset', '?')}",

@@ -88,7 +88,7 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
                  extra_args: Sequence[str] = (), log=print,
                  prepare_overrides: Optional[dict] = None) -> Dict[str, Any]:
     """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。"""
-    from .evaluation import evaluate_ranking, load_catalogue, popularity_baseline
+    from .evaluation import evaluate_ranking, load_catalogue, popularity_baseline, transition_baseline
     from .modeling_ugt import UGTForGenerativeRecommendation
     from .report import RESULTS_FILE, write_report
     from .training.stages import BEST_MODEL_DIR, run_stage
@@ -109,6 +109,7 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
         "stage_configs": cfg["stages"], "published": cfg.get("published"), "stages": {},
     }
     results["popularity"] = popularity_baseline(data_dir, ev["split"], ev["k_values"], ev["exclude_history"])
+    results["transition"] = transition_baseline(data_dir, ev["split"], ev["k_values"], ev["exclude_history"])
     # 从中间阶段续跑（--stages 2,3）时，用运行目录里上一阶段已有的最佳模型
     earlier = run_dir / f"stage{min(stages) - 1}" / BEST_MODEL_DIR
     previous = str(earlier) if min(stages) > 1 and earlier.is_dir() else None
