@@ -118,6 +118,24 @@ def evaluate_ranking(
     return metrics
 
 
+_ENCODER_COLS = ("encoder_l1_ids", "encoder_l2_ids", "encoder_l3_ids")
+_LABEL_COLS = ("labels_l1", "labels_l2", "labels_l3")
+
+
+def _first_label_items(table, catalogue: ItemCatalogue) -> np.ndarray:
+    """每行第 0 个标签的物品号：[N]（不在目录里为 -1）。"""
+    first = np.stack([np.array([r[0] for r in table.column(c).to_pylist()]) for c in _LABEL_COLS], axis=1)
+    return catalogue.lookup(torch.as_tensor(first)).numpy()
+
+
+def _train_popularity(data_dir, catalogue: ItemCatalogue) -> np.ndarray:
+    """训练集里每个物品作为第 0 个标签的次数：[num_items]。stride=1 时恰好覆盖训练前缀里的每次出现。"""
+    import pyarrow.parquet as pq
+
+    idx = _first_label_items(pq.read_table(split_path(data_dir, "train"), columns=list(_LABEL_COLS)), catalogue)
+    return np.bincount(idx[idx >= 0], minlength=catalogue.num_items)
+
+
 def popularity_baseline(
     data_dir: Union[str, Path],
     split: str = "test",
@@ -127,23 +145,14 @@ def popularity_baseline(
     """流行度基线：按训练集标签中的出现次数给每个用户推荐同一份 top-K（可选去掉历史物品）。"""
     import pyarrow.parquet as pq
 
-    meta = load_meta(data_dir)
-    catalogue = load_catalogue(data_dir, meta)
-    train = pq.read_table(split_path(data_dir, "train"), columns=["labels_l1", "labels_l2", "labels_l3"])
-    # 每个训练样本的第 0 个标签恰好覆盖训练前缀里每次出现（stride=1 时），用它计数
-    first = np.stack([np.array([row[0] for row in train.column(c).to_pylist()]) for c in
-                      ("labels_l1", "labels_l2", "labels_l3")], axis=1)
-    idx = catalogue.lookup(torch.as_tensor(first)).numpy()
-    counts = np.bincount(idx[idx >= 0], minlength=catalogue.num_items)
+    catalogue = load_catalogue(data_dir, load_meta(data_dir))
+    counts = _train_popularity(data_dir, catalogue)
     kmax = max(k_values)
     order = np.argsort(-counts, kind="stable")
-    evald = pq.read_table(split_path(data_dir, split), columns=["encoder_l1_ids", "encoder_l2_ids", "encoder_l3_ids",
-                                                                "labels_l1", "labels_l2", "labels_l3"])
-    lab = np.stack([np.array([r[0] for r in evald.column(c).to_pylist()]) for c in
-                    ("labels_l1", "labels_l2", "labels_l3")], axis=1)
-    targets = catalogue.lookup(torch.as_tensor(lab)).numpy()
+    evald = pq.read_table(split_path(data_dir, split), columns=list(_ENCODER_COLS + _LABEL_COLS))
+    targets = _first_label_items(evald, catalogue)
     if exclude_history:
-        enc = [evald.column(c).to_pylist() for c in ("encoder_l1_ids", "encoder_l2_ids", "encoder_l3_ids")]
+        enc = [evald.column(c).to_pylist() for c in _ENCODER_COLS]
         preds = np.empty((len(targets), kmax), dtype=np.int64)
         for u in range(len(targets)):
             hist = catalogue.lookup(torch.as_tensor(np.stack([enc[0][u], enc[1][u], enc[2][u]], 1))).numpy()
@@ -170,20 +179,17 @@ def transition_baseline(
     """
     import pyarrow.parquet as pq
 
-    meta = load_meta(data_dir)
-    catalogue = load_catalogue(data_dir, meta)
-    cols = ["encoder_l1_ids", "encoder_l2_ids", "encoder_l3_ids", "labels_l1", "labels_l2", "labels_l3"]
+    catalogue = load_catalogue(data_dir, load_meta(data_dir))
+    cols = list(_ENCODER_COLS + _LABEL_COLS)
 
     def last_and_first(table):
-        last = np.stack([np.array([r[-1] if len(r) else 0 for r in table.column(c).to_pylist()]) for c in cols[:3]], 1)
-        has_hist = np.array([len(r) > 0 for r in table.column(cols[0]).to_pylist()])
-        first = np.stack([np.array([r[0] for r in table.column(c).to_pylist()]) for c in cols[3:]], 1)
+        last = np.stack([np.array([r[-1] if len(r) else 0 for r in table.column(c).to_pylist()]) for c in _ENCODER_COLS], 1)
+        has_hist = np.array([len(r) > 0 for r in table.column(_ENCODER_COLS[0]).to_pylist()])
         a = catalogue.lookup(torch.as_tensor(last)).numpy()
-        return np.where(has_hist, a, -1), catalogue.lookup(torch.as_tensor(first)).numpy()
+        return np.where(has_hist, a, -1), _first_label_items(table, catalogue)
 
     src, dst = last_and_first(pq.read_table(split_path(data_dir, "train"), columns=cols))
-    n_items = catalogue.num_items
-    popularity = np.bincount(dst[dst >= 0], minlength=n_items)
+    popularity = np.bincount(dst[dst >= 0], minlength=catalogue.num_items)  # 与 _train_popularity 同一计数，不再读一遍
     pop_order = np.argsort(-popularity, kind="stable")
     ok = (src >= 0) & (dst >= 0)
     pair_counts: Dict[int, Dict[int, int]] = {}
@@ -192,7 +198,7 @@ def transition_baseline(
         row[b] = row.get(b, 0) + 1
     evald = pq.read_table(split_path(data_dir, split), columns=cols)
     last, targets = last_and_first(evald)
-    enc = [evald.column(c).to_pylist() for c in cols[:3]] if exclude_history else None
+    enc = [evald.column(c).to_pylist() for c in _ENCODER_COLS] if exclude_history else None
     kmax = max(k_values)
     preds = np.empty((len(targets), kmax), dtype=np.int64)
     for u, a in enumerate(last.tolist()):
