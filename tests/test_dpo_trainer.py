@@ -41,10 +41,10 @@ def _pairs(n=48, seed=0):
     return out
 
 
-def _model(seed=0):
+def _model(seed=0, **kw):
     torch.manual_seed(seed)
     cfg = UGTConfig(vocab_sizes=list(V), d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
-                    ffn_dim=32, num_experts=2, num_experts_per_tok=1, dropout=0.0)
+                    ffn_dim=32, num_experts=2, num_experts_per_tok=1, dropout=0.0, **kw)
     return UGTForGenerativeRecommendation(cfg)
 
 
@@ -70,8 +70,12 @@ def test_collator_exact_tensors():
     assert torch.equal(batch["encoder_attention_mask"], torch.tensor([[1, 1], [1, 0]]))
 
 
-def test_fused_forward_equals_hierarchical_item_score():
-    model = _model().eval()
+@pytest.mark.parametrize("transition", [False, True])
+def test_fused_forward_equals_hierarchical_item_score(transition):
+    model = _model(transition_buckets=97 if transition else 0).eval()
+    if transition:  # 宽记忆项非零时，融合前向与 score_items 必须用同一个“前一个物品”
+        with torch.no_grad():
+            model.transition.table.weight.normal_(0, 1.0)
     batch = UGTPreferencePairCollator(vocab_sizes=V)(_pairs(5))
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     enc = {k: v for k, v in batch.items() if k.startswith("encoder_")}
@@ -82,6 +86,9 @@ def test_fused_forward_equals_hierarchical_item_score():
     assert out.log_probs.shape == (10, 3)
     torch.testing.assert_close(out.log_probs.sum(-1), direct, atol=1e-5, rtol=1e-5)
     assert (out.log_probs <= 0).all()
+    if transition:
+        acc = pairwise_preference_accuracy(model, _pairs(5))
+        assert acc["preference_margin"] == pytest.approx(float((direct[:5] - direct[5:]).mean()), abs=1e-5)
 
 
 def test_dpo_training_learns_preference_and_logs_trl_metrics(tmp_path):

@@ -336,3 +336,95 @@ def test_bos_context_last_item_uses_last_valid_position_and_padding_invariant():
     assert torch.allclose(base.l3_logits, m(**right).l3_logits, atol=1e-5)
     with pytest.raises(ValueError, match="bos_context"):
         UGTConfig(vocab_sizes=V, bos_context="first")
+
+
+def test_transition_hash_hand_computed_and_level_salt():
+    from ugt_hf.modeling_ugt import item_hash, transition_hash
+
+    prev, node = torch.tensor([3, 4, 5]), torch.tensor([2, 0, 0])
+    hp = (3 * 1_299_709 + 4 * 1_951_237 + 5 * 786_433) % 1_000_003
+    hn = (2 * 1_299_709) % 1_000_003
+    assert int(transition_hash(prev, node, 1, 1 << 20)) == ((hp * 1_000_033 + hn) * 3 + 0) % (1 << 20)
+    assert int(item_hash(prev, 1_000_003)) == hp
+    # L1 节点 (2, 0, 0) 与 L2 节点 (2, 0) 路径相同，但层级不同，桶也不同
+    assert int(transition_hash(prev, node, 1, 1 << 20)) != int(transition_hash(prev, node, 2, 1 << 20))
+    # 没有前一个物品（-1）用单独的键，不与物品 (0, 0, 0) 相撞
+    none = torch.tensor([-1, -1, -1])
+    assert int(transition_hash(none, node, 1, 1 << 20)) != int(transition_hash(torch.zeros(3, dtype=torch.long), node, 1, 1 << 20))
+    extreme = torch.tensor([1023, 4095, 16383])
+    h = transition_hash(extreme, extreme, 3, 1 << 21)
+    assert 0 <= int(h) < (1 << 21)
+
+
+def test_transition_bias_zero_init_previous_items_and_teacher_forcing():
+    from ugt_hf.modeling_ugt import transition_hash
+
+    torch.manual_seed(0)
+    m = tiny(transition_buckets=1009, transition_scale=4.0)
+    plain = tiny()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("transition.")})
+    assert m.transition.table.weight.shape == (1009, 1) and float(m.transition.table.weight.detach().abs().sum()) == 0.0
+    x = batch(b=3, te=5, td=3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]]).bool()
+    x["encoder_attention_mask"] = mask
+    # 初值 0：与不带宽记忆项的同一模型逐位相同
+    assert torch.allclose(m(**x).l3_logits, plain(**x).l3_logits, atol=1e-6)
+    enc, dec = x["encoder_semantic_ids"], x["decoder_semantic_ids"]
+    prev = m.prediction_previous_items(enc, mask)
+    assert torch.equal(prev[0], enc[0, 2]) and torch.equal(prev[1], enc[1, 4]) and prev[2].tolist() == [-1, -1, -1]
+    last = m.prediction_previous_items(enc, mask, dec, torch.ones(3, 3).bool(), position="last")
+    assert torch.equal(last, dec[:, 2])
+    # 手设一个桶：只有“前一个物品 = 该行的 BOS 键、L1 候选 = 2”的那个 logit 改变 scale * w
+    key = int(transition_hash(enc[0, 2], torch.tensor([2, 0, 0]), 1, 1009))
+    with torch.no_grad():
+        m.transition.table.weight[key, 0] = 1.5
+    diff = m(**x).l1_logits - plain(**x).l1_logits  # [B, Td, V1]
+    assert abs(float(diff[0, 0, 2]) - 6.0) < 1e-5
+    # 其余改变的位置（若有）只能是哈希撞到同一个桶的 (前一个物品, 候选)
+    keys = m._previous_items_all(enc, mask, dec)  # [B, Td, 3]
+    changed = (diff.abs() > 1e-6).nonzero().tolist()
+    assert [0, 0, 2] in changed
+    assert all(int(transition_hash(keys[b, t], torch.tensor([v, 0, 0]), 1, 1009)) == key for b, t, v in changed)
+    # 第 t>0 位的键是解码器第 t 位的输入
+    key_t = int(transition_hash(dec[1, 2], torch.tensor([1, 3, 0]), 2, 1009))
+    with torch.no_grad():
+        m.transition.table.weight.zero_()
+        m.transition.table.weight[key_t, 0] = -2.0
+    y = dict(x, labels=x["labels"].clone())
+    y["labels"][1, 2, 0] = 1
+    d2 = m(**y).l2_logits - plain(**y).l2_logits
+    assert abs(float(d2[1, 2, 3]) + 8.0) < 1e-5
+    # 训练时只有用到的桶拿到梯度
+    m.train()
+    m(**x).loss.backward()
+    g = m.transition.table.weight.grad[:, 0]
+    assert 0 < int((g != 0).sum()) < 1009
+
+
+def test_transition_scores_beam_exhaustive_and_missing_previous_items():
+    from ugt_hf.generation import ItemCatalogue, recommend
+
+    torch.manual_seed(1)
+    m = tiny(transition_buckets=257, item_id_buckets=64, bos_context="last_item")
+    with torch.no_grad():
+        m.transition.table.weight.normal_(0, 1.0)
+    x = batch(b=4, te=5, td=1)
+    enc = {"encoder_semantic_ids": x["encoder_semantic_ids"]}
+    cat = ItemCatalogue(torch.stack([torch.randint(0, v, (60,)) for v in V], 1).unique(dim=0), vocab_sizes=V)
+    beam = recommend(m, enc, cat, top_k=5, num_beams=200)
+    exact = recommend(m, enc, cat, top_k=5, method="exhaustive")
+    assert torch.equal(beam.item_indices, exact.item_indices)
+    scored = m.score_items(cat.triples[beam.item_indices], **enc)
+    assert torch.allclose(scored, beam.scores, atol=1e-5)
+    # 宽记忆项确实参与打分：表清零后同样的物品分数改变
+    with torch.no_grad():
+        m.transition.table.weight.zero_()
+    assert not torch.allclose(m.score_items(cat.triples[beam.item_indices], **enc), scored, atol=1e-3)
+    # 开了宽记忆项却不给 previous_items：报错，而不是悄悄换一套分数
+    states = m.prediction_states(**enc)
+    with pytest.raises(ValueError, match="previous_items"):
+        m.item_log_probs(states, cat.triples[beam.item_indices])
+    with pytest.raises(ValueError, match="transition_buckets"):
+        UGTConfig(vocab_sizes=V, transition_buckets=-1)
+    with pytest.raises(ValueError, match="transition_scale"):
+        UGTConfig(vocab_sizes=V, transition_scale=0.0)

@@ -43,6 +43,13 @@ class UGTConfig(PretrainedConfig):
     bos_context (`str`, 默认 "none"): "last_item" 时把编码器在最后一个有效历史位置的输出加到解码器 BOS 的输入上。
         自回归的 SASRec 在最后一个物品的残差流上直接预测下一个，物品到物品的转移一步可学；编码器-解码器里 BOS
         只能经交叉注意力在整段历史上“取”信息，最近物品被稀释。"none" 保持原始的编码器-解码器结构。
+    transition_buckets (`int`, 默认 0): >0 时加 Wide&Deep 式的“宽”记忆项：按 (前一个物品, 候选节点) 的交叉特征哈希到
+        该桶数的一个标量偏置，加到每层 logit 上（L1/L2 是树上的前缀节点，L3 是物品本身）。前一个物品 = 预测位置之前
+        紧挨着的那个物品（BOS 位是历史最后一个物品，其后各位是解码器输入）。低秩的节点向量要把“A 之后是 B”压进
+        几十维，记不住成千上万条稀疏转移；交叉特征的一个标量可以逐条记住，深层部分负责泛化（Cheng et al. 2016）。
+        0 表示不用。
+    transition_scale (`float`, 默认 10.0): 宽记忆项的乘子 s（偏置 = s·w，w 初值 0）。Adam 每步对 w 的更新约为学习率，
+        所以 s 等于这张表的有效学习率倍数：稀疏的转移对一轮只见几次，与深层共用学习率时几乎学不动。
     tie_word_embeddings (`bool`, 默认 True): 各层输出头与该层的 ID 嵌入共享权重。
     initializer_range (`float`, 默认 0.02): HF 约定的正态初始化标准差。
     pad_token_id (`int`, 默认 0): padding/BOS 位置上的语义 ID 取值（由 token_type 屏蔽，不参与嵌入）。
@@ -77,6 +84,8 @@ class UGTConfig(PretrainedConfig):
     node_embedding_buckets: int = 0
     node_embedding_dim: int = 32
     bos_context: str = "none"
+    transition_buckets: int = 0
+    transition_scale: float = 10.0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
     pad_token_id: Optional[int] = 0
@@ -115,11 +124,13 @@ class UGTConfig(PretrainedConfig):
             )
         if self.bos_context not in ("none", "last_item"):
             raise ValueError(f"UGTConfig.bos_context must be 'none' or 'last_item', got {self.bos_context!r}")
-        for name in ("item_id_buckets", "node_embedding_buckets"):
+        for name in ("item_id_buckets", "node_embedding_buckets", "transition_buckets"):
             if getattr(self, name) < 0:
                 raise ValueError(f"UGTConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.node_embedding_buckets > 0 and self.node_embedding_dim < 1:
             raise ValueError(f"UGTConfig.node_embedding_dim must be >= 1, got {self.node_embedding_dim}")
+        if not self.transition_scale > 0:
+            raise ValueError(f"UGTConfig.transition_scale must be > 0, got {self.transition_scale}")
         for name in ("num_encoder_layers", "num_decoder_layers", "ffn_dim", "max_position_embeddings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UGTConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -214,6 +214,7 @@ def beam_search(
     exclude=None,
     batch_size: int = 1024,
     max_elements: int = 1 << 24,
+    previous_items: Optional[torch.Tensor] = None,
 ) -> GenerationResult:
     """对每个用户状态做三层受约束束搜索。
 
@@ -224,6 +225,8 @@ def beam_search(
         exclude: 见 `ItemCatalogue.exclusion_mask`（如历史物品）
         batch_size / max_elements: 每块最多 batch_size 个用户，且 用户数 * num_beams * max(V) <= max_elements
             （L3 词表 16384 时一块约 50 个用户，logits 约 64 MB）
+        previous_items: [N, 3] 每个用户预测位置之前的物品（`model.prediction_previous_items(...)`）；
+            模型开了宽记忆项（transition_buckets）时必需，其余模型不用给
     """
     if num_beams < top_k:
         raise ValueError(f"num_beams ({num_beams}) must be >= top_k ({top_k})")
@@ -233,7 +236,8 @@ def beam_search(
     outs = []
     for start in range(0, states.shape[0], batch_size):
         sl = slice(start, start + batch_size)
-        outs.append(_beam_chunk(model, states[sl], catalogue, num_beams, top_k, None if mask is None else mask[sl]))
+        prev = None if previous_items is None else previous_items[sl].to(states.device)
+        outs.append(_beam_chunk(model, states[sl], catalogue, num_beams, top_k, None if mask is None else mask[sl], prev))
     return GenerationResult(*(torch.cat([getattr(o, f) for o in outs]) for f in ("item_indices", "scores", "triples", "exact")))
 
 
@@ -247,7 +251,14 @@ def _topk_with_bound(scores: torch.Tensor, k: int):
     return vals, idx, scores.new_full((scores.shape[0],), NEG_INF)
 
 
-def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl):
+def _prev_kw(prev: Optional[torch.Tensor], *lead: int) -> dict:
+    """previous_items 按 states 的前缀维度展开后作为关键字参数；没有时不传（不认识它的模型也能用）。"""
+    if prev is None:
+        return {}
+    return {"previous_items": prev.reshape(prev.shape[0], *([1] * (len(lead) - 1)), 3).expand(*lead, 3)}
+
+
+def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl, prev=None):
     device = states.device
     n, d = states.shape
     children2 = catalogue.children2.to(device)
@@ -256,13 +267,13 @@ def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl)
     item_l3 = catalogue.triples[:, 2].to(device)
 
     # 第 1 层：只在合法 L1 上
-    lp1 = torch.log_softmax(model.level1_logits(states).float(), dim=-1)  # [N, V1]
+    lp1 = torch.log_softmax(model.level1_logits(states, **_prev_kw(prev, n)).float(), dim=-1)  # [N, V1]
     lp1 = lp1.masked_fill(~catalogue.level1_valid.to(device), NEG_INF)
     s1, l1, bound = _topk_with_bound(lp1, num_beams)  # [N, B1]
     b1 = l1.shape[1]
 
     # 第 2 层：beam 中每个 L1 的子前缀
-    lp2 = torch.log_softmax(model.level2_logits(states[:, None].expand(n, b1, d), l1).float(), dim=-1)  # [N, B1, V2]
+    lp2 = torch.log_softmax(model.level2_logits(states[:, None].expand(n, b1, d), l1, **_prev_kw(prev, n, b1)).float(), dim=-1)  # [N, B1, V2]
     cand_p2 = children2[l1]  # [N, B1, C2]
     ok = cand_p2 >= 0
     cand_l2 = p2_l2[cand_p2.clamp(min=0)]
@@ -277,7 +288,7 @@ def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl)
     b2 = p2.shape[1]
 
     # 第 3 层：每个二层前缀下的物品
-    lp3 = torch.log_softmax(model.level3_logits(states[:, None].expand(n, b2, d), l1_2, l2_2).float(), dim=-1)
+    lp3 = torch.log_softmax(model.level3_logits(states[:, None].expand(n, b2, d), l1_2, l2_2, **_prev_kw(prev, n, b2)).float(), dim=-1)
     cand_item = children3[p2]  # [N, B2, C3]
     ok = (cand_item >= 0) & torch.isfinite(s2).unsqueeze(-1)
     cand_l3 = item_l3[cand_item.clamp(min=0)]
@@ -303,7 +314,8 @@ def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl)
 
 @torch.no_grad()
 def exhaustive_scores(
-    model, states: torch.Tensor, catalogue: ItemCatalogue, batch_size: int = 64, max_elements: int = 1 << 23
+    model, states: torch.Tensor, catalogue: ItemCatalogue, batch_size: int = 64, max_elements: int = 1 << 23,
+    previous_items: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """每个用户对目录中每个物品的 log p(item)：[N, num_items]（列 = item_index）。
 
@@ -322,8 +334,10 @@ def exhaustive_scores(
     for start in range(0, states.shape[0], batch_size):
         s = states[start : start + batch_size]
         n, d = s.shape
-        lp1 = torch.log_softmax(model.level1_logits(s).float(), dim=-1)  # [N, V1]
-        lp2_u = _blockwise(lambda blk: model.level2_logits(s[:, None].expand(n, blk.numel(), d), blk[None].expand(n, -1)),
+        prev = None if previous_items is None else previous_items[start : start + batch_size].to(device)
+        lp1 = torch.log_softmax(model.level1_logits(s, **_prev_kw(prev, n)).float(), dim=-1)  # [N, V1]
+        lp2_u = _blockwise(lambda blk: model.level2_logits(s[:, None].expand(n, blk.numel(), d), blk[None].expand(n, -1),
+                                                           **_prev_kw(prev, n, blk.numel())),
                            u1, None, n, v2, max_elements)  # [N, U1, V2]
         lp2 = lp2_u[:, pos_in_u1].gather(2, p2_l2[None, :, None].expand(n, -1, 1)).squeeze(-1)  # [N, P2]
         # 第 3 层：逐块的二层前缀，只取目录里存在的 L3
@@ -333,7 +347,8 @@ def exhaustive_scores(
         for b0 in range(0, p2_count, block):
             pids = torch.arange(b0, min(p2_count, b0 + block), device=device)
             lg = model.level3_logits(
-                s[:, None].expand(n, pids.numel(), d), p2_l1[pids][None].expand(n, -1), p2_l2[pids][None].expand(n, -1)
+                s[:, None].expand(n, pids.numel(), d), p2_l1[pids][None].expand(n, -1), p2_l2[pids][None].expand(n, -1),
+                **_prev_kw(prev, n, pids.numel()),
             )
             lp3 = torch.log_softmax(lg.float(), dim=-1)  # [N, blk, V3]
             sel = (item_p2 >= b0) & (item_p2 < b0 + pids.numel())
@@ -351,9 +366,10 @@ def _blockwise(fn, values: torch.Tensor, _unused, n: int, vocab: int, max_elemen
 
 
 @torch.no_grad()
-def exhaustive_topk(model, states: torch.Tensor, catalogue: ItemCatalogue, top_k: int = 10, exclude=None, batch_size: int = 64):
+def exhaustive_topk(model, states: torch.Tensor, catalogue: ItemCatalogue, top_k: int = 10, exclude=None, batch_size: int = 64,
+                    previous_items: Optional[torch.Tensor] = None):
     """穷举 top-K（校验束搜索用）。"""
-    scores = exhaustive_scores(model, states, catalogue, batch_size=batch_size)
+    scores = exhaustive_scores(model, states, catalogue, batch_size=batch_size, previous_items=previous_items)
     mask = catalogue.exclusion_mask(exclude, states.shape[0])
     if mask is not None:
         scores = scores.masked_fill(mask, NEG_INF)
@@ -371,6 +387,13 @@ def exhaustive_topk(model, states: torch.Tensor, catalogue: ItemCatalogue, top_k
 
 
 @torch.no_grad()
+def prediction_previous_items(model, batch: dict, position: Union[int, str, torch.Tensor] = 0) -> Optional[torch.Tensor]:
+    """模型用宽记忆项（transition_buckets > 0）时返回预测位置之前的物品 [B, 3]，否则 None。"""
+    if getattr(model, "transition", None) is None or not hasattr(model, "prediction_previous_items"):
+        return None
+    return model.prediction_previous_items(position=position, **batch)
+
+
 def recommend(
     model,
     batch: dict,
@@ -389,15 +412,16 @@ def recommend(
     model.eval()
     try:
         states = model.prediction_states(position=position, **batch)
+        prev = prediction_previous_items(model, batch, position)
     finally:
         model.train(was_training)
     exclude = None
     if exclude_history:
         exclude = catalogue.history_items(batch["encoder_semantic_ids"], batch.get("encoder_attention_mask"))
     if method == "beam":
-        return beam_search(model, states, catalogue, num_beams=num_beams, top_k=top_k, exclude=exclude)
+        return beam_search(model, states, catalogue, num_beams=num_beams, top_k=top_k, exclude=exclude, previous_items=prev)
     if method == "exhaustive":
-        return exhaustive_topk(model, states, catalogue, top_k=top_k, exclude=exclude)
+        return exhaustive_topk(model, states, catalogue, top_k=top_k, exclude=exclude, previous_items=prev)
     raise ValueError(f"method must be 'beam' or 'exhaustive', got {method!r}")
 
 
@@ -408,4 +432,5 @@ __all__ = [
     "exhaustive_scores",
     "exhaustive_topk",
     "recommend",
+    "prediction_previous_items",
 ]

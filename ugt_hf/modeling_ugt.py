@@ -96,6 +96,21 @@ def item_hash(triples: torch.Tensor, buckets: int) -> torch.Tensor:
     return (t[..., 0] * 1_299_709 + t[..., 1] * 1_951_237 + t[..., 2] * 786_433) % buckets
 
 
+_CROSS_MOD = 1_000_003  # 交叉哈希里两侧各自先压到的范围（质数）；乘积 ~1e12，int64 不溢出
+
+
+def transition_hash(previous: torch.Tensor, nodes: torch.Tensor, level: int, buckets: int) -> torch.Tensor:
+    """(前一个物品, 候选节点, 层级) 交叉特征 -> [0, buckets) 的桶号。
+
+    previous: [..., 3]（没有前一个物品的行为 -1）；nodes: [..., 3] 节点路径，未到的层补 0。
+    层级参与哈希：L1 节点 (k, 0, 0) 与 L2 节点 (k, 0) 的路径相同，不能共用一个偏置。
+    """
+    hp = item_hash(previous.clamp(min=0), _CROSS_MOD)
+    hp = torch.where(previous[..., 0] >= 0, hp, torch.full_like(hp, _CROSS_MOD))  # “无前一物品”单独一个键
+    hn = item_hash(nodes, _CROSS_MOD)
+    return ((hp * 1_000_033 + hn) * 3 + (level - 1)) % buckets
+
+
 def recency_positions(mask: torch.Tensor) -> torch.Tensor:
     """有效位置的“距最近一个有效位置的步数”（最近 = 0，更早的依次 +1）；padding 位置为 0。mask: [B, T] -> [B, T]"""
     m = mask.long()
@@ -308,6 +323,27 @@ class UGTHierarchicalHeads(nn.Module):
         return torch.cat(outs).reshape(*lead, vocab)
 
 
+class UGTTransitionBias(nn.Module):
+    """宽记忆项（见 UGTConfig.transition_buckets）：logit[k] += s · w[hash(前一个物品, 前缀 + k, 层级)]。"""
+
+    def __init__(self, config: UGTConfig):
+        super().__init__()
+        self.table = nn.Embedding(config.transition_buckets, 1)
+        self.table._ugt_zero_init = True  # _init_weights 把它置 0，训练开始时不改变深层部分
+        self.scale = float(config.transition_scale)
+
+    def forward(self, previous: torch.Tensor, prefix: torch.Tensor, vocab: int, level: int) -> torch.Tensor:
+        """previous: [..., 3]；prefix: [..., level-1]（父节点码字）-> [..., vocab]"""
+        lead = prefix.shape[:-1]
+        codes = torch.arange(vocab, device=prefix.device)
+        nodes = torch.cat(
+            [prefix.long()[..., None, :].expand(*lead, vocab, prefix.shape[-1]),
+             codes.expand(*lead, vocab)[..., None],
+             codes.new_zeros(*lead, vocab, 3 - level)], dim=-1)  # [..., vocab, 3]
+        idx = transition_hash(previous.long()[..., None, :], nodes, level, self.table.num_embeddings)  # [..., vocab]
+        return self.scale * self.table.weight[:, 0][idx]
+
+
 # ---------------------------------------------------------------------------
 # PreTrainedModel
 # ---------------------------------------------------------------------------
@@ -325,6 +361,8 @@ class UGTPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         # HF 默认：Linear/Embedding ~ N(0, initializer_range)、偏置 0、LayerNorm (1, 0)；本模型没有裸 Parameter
         super()._init_weights(module)
+        if getattr(module, "_ugt_zero_init", False):  # 宽记忆表从 0 开始：训练之初不改变深层部分的分数
+            module.weight.zero_()
 
 
 class UGTForGenerativeRecommendation(UGTPreTrainedModel):
@@ -345,6 +383,7 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         self.decoder_layers = nn.ModuleList([UGTDecoderLayer(config) for _ in range(config.num_decoder_layers)])
         self.decoder_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.heads = UGTHierarchicalHeads(config)
+        self.transition = UGTTransitionBias(config) if config.transition_buckets > 0 else None
         self.item_proj = nn.Linear(config.d_model, config.d_model)
         # 本模型不走 HF generate()（束搜索在 generation.py），但 TRL 的 DPOTrainer 会无条件写
         # model.generation_config.pad_token_id，所以给一个空的 GenerationConfig（can_generate() 为 False，不会被保存）
@@ -477,11 +516,26 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
 
     # ---- 层次化输出头（束搜索与打分直接调用） ----
 
-    def level1_logits(self, states: torch.Tensor) -> torch.Tensor:
-        """states: [..., D] -> [..., V1]"""
-        return self.heads.out1(states)
+    def _add_transition(self, logits: torch.Tensor, previous_items: Optional[torch.Tensor], prefix: torch.Tensor,
+                        level: int) -> torch.Tensor:
+        if self.transition is None:
+            return logits
+        if previous_items is None:
+            # 静默省略会让分数与训练时不一致（指标悄悄变差），所以直接报错
+            raise ValueError("this model has transition_buckets > 0: pass previous_items ([..., 3], see "
+                             "prediction_previous_items) to level1_logits/level2_logits/level3_logits/item_log_probs")
+        prev = previous_items.to(logits.device)
+        if prev.shape[:-1] != logits.shape[:-1]:
+            raise ValueError(f"previous_items: expected shape {tuple(logits.shape[:-1]) + (3,)}, got {tuple(prev.shape)}")
+        return logits + self.transition(prev, prefix, logits.shape[-1], level).to(logits.dtype)
 
-    def level2_logits(self, states: torch.Tensor, l1: torch.Tensor) -> torch.Tensor:
+    def level1_logits(self, states: torch.Tensor, previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """states: [..., D]，previous_items: [..., 3]（只有开了 transition_buckets 才需要）-> [..., V1]"""
+        logits = self.heads.out1(states)
+        return self._add_transition(logits, previous_items, states.new_zeros(states.shape[:-1] + (0,)).long(), 1)
+
+    def level2_logits(self, states: torch.Tensor, l1: torch.Tensor,
+                      previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
         """states: [..., D]，l1: [...]（与 states 前缀维度一致）-> [..., V2]"""
         e1 = self.embeddings.l1(l1)
         h = self.heads.norm2(states + self.heads.cond2(torch.cat([states, e1], dim=-1)))
@@ -489,9 +543,10 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         if self.heads.node2 is not None:
             logits = logits + self.heads.node_scores(self.heads.node_proj2(h), l1[..., None], self.heads.node2,
                                                      logits.shape[-1])
-        return logits
+        return self._add_transition(logits, previous_items, l1[..., None], 2)
 
-    def level3_logits(self, states: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+    def level3_logits(self, states: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor,
+                      previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
         """states: [..., D]，l1/l2: [...] -> [..., V3]"""
         e1, e2 = self.embeddings.l1(l1), self.embeddings.l2(l2)
         h = self.heads.norm3(states + self.heads.cond3(torch.cat([states, e1, e2], dim=-1)))
@@ -499,19 +554,23 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         if self.heads.node3 is not None:
             logits = logits + self.heads.node_scores(self.heads.node_proj3(h), torch.stack([l1, l2], -1),
                                                      self.heads.node3, logits.shape[-1])
-        return logits
+        return self._add_transition(logits, previous_items, torch.stack([l1, l2], -1), 3)
 
-    def item_log_probs(self, states: torch.Tensor, item_triples: torch.Tensor) -> torch.Tensor:
-        """给定状态下物品的 log p(item)。states: [B, D]；item_triples: [B, M, 3] 或 [B, 3] -> [B, M] 或 [B]"""
+    def item_log_probs(self, states: torch.Tensor, item_triples: torch.Tensor,
+                       previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """给定状态下物品的 log p(item)。states: [B, D]；item_triples: [B, M, 3] 或 [B, 3] -> [B, M] 或 [B]；
+        previous_items: [B, 3]（开了 transition_buckets 时必需）。"""
         squeeze = item_triples.dim() == 2
         triples = item_triples.unsqueeze(1) if squeeze else item_triples  # [B, M, 3]
         triples = triples.to(states.device).long()
         b, m, _ = triples.shape
         l1, l2, l3 = triples[..., 0], triples[..., 1], triples[..., 2]
-        lp1 = torch.log_softmax(self.level1_logits(states).float(), dim=-1).gather(1, l1)  # [B, M]
+        prev = None if previous_items is None else previous_items.to(states.device)
+        prev_m = None if prev is None else prev.unsqueeze(1).expand(b, m, 3)
+        lp1 = torch.log_softmax(self.level1_logits(states, prev).float(), dim=-1).gather(1, l1)  # [B, M]
         s = states.unsqueeze(1).expand(b, m, states.shape[-1])  # [B, M, D]
-        lp2 = torch.log_softmax(self.level2_logits(s, l1).float(), dim=-1).gather(2, l2.unsqueeze(-1)).squeeze(-1)
-        lp3 = torch.log_softmax(self.level3_logits(s, l1, l2).float(), dim=-1).gather(2, l3.unsqueeze(-1)).squeeze(-1)
+        lp2 = torch.log_softmax(self.level2_logits(s, l1, prev_m).float(), dim=-1).gather(2, l2.unsqueeze(-1)).squeeze(-1)
+        lp3 = torch.log_softmax(self.level3_logits(s, l1, l2, prev_m).float(), dim=-1).gather(2, l3.unsqueeze(-1)).squeeze(-1)
         out = lp1 + lp2 + lp3
         return out.squeeze(1) if squeeze else out
 
@@ -567,13 +626,46 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         dmask = None if decoder_semantic_ids is None else decoder_attention_mask
         return self.select_position(hidden, position, dmask)
 
+    @staticmethod
+    def _previous_items_all(encoder_ids: torch.Tensor, encoder_mask: torch.Tensor,
+                            decoder_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """解码器每个位置“之前紧挨着的物品”：[B, Td, 3]。第 0 位（BOS）= 历史最后一个有效物品（空历史为 -1），
+        第 t 位 = 解码器第 t 位的输入物品（teacher forcing 时即 labels[t-1]）。"""
+        b = encoder_ids.shape[0]
+        mask = encoder_mask.bool()
+        last_idx = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), torch.zeros_like(mask, dtype=torch.long))
+        last = encoder_ids[torch.arange(b, device=encoder_ids.device), last_idx.max(dim=1).values].long()  # [B, 3]
+        last = torch.where(mask.any(dim=1, keepdim=True), last, torch.full_like(last, -1))
+        if decoder_ids is None:
+            return last[:, None]
+        return torch.cat([last[:, None], decoder_ids[:, 1:].long().to(last.device)], dim=1)
+
+    def prediction_previous_items(
+        self,
+        encoder_semantic_ids: IdsLike,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        decoder_semantic_ids: Optional[IdsLike] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+        position: Union[int, str, torch.Tensor] = 0,
+        **unused,
+    ) -> torch.Tensor:
+        """与 `prediction_states` 同一位置的“前一个物品” [B, 3]（宽记忆项的键；空历史为 -1）。"""
+        enc = stack_semantic_ids(encoder_semantic_ids, "encoder_semantic_ids").to(self.device)
+        mask = (torch.ones(enc.shape[:2], dtype=torch.bool, device=enc.device) if encoder_attention_mask is None
+                else encoder_attention_mask.to(enc.device))
+        dec = None if decoder_semantic_ids is None else stack_semantic_ids(decoder_semantic_ids, "decoder_semantic_ids").to(enc.device)
+        prev = self._previous_items_all(enc, mask, dec)  # [B, Td, 3]
+        dmask = None if dec is None else decoder_attention_mask
+        return self.select_position(prev, position, dmask)
+
     def score_items(self, item_triples: torch.Tensor, position: Union[int, str, torch.Tensor] = 0, **batch):
         """给一批用户的给定物品打分：log p(item) [B, M]（item_triples [B, M, 3]）或 [B]（[B, 3]）。
 
         用户由批次里的编码器（及可选的解码器）输入给出，默认从 BOS 位置预测；DPO 用它算 chosen/rejected 的 logp。
         """
         states = self.prediction_states(position=position, **batch)
-        return self.item_log_probs(states, item_triples)
+        prev = self.prediction_previous_items(position=position, **batch) if self.transition is not None else None
+        return self.item_log_probs(states, item_triples, prev)
 
     def user_representation(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """编码器池化 -> [B, D]：有效位置均值，或最后一个有效位置。"""
@@ -623,7 +715,12 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
             memory, enc_mask, decoder_semantic_ids, decoder_positions, decoder_token_types, decoder_attention_mask
         )  # hidden: [B, Td, D]
 
-        l1_logits = self.level1_logits(hidden)  # [B, Td, V1]
+        prev = None
+        if self.transition is not None:  # [B, Td, 3]：每个解码位置之前紧挨着的物品
+            enc_ids = stack_semantic_ids(encoder_semantic_ids, "encoder_semantic_ids").to(hidden.device)
+            dec_ids = None if decoder_semantic_ids is None else stack_semantic_ids(decoder_semantic_ids, "decoder_semantic_ids")
+            prev = self._previous_items_all(enc_ids, enc_mask, dec_ids)
+        l1_logits = self.level1_logits(hidden, prev)  # [B, Td, V1]
         labels_t = stack_semantic_ids(labels, "labels")
         if labels_t is not None:
             labels_t = labels_t.to(hidden.device)
@@ -634,10 +731,10 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         else:
             with torch.no_grad():
                 g1 = l1_logits.argmax(dim=-1)
-                g2 = self.level2_logits(hidden, g1).argmax(dim=-1)
+                g2 = self.level2_logits(hidden, g1, prev).argmax(dim=-1)
             prefix = torch.stack([g1, g2, torch.zeros_like(g1)], dim=-1)
-        l2_logits = self.level2_logits(hidden, prefix[..., 0])  # [B, Td, V2]
-        l3_logits = self.level3_logits(hidden, prefix[..., 0], prefix[..., 1])  # [B, Td, V3]
+        l2_logits = self.level2_logits(hidden, prefix[..., 0], prev)  # [B, Td, V2]
+        l3_logits = self.level3_logits(hidden, prefix[..., 0], prefix[..., 1], prev)  # [B, Td, V3]
 
         aux_loss = None
         if balance is not None:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from transformers import Pipeline
 
-from ugt_hf.generation import beam_search, exhaustive_topk
+from ugt_hf.generation import beam_search, exhaustive_topk, prediction_previous_items
 
 TASK = "generative-recommendation"
 
@@ -73,11 +73,13 @@ class GenerativeRecommendationPipeline(Pipeline):
     def _forward(self, model_inputs, top_k: int = 10, num_beams: int = 20, exclude_history: bool = False, method: str = "beam"):
         history = model_inputs.pop("history_items")
         states = self.model.prediction_states(**model_inputs)  # [1, D]，BOS 位
+        prev = prediction_previous_items(self.model, model_inputs)  # 宽记忆项的键；没开时为 None
         exclude = [row[row >= 0].tolist() for row in history] if exclude_history else None
         if method == "beam":
-            res = beam_search(self.model, states, self.catalogue, num_beams=max(num_beams, top_k), top_k=top_k, exclude=exclude)
+            res = beam_search(self.model, states, self.catalogue, num_beams=max(num_beams, top_k), top_k=top_k,
+                              exclude=exclude, previous_items=prev)
         elif method == "exhaustive":
-            res = exhaustive_topk(self.model, states, self.catalogue, top_k=top_k, exclude=exclude)
+            res = exhaustive_topk(self.model, states, self.catalogue, top_k=top_k, exclude=exclude, previous_items=prev)
         else:
             raise ValueError(f"method must be 'beam' or 'exhaustive', got {method!r}")
         return {"item_indices": res.item_indices, "scores": res.scores}

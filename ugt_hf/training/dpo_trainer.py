@@ -35,6 +35,7 @@ import trl.trainer.dpo_trainer as trl_dpo
 from trl import DPOTrainer
 
 from ..data.collator import PreferenceCollator
+from ..generation import prediction_previous_items
 from ..interfaces import NUM_LEVELS, SEMANTIC_PAD_ID
 from .losses import ContrastiveLoss
 
@@ -127,11 +128,13 @@ def ugt_fused_forward(model, labels: torch.Tensor, reference_free: bool = False,
     if n % b != 0:
         raise ValueError(f"preference batch: {n} completion rows for {b} users (expected [chosen; rejected])")
     states = states.repeat(n // b, 1)  # [2B, D]
+    prev = prediction_previous_items(model, enc)  # [B, 3] 或 None（宽记忆项没开）
+    kw = {} if prev is None else {"previous_items": prev.repeat(n // b, 1)}
     l1, l2, l3 = items.unbind(-1)
     stats = [
-        _level_stats(model.level1_logits(states), l1),
-        _level_stats(model.level2_logits(states, l1), l2),
-        _level_stats(model.level3_logits(states, l1, l2), l3),
+        _level_stats(model.level1_logits(states, **kw), l1),
+        _level_stats(model.level2_logits(states, l1, **kw), l2),
+        _level_stats(model.level3_logits(states, l1, l2, **kw), l3),
     ]
     log_probs, entropy, mean_logits, is_top1, log_sum_sq = (torch.stack(x, dim=1) for x in zip(*stats))  # [2B, 3]
     aux = None
@@ -332,8 +335,12 @@ def pairwise_preference_accuracy(model, dataset, batch_size: int = 256, collator
         items = batch["input_ids"][:, 1:].to(device)  # [2B, 3]
         b = items.shape[0] // 2
         states = model.prediction_states(**enc)  # [B, D]
-        lp_c = model.item_log_probs(states, items[:b])  # [B]
-        lp_r = model.item_log_probs(states, items[b:])
+        kw = {}
+        prev = prediction_previous_items(model, enc)
+        if prev is not None:
+            kw["previous_items"] = prev
+        lp_c = model.item_log_probs(states, items[:b], **kw)  # [B]
+        lp_r = model.item_log_probs(states, items[b:], **kw)
         correct += int((lp_c > lp_r).sum())
         total += b
         margin_sum += float((lp_c - lp_r).sum())
