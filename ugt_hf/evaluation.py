@@ -128,6 +128,11 @@ def _first_label_items(table, catalogue: ItemCatalogue) -> np.ndarray:
     return catalogue.lookup(torch.as_tensor(first)).numpy()
 
 
+def _history_items(enc_columns, u: int, catalogue: ItemCatalogue) -> np.ndarray:
+    """第 u 行编码器历史的物品号 [T]；enc_columns 是 _ENCODER_COLS 三列的 to_pylist()。"""
+    return catalogue.lookup(torch.as_tensor(np.stack([c[u] for c in enc_columns], 1))).numpy()
+
+
 def _train_popularity(data_dir, catalogue: ItemCatalogue) -> np.ndarray:
     """训练集里每个物品作为第 0 个标签的次数：[num_items]。stride=1 时恰好覆盖训练前缀里的每次出现。"""
     import pyarrow.parquet as pq
@@ -155,7 +160,7 @@ def popularity_baseline(
         enc = [evald.column(c).to_pylist() for c in _ENCODER_COLS]
         preds = np.empty((len(targets), kmax), dtype=np.int64)
         for u in range(len(targets)):
-            hist = catalogue.lookup(torch.as_tensor(np.stack([enc[0][u], enc[1][u], enc[2][u]], 1))).numpy()
+            hist = _history_items(enc, u, catalogue)
             cand = order[: kmax + len(hist)]
             preds[u] = cand[~np.isin(cand, hist)][:kmax]
     else:
@@ -207,7 +212,7 @@ def transition_baseline(
         ranked = sorted(succ, key=lambda j: (-succ[j], -popularity[j], j))
         banned = set()
         if exclude_history:
-            banned = set(catalogue.lookup(torch.as_tensor(np.stack([enc[0][u], enc[1][u], enc[2][u]], 1))).tolist())
+            banned = set(_history_items(enc, u, catalogue).tolist())
         out = [j for j in ranked if j not in banned][:kmax]
         if len(out) < kmax:
             seen = set(out) | banned

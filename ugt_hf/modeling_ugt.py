@@ -626,15 +626,12 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         dmask = None if decoder_semantic_ids is None else decoder_attention_mask
         return self.select_position(hidden, position, dmask)
 
-    @staticmethod
-    def _previous_items_all(encoder_ids: torch.Tensor, encoder_mask: torch.Tensor,
+    def _previous_items_all(self, encoder_ids: torch.Tensor, encoder_mask: torch.Tensor,
                             decoder_ids: Optional[torch.Tensor]) -> torch.Tensor:
         """解码器每个位置“之前紧挨着的物品”：[B, Td, 3]。第 0 位（BOS）= 历史最后一个有效物品（空历史为 -1），
         第 t 位 = 解码器第 t 位的输入物品（teacher forcing 时即 labels[t-1]）。"""
-        b = encoder_ids.shape[0]
         mask = encoder_mask.bool()
-        last_idx = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), torch.zeros_like(mask, dtype=torch.long))
-        last = encoder_ids[torch.arange(b, device=encoder_ids.device), last_idx.max(dim=1).values].long()  # [B, 3]
+        last = self.select_position(encoder_ids, "last", mask).long()  # [B, 3]，与 bos_context 取同一位置
         last = torch.where(mask.any(dim=1, keepdim=True), last, torch.full_like(last, -1))
         if decoder_ids is None:
             return last[:, None]
