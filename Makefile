@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .make-install.stamp
 
-.PHONY: install test test-slow demo clean
+.PHONY: install lint test test-slow demo clean
 
 # 先单独装 torch==2.13.0（本机 /opt/wheels 的 CPU 轮子），避免依赖解析拉取 CUDA 版
 $(STAMP): pyproject.toml
@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PYTHON) -m ruff check ugt_hf tests benchmarks recipes
+
+test: lint
 	$(PYTHON) -m pytest -q
 
 test-slow: $(STAMP)

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ugt_hf.configuration_ugt import UGTConfig  # noqa: E402
+from ugt_hf.data.datadir import DataDir  # noqa: E402
 from ugt_hf.generation import ItemCatalogue, beam_search, exhaustive_scores, exhaustive_topk  # noqa: E402
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation  # noqa: E402
 
@@ -58,13 +59,17 @@ def load_split(path: Path, max_rows=None, encoder_max_length=50):
     if max_rows is not None:
         table = table.slice(0, max_rows)
     e1, e2, e3, epos, etyp, emask = padded(
-        table, ["encoder_l1_ids", "encoder_l2_ids", "encoder_l3_ids", "encoder_positions", "encoder_token_types", "encoder_mask"],
+        table,
+        ["encoder_l1_ids", "encoder_l2_ids", "encoder_l3_ids", "encoder_positions", "encoder_token_types",
+         "encoder_mask"],
         encoder_max_length,
     )
     # 截断后位置重新从 0 开始（与 schema 的约定一致）
     epos = np.where(emask > 0, np.cumsum(emask, 1) - 1, 0)
     d1, d2, d3, dpos, dtyp, dmask = padded(
-        table, ["decoder_l1_ids", "decoder_l2_ids", "decoder_l3_ids", "decoder_positions", "decoder_token_types", "decoder_mask"]
+        table,
+        ["decoder_l1_ids", "decoder_l2_ids", "decoder_l3_ids", "decoder_positions", "decoder_token_types",
+         "decoder_mask"]
     )
     l1, l2, l3 = padded(table, ["labels_l1", "labels_l2", "labels_l3"], pad=-100)
     t = torch.from_numpy
@@ -86,10 +91,12 @@ def take(batch, idx):
 
 
 def ensure_artifacts(path: Path) -> Path:
-    if (path / "items.parquet").is_file() and (path / "test.parquet").is_file():
+    data = DataDir(path)
+    if not data.missing_files() and (path / "test.parquet").is_file():
         return path
     print(f"[bench] no artefacts at {path}; running ugt prepare ...", flush=True)
-    subprocess.run([sys.executable, "-m", "ugt_hf.cli", "prepare", "--source", "s3rec", "--input", BEAUTY_TXT, "--out", str(path)],
+    subprocess.run([sys.executable, "-m", "ugt_hf.cli", "prepare", "--source", "s3rec", "--input", BEAUTY_TXT,
+                    "--out", str(path)],
                    check=True, cwd=ROOT)
     return path
 
@@ -155,9 +162,10 @@ def main(argv=None):
     torch.manual_seed(0)
 
     art = ensure_artifacts(Path(args.artifacts))
-    meta = json.loads((art / "meta.json").read_text())
+    data = DataDir(art)
+    meta = data.meta
     vocab = meta["vocab_sizes"]
-    catalogue = ItemCatalogue.from_parquet(art / "items.parquet", vocab)
+    catalogue = data.catalogue()
     print(f"[bench] catalogue {catalogue.num_items} items, vocab {vocab}, "
           f"{catalogue.level1_values.numel()} L1 / {catalogue.prefix2_l1.numel()} (L1,L2) prefixes", flush=True)
     config = UGTConfig(vocab_sizes=vocab, d_model=128, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
@@ -192,7 +200,8 @@ def main(argv=None):
                                 "users_per_s": n_users / t_all, "recall@10": recall(beam.item_indices, targets),
                                 "certified_exact_rate": float(beam.exact.float().mean()),
                                 "under_60s": t_all < 60.0}
-    print(f"[bench] beam: {n_users} users in {t_all:.1f}s ({n_users / t_all:.0f} users/s; encode {t_enc:.1f}s)", flush=True)
+    print(f"[bench] beam: {n_users} users in {t_all:.1f}s ({n_users / t_all:.0f} users/s; encode {t_enc:.1f}s)",
+          flush=True)
 
     # 2) 子集：穷举 vs 束搜索
     m = min(args.exhaustive_users, n_users)
@@ -205,7 +214,8 @@ def main(argv=None):
     sub_beam = beam_search(model, sub_states, catalogue, num_beams=args.num_beams, top_k=args.top_k)
     t_sub_beam = time.perf_counter() - t0
     same_order = (sub_beam.item_indices == ex.item_indices).all(1)
-    same_set = torch.tensor([set(a) == set(b) for a, b in zip(sub_beam.item_indices.tolist(), ex.item_indices.tolist())])
+    pairs = zip(sub_beam.item_indices.tolist(), ex.item_indices.tolist())
+    same_set = torch.tensor([set(a) == set(b) for a, b in pairs])
     assert torch.allclose(sub_beam.scores, ex_scores.gather(1, sub_beam.item_indices), atol=1e-4)
     result["subset"] = {
         "users": m,
@@ -241,9 +251,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     s_states = states_for(spec_model, take(test, slice(0, su)))
     # 测试集的三元组在 128 词表内，同样落在 1024/4096/16384 词表内，可直接作为编码器输入
-    spec_beam = beam_search(spec_model, s_states, spec_cat, num_beams=args.num_beams, top_k=args.top_k, batch_size=256)
+    beam_search(spec_model, s_states, spec_cat, num_beams=args.num_beams, top_k=args.top_k, batch_size=256)
     t_spec = time.perf_counter() - t0
-    result["spec_vocab_random_catalogue"] = {"vocab_sizes": spec_vocab, "num_items": spec_cat.num_items, "untrained": True,
+    result["spec_vocab_random_catalogue"] = {"vocab_sizes": spec_vocab, "num_items": spec_cat.num_items,
+                                             "untrained": True,
                                              "users": su, "users_per_s": su / t_spec,
                                              "extrapolated_seconds_22363_users": 22363 / (su / t_spec)}
     print(f"[bench] spec vocab random catalogue: {su / t_spec:.0f} users/s", flush=True)
@@ -256,8 +267,10 @@ def main(argv=None):
         ("beam top-10 == exhaustive top-10 (same order)", f"{result['subset']['top10_identical_rate']:.3f}"),
         ("beam top-10 == exhaustive top-10 (same set)", f"{result['subset']['top10_same_set_rate']:.3f}"),
         ("certified exact (subset)", f"{result['subset']['certified_exact_rate']:.3f}"),
-        ("Recall@10 beam / exhaustive (subset)", f"{result['subset']['recall@10_beam']:.4f} / {result['subset']['recall@10_exhaustive']:.4f}"),
-        *[(f"beam {w}: identical top-10 / users/s (subset)", f"{v['top10_identical_rate']:.3f} / {v['users_per_s_states_given']:.0f}")
+        ("Recall@10 beam / exhaustive (subset)",
+         f"{result['subset']['recall@10_beam']:.4f} / {result['subset']['recall@10_exhaustive']:.4f}"),
+        *[(f"beam {w}: identical top-10 / users/s (subset)",
+           f"{v['top10_identical_rate']:.3f} / {v['users_per_s_states_given']:.0f}")
           for w, v in result["subset"]["beam_width_sweep"].items()],
         ("spec-vocab random catalogue beam (users/s)", f"{result['spec_vocab_random_catalogue']['users_per_s']:.0f}"),
     ]

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ugt_hf.metrics import MetricsCalculator  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_metrics.json"
 
 
@@ -34,9 +38,6 @@ def make_data(users: int, topk: int, num_items: int, num_l1: int, seed: int):
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from ugt_hf.training.metrics import MetricsCalculator
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--topk", type=int, default=50)

@@ -94,11 +94,12 @@ def main(argv=None):
         return 0
 
     def run(name, train=True):
-        cmd = [sys.executable, __file__, "--child", name, "--batch", str(args.batch), "--encoder_len", str(args.encoder_len),
+        cmd = [sys.executable, __file__, "--child", name, "--batch", str(args.batch),
+               "--encoder_len", str(args.encoder_len),
                "--decoder_len", str(args.decoder_len), "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--threads", str(args.threads)] + ([] if train else ["--no_train"])
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"child {name} failed:\n{proc.stderr[-3000:]}")
         return json.loads(lines[-1][7:])
@@ -121,15 +122,17 @@ def main(argv=None):
         results.append(res)
 
     ref = next((r for r in results if r["config"] == "capped_vocab_moe"), results[0])
-    print(f"\n{'config':<20} {'vocab':<18} {'experts':>7} {'params':>10} {'samples/s':>10} {'rel':>6} {'peak MB':>8} {'+train MB':>10}")
+    print(f"\n{'config':<20} {'vocab':<18} {'experts':>7} {'params':>10} {'samples/s':>10} {'rel':>6} "
+          f"{'peak MB':>8} {'+train MB':>10}")
     for r in results:
         r["speed_relative_to_" + ref["config"]] = r["samples_per_s"] / ref["samples_per_s"]
         print(f"{r['config']:<20} {'/'.join(map(str, r['vocab_sizes'])):<18} {r['num_experts']:>7} {r['params']:>10,} "
-              f"{r['samples_per_s']:>10.0f} {r['samples_per_s'] / ref['samples_per_s']:>6.2f} {r['peak_rss_mb']:>8.0f} "
-              f"{r['train_rss_increase_mb']:>10.0f}")
+              f"{r['samples_per_s']:>10.0f} {r['samples_per_s'] / ref['samples_per_s']:>6.2f} "
+              f"{r['peak_rss_mb']:>8.0f} {r['train_rss_increase_mb']:>10.0f}")
     payload = {"device": "cpu", "threads": args.threads, "batch": args.batch, "encoder_len": args.encoder_len,
                "decoder_len": args.decoder_len, "steps": args.steps, "rounds": args.rounds,
-               "measure": "forward+backward+AdamW step; samples_per_s from the fastest step of the best round (shared 2-core machine)",
+               "measure": "forward+backward+AdamW step; samples_per_s from the fastest step of the best round "
+                          "(shared 2-core machine)",
                "results": results}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2))

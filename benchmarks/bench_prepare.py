@@ -15,7 +15,13 @@ import subprocess
 import sys
 import time
 
+import pyarrow.parquet as pq
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ugt_hf.data.datadir import DataDir  # noqa: E402
+
 DATA = os.environ.get("UGT_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
 
 CASES = {
@@ -45,11 +51,10 @@ def run_case(name: str, out_root: str, balanced: bool) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed for {name}:\n{proc.stderr}")
     child = json.loads(proc.stdout.strip().splitlines()[-1])
-    meta = json.load(open(os.path.join(out, "meta.json")))
+    data = DataDir(out)
+    meta = data.meta
     got = (meta["num_users"], meta["num_items"], meta["num_interactions"])
-    import pyarrow.parquet as pq
-
-    items = pq.read_table(os.path.join(out, "items.parquet"))
+    items = pq.read_table(data.items_path)
     triples = set(zip(*(items.column(c).to_pylist() for c in ("l1", "l2", "l3"))))
     return {
         "dataset": name,

@@ -23,7 +23,7 @@ def worker(threads: int, steps: int, seq_len: int) -> dict:
     torch.set_num_threads(threads)
     from ugt_hf.configuration_ugt import UGTConfig
     from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
-    from ugt_hf.training.losses import NextTokenPredictionLoss
+    from ugt_hf.spec.loss import NextTokenPredictionLoss
 
     torch.manual_seed(0)
     cfg = UGTConfig(vocab_sizes=[128, 128, 128], d_model=128, num_heads=4, num_encoder_layers=2, num_decoder_layers=1,

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transformers import TrainerCallback, TrainingArguments, get_scheduler  # noqa: E402
 
-from ugt_hf.training.losses import UnifiedLoss  # noqa: E402
+from ugt_hf.spec.loss import UnifiedLoss  # noqa: E402
 from ugt_hf.training.trainer import UGTTrainer  # noqa: E402
 
 VOCAB = (256, 256, 1024)
@@ -199,12 +199,14 @@ def main(argv=None):
           f"mean {ratio_mean:.3f}")
     print(f"\nprofile of one UGTTrainer run ({total:.2f} s total): top trainer/accelerate/dataloader self time")
     for r in rows[:10]:
-        print(f"  {r['self_s'] * 1e3:8.1f} ms self  {r['cum_s'] * 1e3:8.1f} ms cum  {r['calls']:6d} calls  {r['function']}")
+        print(f"  {r['self_s'] * 1e3:8.1f} ms self  {r['cum_s'] * 1e3:8.1f} ms cum  {r['calls']:6d} calls  "
+              f"{r['function']}")
     result = {
         "device": a.device, "threads": a.threads, "batch": a.batch, "timed_steps": a.steps, "rounds": a.rounds,
         "bare_ms_per_step": [t * 1e3 for t in bare_t], "trainer_ms_per_step": [t * 1e3 for t in trainer_t],
         "bare_median_step_ms": [t * 1e3 for t in bare_m], "trainer_median_step_ms": [t * 1e3 for t in trainer_m],
-        "median_step_ratio": ratio, "mean_ratio": ratio_mean, "overhead_pct": 100 * (ratio - 1), "profile_total_s": total,
+        "median_step_ratio": ratio, "mean_ratio": ratio_mean, "overhead_pct": 100 * (ratio - 1),
+        "profile_total_s": total,
         "profile_top_trainer_self_time": rows[:15],
     }
     os.makedirs(os.path.dirname(a.out), exist_ok=True)

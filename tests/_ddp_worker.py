@@ -4,7 +4,8 @@
     python -m torch.distributed.run --nproc_per_node=2 tests/_ddp_worker.py \
         RESULT_DIR OUTPUT_DIR BATCH [STOP_STEP|-] [resume]
 
-每个 rank 把 log_history 中的 loss/grad_norm 写进 RESULT_DIR/rank{r}.json、最终权重写进 RESULT_DIR/rank{r}.safetensors；
+每个 rank 把 log_history 中的 loss/grad_norm 写进 RESULT_DIR/rank{r}.json、
+最终权重写进 RESULT_DIR/rank{r}.safetensors；
 测试进程读回比较。单进程参照（batch 2b）在测试进程内用同一个 `run()` 跑，保证模型、数据、配置完全一致。
 """
 
@@ -66,7 +67,7 @@ def make_args(output_dir: str, batch: int, **overrides):
     λ_contrastive = λ_moe = 0：批内 InfoNCE 的负样本只来自本 rank 的批次、MoE 负载均衡也按本 rank 的路由统计，
     它们在 DDP 下本来就是“每个 rank 各算各的”，与单进程大批次的值不同（不是错误）；这里只检验 NTP 的跨设备加权。
     """
-    from ugt_hf.training.arguments import TrainingConfig
+    from ugt_hf.spec.config import TrainingConfig
 
     kw = dict(
         output_dir=output_dir, batch_size=batch, gradient_accumulation_steps=1, max_steps=MAX_STEPS,
@@ -81,7 +82,8 @@ def make_args(output_dir: str, batch: int, **overrides):
 
 
 def run(output_dir: str, batch: int, stop_step: Optional[int] = None, resume: bool = False):
-    """训练 MAX_STEPS 步（stop_step 给出时在该步保存后停下，模拟被抢占）；resume=True 从 output_dir 里最新的完整检查点续训。
+    """训练 MAX_STEPS 步（stop_step 给出时在该步保存后停下，模拟被抢占）；
+    resume=True 从 output_dir 里最新的完整检查点续训。
 
     数据顺序：HF 默认的 RandomSampler 被 accelerate 换成 SeedableRandomSampler（种子 = args.seed，各 rank 相同），
     BatchSamplerShard（split_batches=False）把这个排列切成大小为 b 的批次，第 i 个批次给 rank i % 2。
@@ -107,7 +109,8 @@ def run(output_dir: str, batch: int, stop_step: Optional[int] = None, resume: bo
 
 
 def summarize(trainer) -> Dict[str, Any]:
-    """log_history 里每个训练步的 loss、grad_norm 与 NTP 分量（HF 的 loss 已跨进程汇总，ntp_loss 是本进程的累积器）。"""
+    """log_history 里每个训练步的 loss、grad_norm 与 NTP 分量
+    （HF 的 loss 已跨进程汇总，ntp_loss 是本进程的累积器）。"""
     rows = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
     return {
         "steps": [int(h["step"]) for h in rows],

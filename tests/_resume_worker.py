@@ -88,7 +88,7 @@ def collate(samples):
 
 
 def make_args(output_dir, **overrides):
-    from ugt_hf.training.arguments import TrainingConfig
+    from ugt_hf.spec.config import TrainingConfig
 
     kw = dict(
         output_dir=str(output_dir), batch_size=BATCH, gradient_accumulation_steps=1, max_steps=MAX_STEPS,

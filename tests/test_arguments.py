@@ -10,14 +10,11 @@ import torch
 from transformers import TrainingArguments
 from trl import DPOConfig
 
+from ugt_hf.spec.config import Stage1Config, Stage2Config, Stage3Config, TrainingConfig
 from ugt_hf.training import arguments as A
 from ugt_hf.training.arguments import (
     ConfigError,
     PrecisionFallbackWarning,
-    Stage1Config,
-    Stage2Config,
-    Stage3Config,
-    TrainingConfig,
     build_deepspeed_config,
     parse_config,
     save_resolved_config,
@@ -206,7 +203,7 @@ def test_deepspeed_explicit_without_package_says_pip_install(monkeypatch):
     monkeypatch.setattr(A, "_cuda_available", lambda: True)
     monkeypatch.setattr(A, "_deepspeed_available", lambda: False)
     with pytest.raises(ConfigError, match=r"pip install 'ugt-hf\[deepspeed\]'"):
-        A.TrainingConfig._resolve_deepspeed(types.SimpleNamespace(deepspeed=True, zero_stage=2))
+        A.UGTTrainingArguments._resolve_deepspeed(types.SimpleNamespace(deepspeed=True, zero_stage=2))
 
 
 def test_deepspeed_missing_or_bad_json_file(tmp_path):
@@ -222,7 +219,8 @@ def test_build_deepspeed_config_and_user_merge(tmp_path):
     cfg = build_deepspeed_config(args)
     assert cfg["zero_optimization"]["stage"] == 3
     assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
-    for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps", "gradient_clipping"):
+    for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps",
+                "gradient_clipping"):
         assert cfg[key] == "auto"
     assert cfg["fp16"]["enabled"] == "auto" and cfg["bf16"]["enabled"] == "auto"
     assert "optimizer" not in cfg and "scheduler" not in cfg  # HF Trainer 建优化器（LAMB 也可用）
@@ -249,7 +247,7 @@ def test_deepspeed_used_when_cuda_and_package_present(monkeypatch):
     monkeypatch.setattr(A, "_cuda_available", lambda: True)
     monkeypatch.setattr(A, "_deepspeed_available", lambda: True)
     obj = types.SimpleNamespace(deepspeed="auto", zero_stage=1)
-    A.TrainingConfig._resolve_deepspeed(obj)
+    A.UGTTrainingArguments._resolve_deepspeed(obj)
     assert obj.deepspeed["zero_optimization"]["stage"] == 1
 
 
@@ -414,4 +412,6 @@ def test_save_resolved_config_round_trip(tmp_path, cls):
     assert A.resolved_config_dict(reloaded) == A.resolved_config_dict(original)
     assert reloaded.lr_scheduler_type.value == "polynomial" and reloaded.batch_size == 8
     payload = json.loads(path.with_suffix(".json").read_text())
-    assert payload["config_class"] == cls.__name__ and payload["config"]["batch_size"] == 8
+    # 规格名只是别名：只以 HF 名保存一次
+    assert payload["config_class"] == cls.__name__ and payload["config"]["per_device_train_batch_size"] == 8
+    assert "batch_size" not in payload["config"] and "max_epochs" not in payload["config"]

@@ -65,7 +65,8 @@ def test_leave_one_out_and_training_samples():
     assert not any(106 in rr["encoder_l1_ids"] + rr["decoder_l1_ids"] for rr in train)
     valid = recommend_table(blocks["valid"], seqs.user_ids).to_pylist()[0]
     test = recommend_table(blocks["test"], seqs.user_ids).to_pylist()[0]
-    assert valid["encoder_l1_ids"] == [103, 104, 105] and valid["labels_l1"] == [106] and valid["decoder_l1_ids"] == [0]
+    assert valid["encoder_l1_ids"] == [103, 104, 105]
+    assert valid["labels_l1"] == [106] and valid["decoder_l1_ids"] == [0]
     assert test["encoder_l1_ids"] == [104, 105, 106] and test["labels_l3"] == [307]
     assert test["decoder_token_types"] == [0]
     assert set(train[0]) == set(schema.RECOMMEND_FIELDS)

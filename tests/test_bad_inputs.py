@@ -25,7 +25,8 @@ def rec(uid="u", n=3, m=2):
         "user_id": uid,
         "encoder_l1_ids": [1] * n, "encoder_l2_ids": [2] * n, "encoder_l3_ids": [3] * n,
         "encoder_positions": list(range(n)), "encoder_token_types": [1] * n, "encoder_mask": [1] * n,
-        "decoder_l1_ids": [0] + [4] * (m - 1), "decoder_l2_ids": [0] + [5] * (m - 1), "decoder_l3_ids": [0] + [6] * (m - 1),
+        "decoder_l1_ids": [0] + [4] * (m - 1), "decoder_l2_ids": [0] + [5] * (m - 1),
+        "decoder_l3_ids": [0] + [6] * (m - 1),
         "decoder_positions": list(range(m)), "decoder_token_types": [0] + [1] * (m - 1), "decoder_mask": [1] * m,
         "labels_l1": [4] * m, "labels_l2": [5] * m, "labels_l3": [6] * m,
     }
@@ -89,11 +90,13 @@ def _case_missing_field(t):
 
 
 def _case_string_id(t):
-    return jsonl_with(t, 2, setitem("encoder_l1_ids", 1, "3")), dict(line=2, field="encoder_l1_ids", text="expected an integer")
+    path = jsonl_with(t, 2, setitem("encoder_l1_ids", 1, "3"))
+    return path, dict(line=2, field="encoder_l1_ids", text="expected an integer")
 
 
 def _case_float_id(t):
-    return jsonl_with(t, 4, setitem("decoder_l3_ids", 1, 2.5)), dict(line=4, field="decoder_l3_ids", text="expected an integer")
+    path = jsonl_with(t, 4, setitem("decoder_l3_ids", 1, 2.5))
+    return path, dict(line=4, field="decoder_l3_ids", text="expected an integer")
 
 
 def _case_bool_id(t):
@@ -101,15 +104,18 @@ def _case_bool_id(t):
 
 
 def _case_unequal_lengths(t):
-    return jsonl_with(t, 3, lambda r: r["encoder_l2_ids"].pop()), dict(line=3, field="encoder_l2_ids", text="length 2 differs")
+    path = jsonl_with(t, 3, lambda r: r["encoder_l2_ids"].pop())
+    return path, dict(line=3, field="encoder_l2_ids", text="length 2 differs")
 
 
 def _case_oov(t):
-    return jsonl_with(t, 2, setitem("encoder_l3_ids", 0, VOCAB[2])), dict(line=2, field="encoder_l3_ids", text="out-of-vocabulary id 32")
+    path = jsonl_with(t, 2, setitem("encoder_l3_ids", 0, VOCAB[2]))
+    return path, dict(line=2, field="encoder_l3_ids", text="out-of-vocabulary id 32")
 
 
 def _case_negative_id(t):
-    return jsonl_with(t, 5, setitem("decoder_l2_ids", 1, -1)), dict(line=5, field="decoder_l2_ids", text="negative id -1")
+    path = jsonl_with(t, 5, setitem("decoder_l2_ids", 1, -1))
+    return path, dict(line=5, field="decoder_l2_ids", text="negative id -1")
 
 
 def _case_bad_label(t):
@@ -117,7 +123,8 @@ def _case_bad_label(t):
 
 
 def _case_labels_length(t):
-    return jsonl_with(t, 2, lambda r: r["labels_l3"].append(6)), dict(line=2, field="labels_l3", text="differs from decoder_l1_ids")
+    path = jsonl_with(t, 2, lambda r: r["labels_l3"].append(6))
+    return path, dict(line=2, field="labels_l3", text="differs from decoder_l1_ids")
 
 
 def _case_bad_mask(t):
@@ -125,7 +132,8 @@ def _case_bad_mask(t):
 
 
 def _case_negative_token_type(t):
-    return jsonl_with(t, 2, setitem("decoder_token_types", 0, -1)), dict(line=2, field="decoder_token_types", text="negative value")
+    path = jsonl_with(t, 2, setitem("decoder_token_types", 0, -1))
+    return path, dict(line=2, field="decoder_token_types", text="negative value")
 
 
 def _case_null_user(t):
@@ -141,7 +149,8 @@ def _case_empty_encoder(t):
 
 
 def _case_position_too_large(t):
-    return jsonl_with(t, 2, setitem("decoder_positions", 1, 5000)), dict(line=2, field="decoder_positions", text="max_seq_length")
+    path = jsonl_with(t, 2, setitem("decoder_positions", 1, 5000))
+    return path, dict(line=2, field="decoder_positions", text="max_seq_length")
 
 
 def _case_empty_file(t):
@@ -207,8 +216,40 @@ def _case_second_shard(t):
     return str(d), dict(path=p, line=4, field="labels_l2", text="out-of-vocabulary id 16")
 
 
+def _bytes_lines(t, lines, name="data.jsonl"):
+    p = t / name
+    p.write_bytes(b"".join(line + b"\n" for line in lines))
+    return str(p)
+
+
+def _case_non_utf8_value(t):
+    """字符串值里的非 UTF-8 字节：pyarrow 的 JSON 读取器照收，取行时才会抛裸 UnicodeDecodeError。"""
+    lines = [json.dumps(rec(f"u{i}")).encode() for i in range(5)]
+    lines[2] = lines[2].replace(b'"u2"', b'"u\xff2"')
+    return _bytes_lines(t, lines), dict(line=3, text="not valid UTF-8")
+
+
+def _case_non_utf8_key(t):
+    lines = [json.dumps(rec(f"u{i}")).encode() for i in range(4)]
+    lines[1] = lines[1].replace(b'"user_id"', b'"user_\xe9id"')  # latin-1 的 é
+    return _bytes_lines(t, lines), dict(line=2, text="not valid UTF-8")
+
+
+def _case_non_utf8_extra_column(t):
+    lines = [json.dumps(dict(rec(f"u{i}"), title="ok")).encode() for i in range(4)]
+    lines[3] = lines[3].replace(b'"ok"', b'"caf\xe9"')
+    return _bytes_lines(t, lines), dict(line=4, text="not valid UTF-8")
+
+
+def _case_pref_non_utf8(t):
+    lines = [json.dumps(pref(f"u{i}")).encode() for i in range(3)]
+    lines[1] = lines[1].replace(b'"u1"', b'"\xc3\x28"')  # 截断的两字节序列
+    return _bytes_lines(t, lines), dict(line=2, text="not valid UTF-8")
+
+
 def _case_pref_missing_chosen(t):
-    return jsonl_with(t, 2, lambda r: r.pop("chosen_item"), make=pref), dict(line=2, field="chosen_item", text="missing")
+    path = jsonl_with(t, 2, lambda r: r.pop("chosen_item"), make=pref)
+    return path, dict(line=2, field="chosen_item", text="missing")
 
 
 def _case_pref_same(t):
@@ -261,6 +302,10 @@ CASES = [
     ("parquet_bad_row", "recommend", _case_parquet_row, ALL),
     ("not_a_parquet_file", "recommend", _case_not_parquet, ALL),
     ("bad_line_in_second_shard", "recommend", _case_second_shard, ALL),
+    ("non_utf8_bytes_in_value", "recommend", _case_non_utf8_value, ALL),
+    ("non_utf8_bytes_in_key", "recommend", _case_non_utf8_key, ALL),
+    ("non_utf8_bytes_in_extra_column", "recommend", _case_non_utf8_extra_column, ALL),
+    ("preference_non_utf8_bytes", "preference", _case_pref_non_utf8, ALL),
     ("preference_missing_chosen_item", "preference", _case_pref_missing_chosen, ALL),
     ("preference_chosen_equals_rejected", "preference", _case_pref_same, ALL),
     ("preference_oov_item", "preference", _case_pref_oov, ALL),

@@ -85,6 +85,18 @@ def test_exact_tensors_two_samples(second):
     assert set(batch) == set(MODEL_INPUT_KEYS)  # 正是模型 forward 的关键字参数
 
 
+def test_semantic_pad_id_is_the_new_name_of_pad_token_id():
+    batch = DataCollator(semantic_pad_id=9)([sample_a(), sample_b()])
+    assert_batch_equal(batch, EXPECTED)
+    c = PreferenceCollator(semantic_pad_id=3)
+    assert c.semantic_pad_id == 3 and c.pad_token_id == 3
+    assert DataCollator().semantic_pad_id == 0 and DataCollator(pad_token_id=9, semantic_pad_id=9).semantic_pad_id == 9
+    with pytest.raises(ValueError, match="differ"):
+        DataCollator(pad_token_id=1, semantic_pad_id=2)
+    with pytest.raises(ValueError, match="semantic_pad_id must be a non-negative integer"):
+        DataCollator(semantic_pad_id=-1)
+
+
 def test_static_padding_and_multiple_of():
     batch = DataCollator(pad_token_id=9, dynamic_padding=False, max_encoder_length=5, max_decoder_length=4)(
         [sample_a(), sample_b()])
@@ -131,7 +143,7 @@ def test_collator_errors_name_sample_and_field():
 
 def pref(ids, chosen, rejected, score=None):
     s = {
-        "encoder_semantic_ids": [torch.tensor([i[0] for i in ids]), torch.tensor([i[1] for i in ids]), torch.tensor([i[2] for i in ids])],
+        "encoder_semantic_ids": [torch.tensor([i[lvl] for i in ids]) for lvl in range(3)],
         "encoder_positions": torch.arange(len(ids)),
         "encoder_token_types": torch.ones(len(ids), dtype=L),
         "encoder_mask": torch.ones(len(ids), dtype=L),
@@ -146,7 +158,8 @@ def pref(ids, chosen, rejected, score=None):
 def test_preference_collator_exact():
     raw = {
         "user_id": "u",
-        "user_sequence": {"encoder_l1_ids": [4], "encoder_l2_ids": [5], "encoder_l3_ids": [6], "encoder_positions": [0],
+        "user_sequence": {"encoder_l1_ids": [4], "encoder_l2_ids": [5], "encoder_l3_ids": [6],
+                          "encoder_positions": [0],
                           "encoder_token_types": [1], "encoder_mask": [1]},
         "chosen_item": {"l1_id": 7, "l2_id": 8, "l3_id": 9},
         "rejected_item": {"l1_id": 7, "l2_id": 8, "l3_id": 10},

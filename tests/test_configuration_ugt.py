@@ -38,7 +38,8 @@ def test_invalid_values_name_the_field(kwargs, field):
 
 def test_save_load_and_autoconfig(tmp_path):
     register()
-    c = UGTConfig(vocab_sizes=[8, 16, 32], d_model=32, num_heads=2, num_experts=3, num_experts_per_tok=2, router_z_loss_coef=0.01)
+    c = UGTConfig(vocab_sizes=[8, 16, 32], d_model=32, num_heads=2, num_experts=3, num_experts_per_tok=2,
+                  router_z_loss_coef=0.01)
     c.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, UGTConfig)

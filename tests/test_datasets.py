@@ -65,12 +65,14 @@ def test_recommend_dataset_getitem_structure(tmp_path, cache, fmt, lazy):
     s = ds[3]
     r = recs[3]
     assert s["user_id"] == "3"  # int user_id 统一成 str
-    assert [t.tolist() for t in s["encoder_semantic_ids"]] == [r["encoder_l1_ids"], r["encoder_l2_ids"], r["encoder_l3_ids"]]
-    assert [t.tolist() for t in s["decoder_semantic_ids"]] == [r["decoder_l1_ids"], r["decoder_l2_ids"], r["decoder_l3_ids"]]
+    assert [t.tolist() for t in s["encoder_semantic_ids"]] == [r[f"encoder_l{i}_ids"] for i in (1, 2, 3)]
+    assert [t.tolist() for t in s["decoder_semantic_ids"]] == [r[f"decoder_l{i}_ids"] for i in (1, 2, 3)]
     assert [t.tolist() for t in s["labels"]] == [r["labels_l1"], r["labels_l2"], r["labels_l3"]]
-    for k in ("encoder_positions", "encoder_token_types", "encoder_mask", "decoder_positions", "decoder_token_types", "decoder_mask"):
+    for k in ("encoder_positions", "encoder_token_types", "encoder_mask",
+              "decoder_positions", "decoder_token_types", "decoder_mask"):
         assert s[k].tolist() == r[k], k
-    tensors = s["encoder_semantic_ids"] + s["decoder_semantic_ids"] + s["labels"] + [s["encoder_mask"], s["decoder_mask"]]
+    tensors = (s["encoder_semantic_ids"] + s["decoder_semantic_ids"] + s["labels"]
+               + [s["encoder_mask"], s["decoder_mask"]])
     assert all(t.dtype == torch.long for t in tensors)
 
 
@@ -212,7 +214,8 @@ def test_streaming_more_workers_than_shards_and_no_shuffle(tmp_path):
 def test_streaming_sample_matches_map_dataset(tmp_path, cache):
     files, _ = make_shards(tmp_path, 2)
     files.append(write_parquet(tmp_path / "shard_p.parquet", [make_record("p0", n=7, m=3)]))
-    stream = {s["user_id"]: s for s in StreamingDataset(files, shuffle=False, world_size=1, rank=0, vocab_sizes=VOCAB, max_encoder_length=4)}
+    streaming = StreamingDataset(files, shuffle=False, world_size=1, rank=0, vocab_sizes=VOCAB, max_encoder_length=4)
+    stream = {s["user_id"]: s for s in streaming}
     mapped = RecommendDataset(files[-1], vocab_sizes=VOCAB, max_encoder_length=4, cache_dir=cache)[0]
     s = stream["p0"]
     for k in ("encoder_positions", "decoder_mask"):

@@ -15,7 +15,7 @@ from _resume_worker import collate, make_samples  # noqa: E402
 
 from ugt_hf.configuration_ugt import UGTConfig  # noqa: E402
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation  # noqa: E402
-from ugt_hf.training.arguments import TrainingConfig  # noqa: E402
+from ugt_hf.spec.config import TrainingConfig  # noqa: E402
 from ugt_hf.training.trainer import UGTTrainer  # noqa: E402
 
 STEPS = 12

@@ -12,11 +12,11 @@ import socket
 import subprocess
 import sys
 
+import _ddp_worker as w
 import pytest
 import torch
 import torch.distributed as dist
 
-import _ddp_worker as w
 from ugt_hf.training import checkpointing as ckpt
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ddp_worker.py")
@@ -143,9 +143,9 @@ def test_resumed_two_process_run_continues_identically(runs):
     assert stopped["global_step"] == STOP_STEP
     assert stopped["loss"] == pytest.approx(full["loss"][:STOP_STEP], abs=ATOL)
     assert resumed["global_step"] == w.MAX_STEPS
-    after = [(s, l) for s, l in zip(resumed["steps"], resumed["loss"]) if s > STOP_STEP]
+    after = [(s, loss) for s, loss in zip(resumed["steps"], resumed["loss"]) if s > STOP_STEP]
     assert [s for s, _ in after] == list(range(STOP_STEP + 1, w.MAX_STEPS + 1))
-    assert [l for _, l in after] == pytest.approx(full["loss"][STOP_STEP:], abs=ATOL)
+    assert [loss for _, loss in after] == pytest.approx(full["loss"][STOP_STEP:], abs=ATOL)
     _assert_weights_close(resumed_w, full_w, "resumed vs uninterrupted 2-process run")
     for k in resumed_w:
         assert torch.equal(resumed_w[k], resumed_w1[k]), f"DDP replicas diverged after resume at {k}"

@@ -7,8 +7,8 @@ import torch
 
 from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
+from ugt_hf.spec.config import Stage3Config
 from ugt_hf.tokenization_ugt import UGTTokenizer
-from ugt_hf.training.arguments import Stage3Config
 from ugt_hf.training.dpo_trainer import (
     UGTDPOTrainer,
     UGTPreferencePairCollator,
@@ -105,7 +105,7 @@ def test_dpo_training_learns_preference_and_logs_trl_metrics(tmp_path):
     for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "ntp_loss", "dpo_loss"):
         assert key in logged[-1], key
     assert logged[-1]["rewards/margins"] > 0
-    assert trainer.model.config.pad_token_id == 0  # TRL 写入的 tokenizer pad id 已还原
+    assert trainer.model.config.semantic_pad_id == 0  # 语义 padding 值是单独的字段，TRL 写 pad_token_id 不影响它
 
 
 def test_total_loss_formula_and_reference_free(tmp_path):

@@ -1,26 +1,21 @@
 """evaluation.py：全目录 beam search 排序评估与流行度基线（与手算一致）。"""
 
-import json
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _tiny_artifacts import tiny_data_dir
 
 from ugt_hf.configuration_ugt import UGTConfig
+from ugt_hf.data.datadir import DataDir
 from ugt_hf.evaluation import (
     evaluate_ranking,
-    load_catalogue,
-    load_meta,
     main,
     popularity_baseline,
     ranking_metrics,
     transition_baseline,
-    split_path,
 )
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
-
-from _tiny_artifacts import tiny_data_dir
 
 
 def _model(meta):
@@ -31,17 +26,18 @@ def _model(meta):
 
 
 def _first_labels(table, catalogue):
-    lab = np.stack([np.array([r[0] for r in table.column(c).to_pylist()]) for c in ("labels_l1", "labels_l2", "labels_l3")], 1)
+    cols = ("labels_l1", "labels_l2", "labels_l3")
+    lab = np.stack([np.array([r[0] for r in table.column(c).to_pylist()]) for c in cols], 1)
     return catalogue.lookup(torch.as_tensor(lab)).numpy()
 
 
 def test_popularity_baseline_matches_hand_count():
-    d = tiny_data_dir()
-    cat = load_catalogue(d)
-    train = pq.read_table(split_path(d, "train"))
+    d = DataDir(tiny_data_dir())
+    cat = d.catalogue()
+    train = pq.read_table(d.split_path("train"))
     counts = np.bincount(_first_labels(train, cat), minlength=cat.num_items)
     top10 = set(np.argsort(-counts, kind="stable")[:10].tolist())
-    targets = _first_labels(pq.read_table(split_path(d, "test")), cat)
+    targets = _first_labels(pq.read_table(d.split_path("test")), cat)
     expected = float(np.mean([t in top10 for t in targets]))
     got = popularity_baseline(d, "test", k_values=[10])
     assert got["recall@10"] == pytest.approx(expected)
@@ -50,7 +46,7 @@ def test_popularity_baseline_matches_hand_count():
 
 def test_ranking_metrics_hand_example():
     d = tiny_data_dir()
-    cat = load_catalogue(d)
+    cat = DataDir(d).catalogue()
     preds = np.array([[3, 1, 2], [0, 5, 4]])
     m = ranking_metrics(preds, np.array([1, 7]), cat, k_values=[1, 3])
     assert m["recall@1"] == 0.0 and m["recall@3"] == pytest.approx(0.5)
@@ -60,7 +56,7 @@ def test_ranking_metrics_hand_example():
 
 def test_evaluate_ranking_returns_only_catalogue_items_and_respects_exclusion(tmp_path):
     d = tiny_data_dir()
-    meta = load_meta(d)
+    meta = DataDir(d).meta
     model = _model(meta)
     m = evaluate_ranking(model, d, "valid", k_values=[5, 10], num_beams=10)
     assert 0.0 <= m["recall@10"] <= 1.0 and m["recall@5"] <= m["recall@10"]
@@ -76,7 +72,7 @@ def test_evaluate_ranking_returns_only_catalogue_items_and_respects_exclusion(tm
 
 def test_missing_meta_is_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="ugt prepare"):
-        load_meta(tmp_path)
+        DataDir(tmp_path).meta
 
 
 def test_transition_baseline_hand_example(tmp_path):

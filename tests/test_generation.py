@@ -60,7 +60,8 @@ def test_catalogue_rejects_bad_tables(triples, vocab, message):
 
 def test_from_parquet(tmp_path):
     path = tmp_path / "items.parquet"
-    pq.write_table(pa.table({"item_id": ["b", "a"], "item_index": [1, 0], "l1": [1, 0], "l2": [0, 0], "l3": [0, 1]}), path)
+    table = pa.table({"item_id": ["b", "a"], "item_index": [1, 0], "l1": [1, 0], "l2": [0, 0], "l3": [0, 1]})
+    pq.write_table(table, path)
     c = ItemCatalogue.from_parquet(path)
     assert c.triples.tolist() == [[0, 0, 1], [1, 0, 0]]  # 行号 = item_index
     pq.write_table(pa.table({"item_index": [0], "l1": [0]}), tmp_path / "bad.parquet")

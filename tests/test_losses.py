@@ -1,51 +1,16 @@
-"""losses.py 的测试：期望值用 math.log/exp 按公式手算（不调用 F.cross_entropy），
-分块 / 融合路径与朴素路径的损失和梯度逐一比较。"""
+"""losses.py / loss_utils.py 的测试：期望值用 math.log/exp 按公式手算（不调用 F.cross_entropy），
+分块路径与朴素路径的损失和梯度逐一比较；NTP 的求和形式（ntp_loss_sums）与旧的均值形式逐位一致。"""
 
 import math
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from _loss_fixtures import IGN, L1, L2, L3, ce, hand_level, small_inputs  # noqa: E402
 
-from ugt_hf.interfaces import GenerativeRecOutput
-from ugt_hf.training.losses import (
-    ContrastiveLoss,
-    DPOLoss,
-    NextTokenPredictionLoss,
-    UnifiedLoss,
-    chunked_cross_entropy,
-    fused_linear_cross_entropy,
-)
-
-IGN = -100
-
-
-def ce(z, y, eps=0.0):
-    """手算一行交叉熵：(1−ε)(lse − z_y) + ε(lse − mean z)。"""
-    lse = math.log(sum(math.exp(v) for v in z))
-    return (1 - eps) * (lse - z[y]) + eps * (lse - sum(z) / len(z))
-
-
-def logsig(x):
-    return -math.log(1 + math.exp(-x))
-
-
-# 小例子：B=1, T=3；第 3 个位置是 padding
-L1 = [[[2.0, 0.0], [0.0, 1.0], [5.0, 5.0]]]  # [1, 3, 2]
-L2 = [[[1.0, 2.0, 3.0], [0.5, 0.0, -1.0], [0.0, 0.0, 0.0]]]  # [1, 3, 3]
-L3 = [[[0.0, 3.0], [1.0, 1.0], [9.0, 0.0]]]  # [1, 3, 2]
-LAB = [[[0, 2, 1], [0, 0, 1], [IGN, IGN, IGN]]]  # [1, 3, 3]
-
-
-def small_inputs():
-    return (torch.tensor(L1, requires_grad=True), torch.tensor(L2, requires_grad=True),
-            torch.tensor(L3, requires_grad=True), torch.tensor(LAB))
-
-
-def hand_level(logits, lab_idx, eps=0.0):
-    rows = [(logits[0][t], LAB[0][t][lab_idx]) for t in range(3) if LAB[0][t][lab_idx] != IGN]
-    return sum(ce(z, y, eps) for z, y in rows) / len(rows)
+from ugt_hf.loss_utils import chunked_cross_entropy, moe_aux_loss, ntp_loss, ntp_loss_sums, weighted_item_nll
+from ugt_hf.spec.loss import NextTokenPredictionLoss  # 规格名：loss_utils.ntp_loss_sums 的外壳
+from ugt_hf.training.losses import ContrastiveLoss
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
@@ -60,7 +25,8 @@ def test_ntp_level_weights_ignore_and_smoothing_hand_computed(eps, chunk_size):
     assert m["ntp_l2_loss"].item() == pytest.approx(e2, abs=1e-6)
     assert m["ntp_l3_loss"].item() == pytest.approx(e3, abs=1e-6)
     assert m["ntp_loss"].item() == pytest.approx(loss.item())
-    # 准确率：L1 argmax = [0, 1] vs [0, 0] -> 1/2；L2 argmax = [2, 0] vs [2, 0] -> 1；L3 argmax = [1, 0] vs [1, 1] -> 1/2
+    # 准确率：L1 argmax = [0, 1] vs [0, 0] -> 1/2；L2 argmax = [2, 0] vs [2, 0] -> 1；
+    # L3 argmax = [1, 0] vs [1, 1] -> 1/2
     assert m["ntp_l1_acc"].item() == pytest.approx(0.5)
     assert m["ntp_l2_acc"].item() == pytest.approx(1.0)
     assert m["ntp_l3_acc"].item() == pytest.approx(0.5)
@@ -121,23 +87,34 @@ def test_ntp_num_items_in_batch_two_halves_equal_full_batch():
     assert abs(naive.item() - full.item()) > 1e-4
 
 
-def test_ntp_fused_pair_matches_logits_path():
-    torch.manual_seed(2)
-    hidden = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
-    head = nn.Linear(4, 6).double()
-    l1 = torch.randn(2, 3, 5, dtype=torch.float64)
-    l2 = torch.randn(2, 3, 5, dtype=torch.float64)
-    lab = torch.randint(0, 5, (2, 3, 3))
-    lab[1, 2] = IGN
-    fn = NextTokenPredictionLoss(label_smoothing=0.1, chunk_size=2)
-    a, ma = fn(l1, l2, (hidden, head), lab)
-    ga = torch.autograd.grad(a, (hidden, head.weight, head.bias))
-    b, mb = NextTokenPredictionLoss(label_smoothing=0.1)(l1, l2, head(hidden), lab)
-    gb = torch.autograd.grad(b, (hidden, head.weight, head.bias))
-    assert a.item() == pytest.approx(b.item(), abs=1e-12)
-    assert ma["ntp_l3_acc"].item() == mb["ntp_l3_acc"].item()
-    for x, y in zip(ga, gb):
-        assert torch.allclose(x, y, atol=1e-12)
+def test_ntp_sums_compose_to_the_mean_bit_for_bit_and_to_exact_accumulation():
+    """sum / N：N = 本批位置数时与均值形式逐位相同；N = 全批位置数时两个半批之和 = 全批均值。"""
+    torch.manual_seed(1)
+    b, t, v = 4, 5, 7
+    logits = [torch.randn(b, t, v, requires_grad=True) for _ in range(3)]
+    lab = torch.randint(0, v, (b, t, 3))
+    lab[0, 2:] = IGN
+    lab[1, 3:] = IGN
+    mean, metrics = NextTokenPredictionLoss(0.5, 0.3, 0.2)(*logits, lab)
+    sums = ntp_loss_sums(*logits, lab, level_weights=(0.5, 0.3, 0.2))
+    n = (lab[..., 0] != IGN).sum()
+    assert int(sums.num_valid) == int(n) == 15
+    assert torch.equal(sums.weighted(n.float()), mean)
+    assert torch.equal(sums.weighted(), mean) and torch.equal(ntp_loss(*logits, lab), mean)
+    assert torch.equal(sums.metrics()["ntp_l2_loss"], metrics["ntp_l2_loss"])
+    halves = [ntp_loss_sums(*[lg[s] for lg in logits], lab[s]) for s in (slice(0, 2), slice(2, 4))]
+    total = sum(h.weighted(n.float()) for h in halves)
+    assert total.item() == pytest.approx(mean.item(), rel=1e-6)
+
+
+def test_moe_aux_and_weighted_item_nll():
+    class Cfg:
+        router_aux_loss_coef, router_z_loss_coef = 2.0, 0.5
+
+    assert moe_aux_loss(None, None, Cfg()) is None
+    assert moe_aux_loss(torch.tensor(1.5), torch.tensor(4.0), Cfg()).item() == pytest.approx(2.0 * 1.5 + 0.5 * 4.0)
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [0.0, -1.0, 0.0]])
+    assert weighted_item_nll(lp).tolist() == pytest.approx([0.5 + 0.6 + 0.6, 0.3])
 
 
 def test_ntp_bad_labels_raise_clear_error():
@@ -152,9 +129,9 @@ def test_ntp_bad_labels_raise_clear_error():
         NextTokenPredictionLoss()(l1, l2, l3, lab[..., :2])
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# 分块 / 融合交叉熵 vs 朴素路径
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
+# 分块交叉熵 vs 朴素路径
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _random_case(n=37, v=29, h=8, seed=0):
@@ -196,37 +173,11 @@ def test_chunked_cross_entropy_float32_and_inplace_backward():
     assert torch.allclose(leaf.grad, a.grad, atol=1e-6)
 
 
-@pytest.mark.parametrize("eps", [0.0, 0.15])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_fused_linear_cross_entropy_matches_plain(eps, reduction, use_bias):
-    _, y, h, w, b = _random_case()
-    if not use_bias:
-        b = None
-    params = [t.clone().requires_grad_() for t in (h, w) + ((b,) if b is not None else ())]
-    ref = F.cross_entropy(F.linear(params[0], params[1], params[2] if b is not None else None), y,
-                          ignore_index=IGN, label_smoothing=eps, reduction=reduction)
-    g_ref = torch.autograd.grad(ref, params)
-    params2 = [t.clone().requires_grad_() for t in (h, w) + ((b,) if b is not None else ())]
-    out = fused_linear_cross_entropy(params2[0], params2[1], params2[2] if b is not None else None, y,
-                                     chunk_size=8, label_smoothing=eps, reduction=reduction)
-    g = torch.autograd.grad(out * 0.5, params2)
-    assert abs(out.item() - ref.item()) < 1e-5
-    for a, c in zip(g, g_ref):
-        assert torch.allclose(a, 0.5 * c, atol=1e-10)
-
-
 def test_gradcheck_tiny():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
     y = torch.tensor([0, 3, IGN, 2, 1])
     assert torch.autograd.gradcheck(lambda t: chunked_cross_entropy(t, y, 2, label_smoothing=0.1), (x,))
-    h = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
-    w = torch.randn(4, 3, dtype=torch.float64, generator=g, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda h_, w_, b_: fused_linear_cross_entropy(h_, w_, b_, y, 2, label_smoothing=0.1), (h, w, b)
-    )
 
 
 def test_lean_paths_all_ignored_are_zero():
@@ -235,16 +186,11 @@ def test_lean_paths_all_ignored_are_zero():
     out = chunked_cross_entropy(x, y, 2)
     out.backward()
     assert out.item() == 0.0 and torch.all(x.grad == 0)
-    h = torch.randn(4, 3, requires_grad=True)
-    w = torch.randn(6, 3, requires_grad=True)
-    out = fused_linear_cross_entropy(h, w, None, y, 2)
-    out.backward()
-    assert out.item() == 0.0 and torch.all(h.grad == 0) and torch.all(w.grad == 0)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # 对比学习、DPO
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def test_infonce_2x2_hand_computed():
@@ -287,77 +233,3 @@ def test_infonce_batch_of_one():
     loss, m = ContrastiveLoss()(torch.randn(1, 4, requires_grad=True), torch.randn(1, 4))
     assert loss.item() == 0.0
     assert m["contrastive_u2i_acc"].item() == 1.0 and m["contrastive_i2u_acc"].item() == 1.0
-
-
-def test_dpo_with_reference_hand_computed():
-    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
-    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -2.0])
-    loss, m = DPOLoss(beta=0.5)(pc, pr, rc, rr)
-    # h = β[(π_c − ref_c) − (π_r − ref_r)] = 0.5·[(0.5) − (−1)] = 0.75；0.5·[0 − 1] = −0.5
-    expected = -(logsig(0.75) + logsig(-0.5)) / 2
-    assert loss.item() == pytest.approx(expected, abs=1e-6)
-    assert m["dpo_accuracy"].item() == 0.5
-    assert m["dpo_chosen_reward"].item() == pytest.approx((0.25 + 0.0) / 2)
-    assert m["dpo_rejected_reward"].item() == pytest.approx((-0.5 + 0.5) / 2)
-    assert m["dpo_reward_margin"].item() == pytest.approx((0.75 - 0.5) / 2)
-
-
-def test_dpo_reference_free_and_missing_refs():
-    pc, pr = torch.tensor([-1.0]), torch.tensor([-3.0])
-    loss, m = DPOLoss(beta=0.1, reference_free=True)(pc, pr, torch.tensor([5.0]), torch.tensor([-9.0]))
-    assert loss.item() == pytest.approx(-logsig(0.1 * 2.0), abs=1e-6)  # 参考值被忽略
-    assert m["dpo_accuracy"].item() == 1.0
-    with pytest.raises(ValueError, match="reference_free"):
-        DPOLoss()(pc, pr)
-    smooth, _ = DPOLoss(beta=0.1, reference_free=True, label_smoothing=0.2)(pc, pr)
-    assert smooth.item() == pytest.approx(-0.8 * logsig(0.2) - 0.2 * logsig(-0.2), abs=1e-6)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 统一损失
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def test_unified_formula_hand_computed():
-    l1, l2, l3, lab = small_inputs()
-    u = torch.tensor([[1.0, 0.0], [2.0, 3.0]])
-    i = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    # 对比学习需要 B=2：把 NTP 输入复制一份（损失不变）
-    out = GenerativeRecOutput(l1_logits=l1.repeat(2, 1, 1), l2_logits=l2.repeat(2, 1, 1),
-                              l3_logits=l3.repeat(2, 1, 1), user_repr=u, item_repr=i)
-    pref = {"chosen_logps": torch.tensor([-1.0]), "rejected_logps": torch.tensor([-3.0]),
-            "reference_chosen_logps": torch.tensor([-1.0]), "reference_rejected_logps": torch.tensor([-2.0])}
-    fn = UnifiedLoss(lambda_contrastive=0.1, lambda_preference=0.2, lambda_moe_balance=0.01,
-                     contrastive_temperature=1.0, contrastive_normalize=False, dpo_beta=1.0)
-    res = fn(out, lab.repeat(2, 1, 1), aux_loss=torch.tensor(2.0), preference=pref)
-    ntp = 0.5 * hand_level(L1, 0) + 0.3 * hand_level(L2, 1) + 0.2 * hand_level(L3, 2)
-    con = ((ce([1.0, 0.0], 0) + ce([2.0, 3.0], 1)) / 2 + (ce([1.0, 2.0], 0) + ce([0.0, 3.0], 1)) / 2) / 2
-    dpo = -logsig(1.0)
-    assert res["ntp_loss"].item() == pytest.approx(ntp, abs=1e-6)
-    assert res["contrastive_loss"].item() == pytest.approx(con, abs=1e-6)
-    assert res["dpo_loss"].item() == pytest.approx(dpo, abs=1e-6)
-    assert res["moe_balance_loss"].item() == 2.0
-    assert res["total_loss"].item() == pytest.approx(ntp + 0.1 * con + 0.2 * dpo + 0.01 * 2.0, abs=1e-6)
-    res["total_loss"].backward()
-    assert l1.grad is not None
-
-
-def test_unified_skips_zero_lambda_terms_and_from_config():
-    l1, l2, l3, lab = small_inputs()
-
-    class Cfg:
-        l1_weight, l2_weight, l3_weight = 1.0, 0.0, 0.0
-        lambda_contrastive, lambda_preference, lambda_moe_balance = 0.0, 0.0, 0.5
-        label_smoothing = 0.0
-        dpo_beta = 0.3
-
-    fn = UnifiedLoss.from_config(Cfg())
-    assert fn.dpo_loss.beta == 0.3
-    out = {"l1_logits": l1, "l2_logits": l2, "l3_logits": l3,
-           "user_repr": torch.randn(1, 2), "item_repr": torch.randn(1, 2), "aux_loss": torch.tensor(0.4)}
-    res = fn(out, {"l1": lab[..., 0], "l2": lab[..., 1], "l3": lab[..., 2]},
-             preference={"chosen_logps": torch.tensor([0.0]), "rejected_logps": torch.tensor([0.0])})
-    assert "contrastive_loss" not in res and "dpo_loss" not in res
-    assert res["total_loss"].item() == pytest.approx(hand_level(L1, 0) + 0.5 * 0.4, abs=1e-6)
-    with pytest.raises(ValueError, match="missing required field 'l3_logits'"):
-        fn({"l1_logits": l1, "l2_logits": l2}, lab)

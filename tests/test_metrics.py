@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ugt_hf.training.metrics import (
+from ugt_hf.generation import ItemCatalogue
+from ugt_hf.item_keys import METRICS_RADIX, pack_triples
+from ugt_hf.metrics import (
     MetricsCalculator,
     coverage,
     diversity,
@@ -36,6 +38,8 @@ def test_spec_section_10_2_example():
     assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
     assert m["diversity@10"] == 1.0  # 元组的 L1 码 1,2,3 / 4,5,6 各不相同
     assert "coverage@10" not in m  # 不知道目录大小
+    # 规格 10.2 的返回里有 gini：目录取见过的 6 个物品，每个被推荐一次 -> 完全均匀
+    assert m["gini"] == pytest.approx(0.0)
 
 
 def test_id_arrays_torch_and_partial_k():
@@ -125,7 +129,7 @@ def test_make_compute_metrics_with_eval_prediction():
 
 
 def test_evaluate_metric_offline(tmp_path):
-    from ugt_hf.training.metrics import RecommendationMetrics
+    from ugt_hf.metrics import RecommendationMetrics
 
     metric = RecommendationMetrics(num_items=8, cache_dir=str(tmp_path))
     metric.add_batch(predictions=[[1, 2, 3], [4, 5, 6]], references=[1, 5])
@@ -134,3 +138,26 @@ def test_evaluate_metric_offline(tmp_path):
     assert m["recall@3"] == pytest.approx(2 / 3)
     assert m["mrr"] == pytest.approx((1 + 1 / 2) / 3)
     assert m["coverage@1"] == pytest.approx(3 / 8)
+
+
+def test_gini_without_num_items_uses_the_items_seen():
+    calc = MetricsCalculator()
+    calc.add_batch([[0, 0], [0, 1]], [0, 5])  # 见过 0、1（推荐）与 5（目标）：3 个物品，次数 [3, 1, 0]
+    m = calc.compute(k_values=[1])
+    x, n = [0, 1, 3], 3
+    assert m["gini"] == pytest.approx(sum((2 * (i + 1) - n - 1) * v for i, v in enumerate(x)) / (n * sum(x)))
+    assert "gini@1" not in m and "coverage@1" not in m
+    with_size = MetricsCalculator(num_items=4)
+    with_size.add_batch([[0, 0], [0, 1]], [0, 5])
+    assert "gini" not in with_size.compute(k_values=[1])  # 知道目录大小时只有 gini@k（输出与以前相同）
+
+
+def test_triple_packing_is_the_catalogue_rule_and_equals_the_old_shifts():
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 1 << 21, size=(1000, 3), dtype=np.int64)
+    old = (t[:, 0] << 42) | (t[:, 1] << 21) | t[:, 2]
+    assert np.array_equal(pack_triples(t, METRICS_RADIX), old)
+    cat = ItemCatalogue(np.array([[0, 1, 2], [1, 0, 0], [1, 1, 1]]), vocab_sizes=[2, 2, 3])
+    keys = cat.pack(cat.triples)
+    assert keys.tolist() == [(0 * 2 + 1) * 3 + 2, (1 * 2 + 0) * 3 + 0, (1 * 2 + 1) * 3 + 1]
+    assert cat.lookup(cat.triples).tolist() == [0, 1, 2]

@@ -1,4 +1,6 @@
-"""UGT 模型：形状、无泄漏、padding 不变性、MoE 辅助损失、打分一致性、保存/加载。"""
+"""UGT 模型：形状、无泄漏、padding 不变性、MoE 辅助损失、打分一致性、保存/加载、骨干与头的拆分。"""
+
+import hashlib
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ from transformers import AutoModel
 from ugt_hf.auto import register
 from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.interfaces import IGNORE_INDEX, check_model_output
-from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation, load_balancing_loss
+from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation, UGTModel, load_balancing_loss
 
 V = [8, 12, 16]
 
@@ -33,7 +35,8 @@ def test_shapes_and_contract():
     x = batch()
     out = m(**x)
     check_model_output(out, 3, 4)
-    assert out.l1_logits.shape == (3, 4, V[0]) and out.l2_logits.shape == (3, 4, V[1]) and out.l3_logits.shape == (3, 4, V[2])
+    assert out.l1_logits.shape == (3, 4, V[0]) and out.l2_logits.shape == (3, 4, V[1])
+    assert out.l3_logits.shape == (3, 4, V[2])
     assert out.user_repr.shape == (3, 32) and out.item_repr.shape == (3, 32)
     assert out.loss.ndim == 0 and out.aux_loss.ndim == 0
     # 规格的列表形式输入与 [B, T, 3] 等价
@@ -161,8 +164,10 @@ def test_score_items_matches_teacher_forced_forward():
     scores = m.score_items(items, encoder_semantic_ids=x["encoder_semantic_ids"])
     for j in range(3):
         out = m(encoder_semantic_ids=x["encoder_semantic_ids"], labels=items[:, j : j + 1])
-        ref = sum(torch.log_softmax(getattr(out, f"l{i + 1}_logits")[:, 0], -1).gather(1, items[:, j, i : i + 1]).squeeze(1)
-                  for i in range(3))
+        ref = sum(
+            torch.log_softmax(getattr(out, f"l{i + 1}_logits")[:, 0], -1).gather(1, items[:, j, i : i + 1]).squeeze(1)
+            for i in range(3)
+        )
         assert torch.allclose(scores[:, j], ref, atol=1e-5)
     # [B, 3] 输入 -> [B]
     assert m.score_items(items[:, 0], encoder_semantic_ids=x["encoder_semantic_ids"]).shape == (2,)
@@ -302,7 +307,8 @@ def test_node_embeddings_chunking_scoring_and_gradients():
     # 带节点项时，teacher forcing 的损失与 item_log_probs 打分一致
     x = batch(b=4, te=5, td=1)
     out = m(**x)
-    states = m.prediction_states(encoder_semantic_ids=x["encoder_semantic_ids"], decoder_semantic_ids=x["decoder_semantic_ids"])
+    states = m.prediction_states(encoder_semantic_ids=x["encoder_semantic_ids"],
+                                 decoder_semantic_ids=x["decoder_semantic_ids"])
     lp = m.item_log_probs(states, x["labels"][:, 0])
     tf = sum(torch.log_softmax(lg[:, 0], -1).gather(1, x["labels"][:, 0, i : i + 1]).squeeze(1)
              for i, lg in enumerate((out.l1_logits, out.l2_logits, out.l3_logits)))  # [B]
@@ -350,7 +356,8 @@ def test_transition_hash_hand_computed_and_level_salt():
     assert int(transition_hash(prev, node, 1, 1 << 20)) != int(transition_hash(prev, node, 2, 1 << 20))
     # 没有前一个物品（-1）用单独的键，不与物品 (0, 0, 0) 相撞
     none = torch.tensor([-1, -1, -1])
-    assert int(transition_hash(none, node, 1, 1 << 20)) != int(transition_hash(torch.zeros(3, dtype=torch.long), node, 1, 1 << 20))
+    zero = torch.zeros(3, dtype=torch.long)
+    assert int(transition_hash(none, node, 1, 1 << 20)) != int(transition_hash(zero, node, 1, 1 << 20))
     extreme = torch.tensor([1023, 4095, 16383])
     h = transition_hash(extreme, extreme, 3, 1 << 21)
     assert 0 <= int(h) < (1 << 21)
@@ -363,7 +370,8 @@ def test_transition_bias_zero_init_previous_items_and_teacher_forcing():
     m = tiny(transition_buckets=1009, transition_scale=4.0)
     plain = tiny()
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("transition.")})
-    assert m.transition.table.weight.shape == (1009, 1) and float(m.transition.table.weight.detach().abs().sum()) == 0.0
+    table = m.transition.table.weight
+    assert table.shape == (1009, 1) and float(table.detach().abs().sum()) == 0.0
     x = batch(b=3, te=5, td=3)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]]).bool()
     x["encoder_attention_mask"] = mask
@@ -428,3 +436,58 @@ def test_transition_scores_beam_exhaustive_and_missing_previous_items():
         UGTConfig(vocab_sizes=V, transition_buckets=-1)
     with pytest.raises(ValueError, match="transition_scale"):
         UGTConfig(vocab_sizes=V, transition_scale=0.0)
+
+
+# ---------------------------------------------------------------- 骨干 / 头的拆分
+# 拆分前（commit d218ce9）的代码在同一种子下初始化出的 state_dict 的 sha256（键名 + 原始字节，按键排序）。
+# 拆分保持子模块的创建与注册顺序，所以随机初始化逐位不变（质量基准可复现）。
+_INIT_SHA256 = {
+    "default": ("cc58cc8c658682ecc4b6308116f778f9aeeca13057e208e52dcd17b4e05bb9b9", {}),
+    "dense": ("acd387efec900b02df2cd1d46d993506f9468a5bdb549c13a247ce4c19caf7c3",
+              dict(num_experts=1, num_experts_per_tok=1)),
+    "rich": ("40cfcabc766ae92a56b88c25722bdf014888a5bc0d8bc915409983f75632b34f",
+             dict(item_id_buckets=97, node_embedding_buckets=53, node_embedding_dim=8, transition_buckets=101,
+                  bos_context="last_item", tie_word_embeddings=False, router_z_loss_coef=0.01)),
+}
+
+
+def _init_digest(**kw):
+    torch.manual_seed(123)
+    cfg = UGTConfig(vocab_sizes=[8, 9, 10], d_model=16, num_heads=2, num_encoder_layers=2, num_decoder_layers=2,
+                    ffn_dim=32, **kw)
+    sd = UGTForGenerativeRecommendation(cfg).state_dict()
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(_INIT_SHA256))
+def test_fixed_seed_init_is_bit_identical_to_the_pre_split_model(name):
+    expected, kw = _INIT_SHA256[name]
+    assert _init_digest(**kw) == expected
+
+
+def test_backbone_loads_head_checkpoint_and_returns_decoder_states(tmp_path):
+    m = tiny()
+    m.save_pretrained(tmp_path)
+    backbone = UGTModel.from_pretrained(tmp_path).eval()
+    assert not hasattr(backbone, "heads")
+    head_keys = {k for k in m.state_dict() if not k.startswith(("heads.", "transition.", "item_proj."))}
+    assert set(backbone.state_dict()) == head_keys
+    x = batch()
+    out = backbone(**x)
+    ref = m(**x)
+    assert torch.equal(out.last_hidden_state, ref.decoder_hidden_states)
+    assert torch.equal(out.moe_balance_loss, ref.moe_balance_loss)
+    assert out.encoder_last_hidden_state.shape == (3, 6, 32)
+
+
+def test_semantic_pad_id_is_independent_of_pad_token_id():
+    m = tiny()
+    enc = {"encoder_semantic_ids": rand_ids(2, 3)}
+    a = m.prediction_states(**enc)
+    m.config.pad_token_id = 17  # HF/TRL 写入 tokenizer 的 pad id：模型不读它
+    assert torch.equal(m.prediction_states(**enc), a)
+    assert m.config.semantic_pad_id == 0

@@ -219,7 +219,7 @@ class _HookTrainer(Trainer):
 
 @pytest.mark.parametrize("kind, cls", [("lamb", LAMB), ("adamw", torch.optim.AdamW)])
 def test_trainer_hook_builds_configured_optimizer(tmp_path, kind, cls):
-    from ugt_hf.training.arguments import TrainingConfig
+    from ugt_hf.spec.config import TrainingConfig
 
     args = TrainingConfig(output_dir=str(tmp_path), fp16=False, optimizer_type=kind, learning_rate=2e-3,
                           weight_decay=0.05, report_to="none", warmup_steps=0)

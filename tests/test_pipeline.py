@@ -30,7 +30,8 @@ def checkpoint(tmp_path_factory):
     return d, model, tok
 
 
-HISTORIES = [["item1", "item7", "item3"], ["item50"], ["item9", "item8", "item7", "item6", "item5", "item4", "item3", "item2"]]
+HISTORIES = [["item1", "item7", "item3"], ["item50"],
+             ["item9", "item8", "item7", "item6", "item5", "item4", "item3", "item2"]]
 
 
 def test_pipeline_matches_generation(checkpoint):
@@ -53,6 +54,7 @@ def test_pipeline_batch_exclusion_and_exhaustive(checkpoint):
     for h in HISTORIES:
         excl = rec(h, exclude_history=True, num_beams=200)
         assert not {o["item_id"] for o in excl} & set(h)
-        assert [o["item_id"] for o in excl] == [o["item_id"] for o in rec(h, exclude_history=True, method="exhaustive")]
+        exhaustive = rec(h, exclude_history=True, method="exhaustive")
+        assert [o["item_id"] for o in excl] == [o["item_id"] for o in exhaustive]
     with pytest.raises(ValueError, match="unknown item_id"):
         rec(["item1", "missing"])

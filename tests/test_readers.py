@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ugt_hf.data.readers import DataFormatError, read_csv, read_ml100k, read_ml1m, read_pairs, read_parquet, read_s3rec
+from ugt_hf.data.readers import DataFormatError, read_csv, read_ml1m, read_ml100k, read_pairs, read_parquet, read_s3rec
 
 
 def _write(path, text, encoding="utf-8"):
@@ -54,7 +54,8 @@ def test_ml_empty_or_na_field_is_an_error_not_nan(tmp_path):
 
 def test_ml1m_double_colon(tmp_path):
     _write(tmp_path / "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n")
-    _write(tmp_path / "movies.dat", "1193::One Flew Over (1975)::Drama\n661::James: Peach (1996)::Animation|Children's\n",
+    _write(tmp_path / "movies.dat",
+           "1193::One Flew Over (1975)::Drama\n661::James: Peach (1996)::Animation|Children's\n",
            "latin-1")
     inter = read_ml1m(str(tmp_path))
     assert inter.item.tolist() == ["1193", "661"]

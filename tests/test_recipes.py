@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ugt_hf.training.arguments import ConfigError, Stage1Config, Stage2Config, Stage3Config, parse_config
+from ugt_hf.spec.config import Stage1Config, Stage2Config, Stage3Config
+from ugt_hf.training.arguments import ConfigError, load_yaml_config, parse_config, parse_stage_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,3 +59,29 @@ def test_committed_configs_parse():
         cls = {1: Stage1Config, 2: Stage2Config, 3: Stage3Config}[stage]
         args = parse_config(cls, ["--config", str(path), "--output_dir", "/tmp/ugt_cfg_check"])
         assert args.fp16 is False, path  # CPU 配置：不依赖 fp16 回退
+        stage_args = parse_stage_args(stage, ["--config", str(path), "--output_dir", "/tmp/ugt_cfg_check"])
+        assert stage_args.training.fp16 is False and stage_args.training.batch_size == args.batch_size, path
+
+
+def test_yaml_base_include(tmp_path):
+    """`base:` 相对包含它的文件解析、可链式、本文件覆盖基础；循环与缺失文件是带位置的 ConfigError。"""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("batch_size: 8\nlearning_rate: 1.0e-3\nfp16: false\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\nper_device_train_batch_size: 16\nseed: 3\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text("base: mid.yaml\nseed: 4\n")
+    args = parse_stage_args(1, ["--config", str(tmp_path / "sub" / "leaf.yaml")])
+    assert (args.training.batch_size, args.training.learning_rate, args.training.seed) == (16, 1e-3, 4)
+    _, origin = load_yaml_config(tmp_path / "sub" / "leaf.yaml")
+    assert origin["learning_rate"] == (str(tmp_path / "sub" / "../root.yaml"), 2)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="循环"):
+        load_yaml_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("seed: 1\nbase: nope.yaml\n")
+    with pytest.raises(ConfigError, match="nope.yaml") as info:
+        load_yaml_config(tmp_path / "c.yaml")
+    assert info.value.line == 2
+    (tmp_path / "bad.yaml").write_text("base: root.yaml\nbatch_sise: 3\n")
+    with pytest.raises(ConfigError, match="batch_size") as info:
+        parse_stage_args(1, ["--config", str(tmp_path / "bad.yaml")])
+    assert f"{tmp_path / 'bad.yaml'}:2" in str(info.value)

@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from ugt_hf.report import main, metrics_table, write_report
 
 

@@ -1,12 +1,22 @@
 """stages.py：数据目录解析、模型构建（新建/续自上一阶段）、偏好对来源、自生成偏好对。"""
 
+import dataclasses
 import json
 
 import pytest
 import torch
+from _tiny_artifacts import tiny_data_dir
 
-from ugt_hf.evaluation import load_catalogue, load_meta, split_path
-from ugt_hf.training.arguments import ConfigError, Stage1Config, Stage3Config
+from ugt_hf.data.datadir import DataDir
+from ugt_hf.training.arguments import (
+    ConfigError,
+    DataArguments,
+    EvaluationArguments,
+    ModelArguments,
+    StageArguments,
+    UGTDPOConfig,
+    UGTTrainingArguments,
+)
 from ugt_hf.training.stages import (
     _model_config_kwargs,
     _recommend_dataset,
@@ -16,17 +26,27 @@ from ugt_hf.training.stages import (
     self_generated_pairs,
 )
 
-from _tiny_artifacts import tiny_data_dir
-
 TINY = {"d_model": 16, "num_heads": 2, "num_encoder_layers": 1, "num_decoder_layers": 1, "ffn_dim": 32,
         "num_experts": 1, "num_experts_per_tok": 1}
 
 
-def _args(tmp_path, cls=Stage1Config, **kw):
+def _args(tmp_path, cls=UGTTrainingArguments, **kw) -> StageArguments:
+    """把扁平的关键字参数按字段分给各参数类（与 parse_stage_args 的结果同形）。"""
     base = dict(output_dir=str(tmp_path / "o"), fp16=False, report_to="none", model_config=TINY,
                 data_dir=str(tiny_data_dir()), encoder_max_length=20, decoder_max_length=5)
     base.update(kw)
-    return cls(**base)
+    parts = []
+    for part_cls in (cls, ModelArguments, DataArguments, EvaluationArguments):
+        names = {f.name for f in dataclasses.fields(part_cls)}
+        parts.append(part_cls(**{k: v for k, v in base.items() if k in names}))
+    return StageArguments(*parts)
+
+
+def _with_meta(folder, **changes):
+    """同一目录、改过几项 meta 的 DataDir（模拟与模型不一致或没有偏好对的数据）。"""
+    data = DataDir(folder)
+    data._meta = dict(data.meta, **changes)
+    return data
 
 
 def test_model_config_forms(tmp_path):
@@ -42,51 +62,52 @@ def test_model_config_forms(tmp_path):
 
 def test_build_model_new_and_pretrained(tmp_path):
     args = _args(tmp_path)
-    meta = load_meta(args.data_dir)
-    model = build_model(args, meta)
-    assert model.config.vocab_sizes == meta["vocab_sizes"] and model.config.d_model == 16
+    data = DataDir(args.data.data_dir)
+    model = build_model(args.model, args.training, data)
+    assert model.config.vocab_sizes == data.meta["vocab_sizes"] and model.config.d_model == 16
     model.save_pretrained(tmp_path / "prev")
-    again = build_model(_args(tmp_path, pretrained_model_path=str(tmp_path / "prev")), meta)
+    prev = _args(tmp_path, pretrained_model_path=str(tmp_path / "prev"))
+    again = build_model(prev.model, prev.training, data)
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
-    bad_meta = dict(meta, vocab_sizes=[v + 1 for v in meta["vocab_sizes"]])
+    bad_meta = _with_meta(args.data.data_dir, vocab_sizes=[v + 1 for v in data.meta["vocab_sizes"]])
     with pytest.raises(ConfigError, match="vocab_sizes"):
-        build_model(_args(tmp_path, pretrained_model_path=str(tmp_path / "prev")), bad_meta)
+        build_model(prev.model, prev.training, bad_meta)
 
 
 def test_resolve_data_errors(tmp_path):
     with pytest.raises(ConfigError, match="data_dir"):
-        resolve_data(_args(tmp_path, data_dir=None))
+        resolve_data(_args(tmp_path, data_dir=None).data)
     with pytest.raises(ConfigError, match="ugt prepare"):
-        resolve_data(_args(tmp_path, data_dir=str(tmp_path)))
-    args = _args(tmp_path, data_dir=None, train_data_path=str(split_path(tiny_data_dir(), "train")))
-    assert resolve_data(args)["data_dir"] == str(tiny_data_dir())
+        resolve_data(_args(tmp_path, data_dir=str(tmp_path)).data)
+    args = _args(tmp_path, data_dir=None, train_data_path=str(DataDir(tiny_data_dir()).split_path("train")))
+    assert str(resolve_data(args.data)) == str(tiny_data_dir())
 
 
 def test_preference_sources(tmp_path):
     d = tiny_data_dir()
-    meta = load_meta(d)
-    cat = load_catalogue(d, meta)
-    model = build_model(_args(tmp_path), meta)
-    train, held, source = preference_data(_args(tmp_path, Stage3Config), model, str(d), meta, cat)
-    assert source == "ratings" and len(train) == meta["splits"]["preference_train"] and held is not None
-    train, held, source = preference_data(_args(tmp_path, Stage3Config, preference_source="self",
-                                                max_preference_pairs=40), model, str(d), meta, cat)
+    data = DataDir(d)
+    cat = data.catalogue()
+    model = build_model(_args(tmp_path).model, _args(tmp_path).training, data)
+    train, held, source = preference_data(_args(tmp_path, UGTDPOConfig), model, data, cat)
+    assert source == "ratings" and len(train) == data.meta["splits"]["preference_train"] and held is not None
+    train, held, source = preference_data(_args(tmp_path, UGTDPOConfig, preference_source="self",
+                                                max_preference_pairs=40), model, data, cat)
     assert source == "self" and len(train) + len(held) <= 40 and len(held) >= 1
     with pytest.raises(ConfigError, match="preference_source"):
-        preference_data(_args(tmp_path, Stage3Config, preference_source="magic"), model, str(d), meta, cat)
-    no_pairs = dict(meta, splits=dict(meta["splits"], preference_train=0))
+        preference_data(_args(tmp_path, UGTDPOConfig, preference_source="magic"), model, data, cat)
+    no_pairs = _with_meta(d, splits=dict(data.meta["splits"], preference_train=0))
     with pytest.raises(ConfigError, match="preference_train = 0"):
-        preference_data(_args(tmp_path, Stage3Config, preference_source="ratings"), model, str(d), no_pairs, cat)
+        preference_data(_args(tmp_path, UGTDPOConfig, preference_source="ratings"), model, no_pairs, cat)
 
 
 def test_self_generated_pairs_reject_model_candidates(tmp_path):
     d = tiny_data_dir()
-    meta = load_meta(d)
-    cat = load_catalogue(d, meta)
+    data = DataDir(d)
+    cat = data.catalogue()
     args = _args(tmp_path)
-    model = build_model(args, meta)
-    ds = _recommend_dataset(split_path(d, "train"), args, meta)
+    model = build_model(args.model, args.training, data)
+    ds = _recommend_dataset(data, "train", args.training)
     pairs = self_generated_pairs(model, ds, cat, max_pairs=30, num_beams=10)
     assert 0 < len(pairs) <= 30
     valid = {tuple(t) for t in cat.triples.tolist()}

@@ -17,7 +17,8 @@ V = [4, 8, 16]
 
 def make_tok(n=20, max_len=4):
     triples = np.array([[i % 4, (i // 4) % 8, i % 16] for i in range(n)])
-    return UGTTokenizer(item_ids=[f"i{k}" for k in range(n)], triples=triples, encoder_max_length=max_len, vocab_sizes=V)
+    return UGTTokenizer(item_ids=[f"i{k}" for k in range(n)], triples=triples, encoder_max_length=max_len,
+                        vocab_sizes=V)
 
 
 def test_single_history_to_contract_batch():

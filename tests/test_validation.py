@@ -271,7 +271,8 @@ def test_vectorised_and_per_record_validation_agree():
                 rec[field][j] = None
             else:
                 rec[field][j] = how(rec[field][j], rng)
-        kw = dict(max_encoder_length=rng.randrange(1, 6), max_decoder_length=rng.randrange(1, 4), max_seq_length=rng.choice([None, 8, 40]))
+        kw = dict(max_encoder_length=rng.randrange(1, 6), max_decoder_length=rng.randrange(1, 4),
+                  max_seq_length=rng.choice([None, 8, 40]))
         table = pa.Table.from_pylist(copy.deepcopy(records))
         got = vector_check_table(table, "recommend", VOCAB, **kw)
         want = _first_bad_python(records, **kw)

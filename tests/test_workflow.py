@@ -4,11 +4,10 @@ import json
 import time
 
 import pytest
+from _pipeline_fixtures import write_tiny_pipeline
 
 from ugt_hf.training.arguments import ConfigError
 from ugt_hf.workflow import load_pipeline_config, run_pipeline
-
-from _pipeline_fixtures import write_tiny_pipeline
 
 
 def _losses(run_dir, stage):

@@ -12,7 +12,7 @@ from .auto import register  # noqa: E402
 register()
 
 from .configuration_ugt import UGTConfig  # noqa: E402
-from .modeling_ugt import UGTForGenerativeRecommendation  # noqa: E402
+from .modeling_ugt import UGTForGenerativeRecommendation, UGTModel  # noqa: E402
 from .tokenization_ugt import UGTTokenizer  # noqa: E402
 
-__all__ = ["UGTConfig", "UGTForGenerativeRecommendation", "UGTTokenizer", "register", "__version__"]
+__all__ = ["UGTConfig", "UGTForGenerativeRecommendation", "UGTModel", "UGTTokenizer", "register", "__version__"]

@@ -30,7 +30,8 @@ class UGTConfig(PretrainedConfig):
     router_aux_loss_coef (`float`, 默认 1.0): aux_loss 里负载均衡项的系数（训练器再乘 lambda_moe_balance）。
     router_z_loss_coef (`float`, 默认 0.0): aux_loss 里 router z-loss（ST-MoE）的系数，0 表示不用。
     user_pooling (`str`, 默认 "mean"): user_repr 的池化方式，"mean"（有效位置均值）或 "last"（最后一个有效位置）。
-    encoder_position_mode (`str`, 默认 "absolute"): 编码器位置 id。"absolute" 用批次给的 encoder_positions（从历史开头数）；
+    encoder_position_mode (`str`, 默认 "absolute"): 编码器位置 id。"absolute" 用批次给的 encoder_positions
+        （从历史开头数）；
         "recency" 由 mask 重新计算“距最近一个物品的步数”（最近 = 0），使最近的物品总落在同一个位置嵌入上——
         下一物品主要由最近几次交互决定，绝对位置下模型得先从变长序列里“找到”末尾。
     item_id_buckets (`int`, 默认 0): >0 时给每个物品再加一个按完整三元组哈希到该桶数的嵌入（输入侧）。三层码嵌入之和
@@ -52,7 +53,11 @@ class UGTConfig(PretrainedConfig):
         所以 s 等于这张表的有效学习率倍数：稀疏的转移对一轮只见几次，与深层共用学习率时几乎学不动。
     tie_word_embeddings (`bool`, 默认 True): 各层输出头与该层的 ID 嵌入共享权重。
     initializer_range (`float`, 默认 0.02): HF 约定的正态初始化标准差。
-    pad_token_id (`int`, 默认 0): padding/BOS 位置上的语义 ID 取值（由 token_type 屏蔽，不参与嵌入）。
+    semantic_pad_id (`int`, 默认 0): padding/BOS 位置上的语义 ID 取值（由 token_type 屏蔽，不参与嵌入）。
+        单独一个名字：HF/TRL 会把 tokenizer 的 pad id 写进 `pad_token_id`，模型不读那个字段。
+    pad_token_id (`int`, 默认 0): HF 约定的字段（tokenizer 的 pad token），模型不使用。
+    loss_chunk_size (`int`, 可选): 给出时 NTP 交叉熵按这么多行分块计算（`loss_utils.chunked_cross_entropy`，
+        数值与整块相同，省一份 [B×T, V] 的 log-softmax）；None 用 F.cross_entropy。训练器也读这个字段。
     """
 
     model_type = "ugt"
@@ -88,6 +93,8 @@ class UGTConfig(PretrainedConfig):
     transition_scale: float = 10.0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
+    semantic_pad_id: int = 0
+    loss_chunk_size: Optional[int] = None
     pad_token_id: Optional[int] = 0
     is_encoder_decoder: bool = True
 
@@ -114,7 +121,8 @@ class UGTConfig(PretrainedConfig):
             raise ValueError(f"UGTConfig.num_experts must be >= 1, got {self.num_experts}")
         if not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise ValueError(
-                f"UGTConfig.num_experts_per_tok ({self.num_experts_per_tok}) must be in [1, num_experts={self.num_experts}]"
+                f"UGTConfig.num_experts_per_tok ({self.num_experts_per_tok}) must be in "
+                f"[1, num_experts={self.num_experts}]"
             )
         if self.user_pooling not in ("mean", "last"):
             raise ValueError(f"UGTConfig.user_pooling must be 'mean' or 'last', got {self.user_pooling!r}")
@@ -134,8 +142,14 @@ class UGTConfig(PretrainedConfig):
         for name in ("num_encoder_layers", "num_decoder_layers", "ffn_dim", "max_position_embeddings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UGTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.semantic_pad_id < 0:
+            raise ValueError(f"UGTConfig.semantic_pad_id must be >= 0, got {self.semantic_pad_id}")
+        if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
+            raise ValueError(f"UGTConfig.loss_chunk_size must be None or >= 1, got {self.loss_chunk_size}")
         if self.num_token_types < 2:
-            raise ValueError(f"UGTConfig.num_token_types must be >= 2 (0 = special, 1 = item), got {self.num_token_types}")
+            raise ValueError(
+                f"UGTConfig.num_token_types must be >= 2 (0 = special, 1 = item), got {self.num_token_types}"
+            )
 
     @property
     def is_moe(self) -> bool:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,35 +15,17 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .argparsing import arg, parse_args
 from .data.collator import DataCollator
-from .interfaces import SEMANTIC_PAD_ID
+from .data.datadir import DataDir
 from .data.datasets import RecommendDataset
-from .data.schema import ITEMS_FILE, META_FILE
 from .generation import ItemCatalogue, recommend
-from .training.metrics import MetricsCalculator
+from .interfaces import SEMANTIC_PAD_ID
+from .metrics import MetricsCalculator
 
 DEFAULT_K_VALUES = (5, 10, 20)
 
-
-def load_meta(data_dir: Union[str, Path]) -> dict:
-    path = Path(data_dir) / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found — is '{data_dir}' a folder written by `ugt prepare`?")
-    return json.loads(path.read_text())
-
-
-def load_catalogue(data_dir: Union[str, Path], meta: Optional[dict] = None) -> ItemCatalogue:
-    meta = meta or load_meta(data_dir)
-    return ItemCatalogue.from_parquet(Path(data_dir) / ITEMS_FILE, vocab_sizes=meta.get("vocab_sizes"))
-
-
-def split_path(data_dir: Union[str, Path], split: str) -> Path:
-    """优先 Parquet（读得快、类型明确），没有再用 JSONL。"""
-    for ext in ("parquet", "jsonl"):
-        p = Path(data_dir) / f"{split}.{ext}"
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f"{data_dir}: no {split}.parquet or {split}.jsonl")
+DataDirLike = Union[str, Path, DataDir]
 
 
 def _target_indices(labels: torch.Tensor, catalogue: ItemCatalogue) -> torch.Tensor:
@@ -67,7 +50,7 @@ def rank_dataset(
 ):
     """对数据集每个样本（BOS 位置）做约束 beam search。返回 (predictions [N, K] 物品下标, targets [N])。"""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    collator = DataCollator(pad_token_id=SEMANTIC_PAD_ID)
+    collator = DataCollator(semantic_pad_id=SEMANTIC_PAD_ID)
     n = len(dataset) if max_samples is None else min(len(dataset), int(max_samples))
     preds, targets = [], []
     was_training = model.training
@@ -95,7 +78,7 @@ def ranking_metrics(predictions, targets, catalogue: ItemCatalogue,
 
 def evaluate_ranking(
     model,
-    data_dir: Union[str, Path],
+    data_dir: DataDirLike,
     split: str = "test",
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     num_beams: int = 20,
@@ -105,10 +88,9 @@ def evaluate_ranking(
     catalogue: Optional[ItemCatalogue] = None,
 ) -> Dict[str, float]:
     """`data_dir` 的 valid/test 划分上的全目录排序指标（留一法，每个用户一个目标）。"""
-    meta = load_meta(data_dir)
-    catalogue = catalogue or load_catalogue(data_dir, meta)
-    dataset = RecommendDataset(str(split_path(data_dir, split)), vocab_sizes=meta["vocab_sizes"],
-                               max_encoder_length=int(meta.get("encoder_max_length", 50)))
+    data = DataDir.of(data_dir)
+    catalogue = catalogue or data.catalogue()
+    dataset = data.recommend_dataset(split)
     t0 = time.perf_counter()
     preds, targets = rank_dataset(model, dataset, catalogue, top_k=max(k_values), num_beams=num_beams,
                                   exclude_history=exclude_history, batch_size=batch_size, max_samples=max_samples)
@@ -133,28 +115,25 @@ def _history_items(enc_columns, u: int, catalogue: ItemCatalogue) -> np.ndarray:
     return catalogue.lookup(torch.as_tensor(np.stack([c[u] for c in enc_columns], 1))).numpy()
 
 
-def _train_popularity(data_dir, catalogue: ItemCatalogue) -> np.ndarray:
+def _train_popularity(data: DataDir, catalogue: ItemCatalogue) -> np.ndarray:
     """训练集里每个物品作为第 0 个标签的次数：[num_items]。stride=1 时恰好覆盖训练前缀里的每次出现。"""
-    import pyarrow.parquet as pq
-
-    idx = _first_label_items(pq.read_table(split_path(data_dir, "train"), columns=list(_LABEL_COLS)), catalogue)
+    idx = _first_label_items(data.read_table("train", _LABEL_COLS), catalogue)
     return np.bincount(idx[idx >= 0], minlength=catalogue.num_items)
 
 
 def popularity_baseline(
-    data_dir: Union[str, Path],
+    data_dir: DataDirLike,
     split: str = "test",
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     exclude_history: bool = False,
 ) -> Dict[str, float]:
     """流行度基线：按训练集标签中的出现次数给每个用户推荐同一份 top-K（可选去掉历史物品）。"""
-    import pyarrow.parquet as pq
-
-    catalogue = load_catalogue(data_dir, load_meta(data_dir))
-    counts = _train_popularity(data_dir, catalogue)
+    data = DataDir.of(data_dir)
+    catalogue = data.catalogue()
+    counts = _train_popularity(data, catalogue)
     kmax = max(k_values)
     order = np.argsort(-counts, kind="stable")
-    evald = pq.read_table(split_path(data_dir, split), columns=list(_ENCODER_COLS + _LABEL_COLS))
+    evald = data.read_table(split, _ENCODER_COLS + _LABEL_COLS)
     targets = _first_label_items(evald, catalogue)
     if exclude_history:
         enc = [evald.column(c).to_pylist() for c in _ENCODER_COLS]
@@ -170,8 +149,17 @@ def popularity_baseline(
     return metrics
 
 
+def _last_and_first(table, catalogue: ItemCatalogue):
+    """每行（编码器最后一个物品, 第 0 个标签）的物品号；没有历史的行前者为 -1。"""
+    enc = [table.column(c).to_pylist() for c in _ENCODER_COLS]
+    last = np.stack([np.array([r[-1] if len(r) else 0 for r in col]) for col in enc], 1)
+    has_hist = np.array([len(r) > 0 for r in enc[0]])
+    a = catalogue.lookup(torch.as_tensor(last)).numpy()
+    return np.where(has_hist, a, -1), _first_label_items(table, catalogue)
+
+
 def transition_baseline(
-    data_dir: Union[str, Path],
+    data_dir: DataDirLike,
     split: str = "test",
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     exclude_history: bool = False,
@@ -182,18 +170,10 @@ def transition_baseline(
     具体物品之间的转移。转移与流行度都只用训练样本：每个训练样本的（编码器最后一个物品, 第 0 个标签），
     stride=1 时恰好是训练前缀里每一对相邻交互各一次。
     """
-    import pyarrow.parquet as pq
-
-    catalogue = load_catalogue(data_dir, load_meta(data_dir))
-    cols = list(_ENCODER_COLS + _LABEL_COLS)
-
-    def last_and_first(table):
-        last = np.stack([np.array([r[-1] if len(r) else 0 for r in table.column(c).to_pylist()]) for c in _ENCODER_COLS], 1)
-        has_hist = np.array([len(r) > 0 for r in table.column(_ENCODER_COLS[0]).to_pylist()])
-        a = catalogue.lookup(torch.as_tensor(last)).numpy()
-        return np.where(has_hist, a, -1), _first_label_items(table, catalogue)
-
-    src, dst = last_and_first(pq.read_table(split_path(data_dir, "train"), columns=cols))
+    data = DataDir.of(data_dir)
+    catalogue = data.catalogue()
+    cols = _ENCODER_COLS + _LABEL_COLS
+    src, dst = _last_and_first(data.read_table("train", cols), catalogue)
     popularity = np.bincount(dst[dst >= 0], minlength=catalogue.num_items)  # 与 _train_popularity 同一计数，不再读一遍
     pop_order = np.argsort(-popularity, kind="stable")
     ok = (src >= 0) & (dst >= 0)
@@ -201,8 +181,8 @@ def transition_baseline(
     for a, b in zip(src[ok].tolist(), dst[ok].tolist()):
         row = pair_counts.setdefault(a, {})
         row[b] = row.get(b, 0) + 1
-    evald = pq.read_table(split_path(data_dir, split), columns=cols)
-    last, targets = last_and_first(evald)
+    evald = data.read_table(split, cols)
+    last, targets = _last_and_first(evald, catalogue)
     enc = [evald.column(c).to_pylist() for c in _ENCODER_COLS] if exclude_history else None
     kmax = max(k_values)
     preds = np.empty((len(targets), kmax), dtype=np.int64)
@@ -229,23 +209,25 @@ def transition_baseline(
 
 def main(argv=None) -> int:
     """`ugt evaluate --model DIR --data DIR [--split test] [--num_beams 20] [--exclude_history]`。"""
-    import argparse
-
     from .modeling_ugt import UGTForGenerativeRecommendation
 
-    parser = argparse.ArgumentParser(prog="ugt evaluate", description="全目录约束 beam search 排序评估")
-    parser.add_argument("--model", required=True, help="save_pretrained 的模型目录（如 RUN/stage3/best_model）")
-    parser.add_argument("--data", required=True, help="`ugt prepare` 的产物目录")
-    parser.add_argument("--split", default="test", choices=["valid", "test"])
-    parser.add_argument("--k_values", default="5,10,20")
-    parser.add_argument("--num_beams", type=int, default=20)
-    parser.add_argument("--exclude_history", action="store_true")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--max_samples", type=int, default=None)
-    parser.add_argument("--popularity", action="store_true", help="同时给出流行度基线")
-    parser.add_argument("--transition", action="store_true", help="同时给出一阶转移基线（最近物品的训练后继）")
-    ns = parser.parse_args(argv)
+    @dataclasses.dataclass
+    class EvaluateArguments:
+        """`ugt evaluate` 的命令行（共用的 HfArgumentParser 解析）。"""
+
+        model: str = arg(dataclasses.MISSING, "save_pretrained model directory (e.g. RUN/stage3/best_model)")
+        data: str = arg(dataclasses.MISSING, "artifact directory written by `ugt prepare`")
+        split: str = arg("test", "split to rank", choices=["valid", "test"])
+        k_values: str = arg("5,10,20", "cut-offs K, comma-separated")
+        num_beams: int = arg(20, "constrained beam search width")
+        exclude_history: bool = arg(False, "never recommend the user's history items")
+        batch_size: int = arg(256, "evaluation batch size")
+        max_samples: Optional[int] = arg(None, "evaluate at most this many samples (default: all)")
+        popularity: bool = arg(False, "also report the popularity baseline")
+        transition: bool = arg(False, "also report the first-order transition baseline (successors of the last item)")
+
     try:
+        (ns,) = parse_args([EvaluateArguments], argv, prog="ugt evaluate", config_flag=False)
         model = UGTForGenerativeRecommendation.from_pretrained(ns.model).eval()
         ks = [int(k) for k in ns.k_values.split(",")]
         out = {"model": evaluate_ranking(model, ns.data, ns.split, ks, ns.num_beams, ns.exclude_history,
@@ -254,7 +236,7 @@ def main(argv=None) -> int:
             out["popularity"] = popularity_baseline(ns.data, ns.split, ks, ns.exclude_history)
         if ns.transition:
             out["transition"] = transition_baseline(ns.data, ns.split, ks, ns.exclude_history)
-    except (FileNotFoundError, OSError, ValueError) as e:
+    except (FileNotFoundError, OSError, ValueError) as e:  # ConfigError 是 ValueError
         print(f"ugt evaluate: {e}")
         return 2
     print(json.dumps(out, indent=2))

@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
+
+from .item_keys import pack_triples
 
 NEG_INF = float("-inf")
 
@@ -33,6 +36,9 @@ NEG_INF = float("-inf")
 
 class ItemCatalogue:
     """合法物品三元组的逐层表。第 i 行 = item_index i 的 (l1, l2, l3)。
+
+    全包 (l1, l2, l3) <-> item_index 的换算只走这里：`lookup`（三元组 -> 下标）、`triples`（下标 -> 三元组）；
+    三元组的整数键是 `item_keys.pack_triples(·, vocab_sizes)`（`pack`）。
 
     Args:
         triples: [N, 3] 非负整数，行号即 item_index，三元组必须互不相同
@@ -59,13 +65,15 @@ class ItemCatalogue:
         self.source = source
         self.triples = t  # [N, 3]
         v1, v2, v3 = self.vocab_sizes
-        keys = (t[:, 0] * v2 + t[:, 1]) * v3 + t[:, 2]  # [N] 三元组的唯一编码
+        keys = pack_triples(t, self.vocab_sizes)  # [N] 三元组的唯一编码
         order = torch.argsort(keys)
         sorted_keys = keys[order]
         dup = (sorted_keys[1:] == sorted_keys[:-1]).nonzero()
         if dup.numel():
             a, b = sorted((int(order[int(dup[0])]), int(order[int(dup[0]) + 1])))
-            raise ValueError(f"{source}: items {a} and {b} share the semantic id {t[a].tolist()}; triples must be unique")
+            raise ValueError(
+                f"{source}: items {a} and {b} share the semantic id {t[a].tolist()}; triples must be unique"
+            )
         self._sorted_keys, self._key_order = sorted_keys, order
 
         # 第二层前缀：唯一的 (l1, l2)
@@ -88,8 +96,6 @@ class ItemCatalogue:
     @classmethod
     def from_parquet(cls, path: Union[str, Path], vocab_sizes: Optional[Sequence[int]] = None) -> "ItemCatalogue":
         """读 `ugt prepare` 写出的 items.parquet（列 item_index, l1, l2, l3）。"""
-        import pyarrow.parquet as pq
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"items table not found: {path}")
@@ -122,23 +128,29 @@ class ItemCatalogue:
     def num_items(self) -> int:
         return self.triples.shape[0]
 
+    def pack(self, triples):
+        """三元组 [..., 3] -> 整数键 [...]（本目录的词表进制；不检查是否在目录里）。"""
+        return pack_triples(triples, self.vocab_sizes)
+
     def lookup(self, triples: torch.Tensor) -> torch.Tensor:
         """三元组 [..., 3] -> item_index [...]；不在目录里的返回 -1。"""
         t = torch.as_tensor(triples).long().cpu()
         v1, v2, v3 = self.vocab_sizes
         inside = (t >= 0).all(-1) & (t[..., 0] < v1) & (t[..., 1] < v2) & (t[..., 2] < v3)
-        keys = (t[..., 0] * v2 + t[..., 1]) * v3 + t[..., 2]
+        keys = self.pack(t)
         pos = torch.searchsorted(self._sorted_keys, keys.reshape(-1)).clamp(max=self.num_items - 1).view_as(keys)
         found = inside & (self._sorted_keys[pos] == keys)
         return torch.where(found, self._key_order[pos], torch.full_like(keys, -1))
 
     def exclusion_mask(self, exclude, num_users: int) -> Optional[torch.Tensor]:
-        """exclude: None、[N, num_items] bool，或每个用户的 item_index 列表 -> bool [N, num_items]（True = 不推荐）。"""
+        """exclude: None、[N, num_items] bool 或每个用户的 item_index 列表 -> bool [N, num_items]（True = 不推荐）。"""
         if exclude is None:
             return None
         if torch.is_tensor(exclude) and exclude.dtype == torch.bool:
             if tuple(exclude.shape) != (num_users, self.num_items):
-                raise ValueError(f"exclude mask must have shape {(num_users, self.num_items)}, got {tuple(exclude.shape)}")
+                raise ValueError(
+                    f"exclude mask must have shape {(num_users, self.num_items)}, got {tuple(exclude.shape)}"
+                )
             return exclude.cpu()
         if len(exclude) != num_users:
             raise ValueError(f"exclude has {len(exclude)} rows, expected one per user ({num_users})")
@@ -192,7 +204,9 @@ class GenerationResult:
     exact: torch.Tensor
 
 
-def _finish(catalogue: ItemCatalogue, scores: torch.Tensor, items: torch.Tensor, exact: torch.Tensor) -> GenerationResult:
+def _finish(
+    catalogue: ItemCatalogue, scores: torch.Tensor, items: torch.Tensor, exact: torch.Tensor
+) -> GenerationResult:
     items = torch.where(torch.isfinite(scores), items, torch.full_like(items, -1))
     triples = catalogue.triples[items.clamp(min=0).cpu()]
     triples[items.cpu() < 0] = -1
@@ -237,8 +251,10 @@ def beam_search(
     for start in range(0, states.shape[0], batch_size):
         sl = slice(start, start + batch_size)
         prev = None if previous_items is None else previous_items[sl].to(states.device)
-        outs.append(_beam_chunk(model, states[sl], catalogue, num_beams, top_k, None if mask is None else mask[sl], prev))
-    return GenerationResult(*(torch.cat([getattr(o, f) for o in outs]) for f in ("item_indices", "scores", "triples", "exact")))
+        excl = None if mask is None else mask[sl]
+        outs.append(_beam_chunk(model, states[sl], catalogue, num_beams, top_k, excl, prev))
+    fields = ("item_indices", "scores", "triples", "exact")
+    return GenerationResult(*(torch.cat([getattr(o, f) for o in outs]) for f in fields))
 
 
 def _topk_with_bound(scores: torch.Tensor, k: int):
@@ -273,7 +289,8 @@ def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl,
     b1 = l1.shape[1]
 
     # 第 2 层：beam 中每个 L1 的子前缀
-    lp2 = torch.log_softmax(model.level2_logits(states[:, None].expand(n, b1, d), l1, **_prev_kw(prev, n, b1)).float(), dim=-1)  # [N, B1, V2]
+    logits2 = model.level2_logits(states[:, None].expand(n, b1, d), l1, **_prev_kw(prev, n, b1))
+    lp2 = torch.log_softmax(logits2.float(), dim=-1)  # [N, B1, V2]
     cand_p2 = children2[l1]  # [N, B1, C2]
     ok = cand_p2 >= 0
     cand_l2 = p2_l2[cand_p2.clamp(min=0)]
@@ -288,7 +305,8 @@ def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl,
     b2 = p2.shape[1]
 
     # 第 3 层：每个二层前缀下的物品
-    lp3 = torch.log_softmax(model.level3_logits(states[:, None].expand(n, b2, d), l1_2, l2_2, **_prev_kw(prev, n, b2)).float(), dim=-1)
+    logits3 = model.level3_logits(states[:, None].expand(n, b2, d), l1_2, l2_2, **_prev_kw(prev, n, b2))
+    lp3 = torch.log_softmax(logits3.float(), dim=-1)  # [N, B2, V3]
     cand_item = children3[p2]  # [N, B2, C3]
     ok = (cand_item >= 0) & torch.isfinite(s2).unsqueeze(-1)
     cand_l3 = item_l3[cand_item.clamp(min=0)]
@@ -336,8 +354,8 @@ def exhaustive_scores(
         n, d = s.shape
         prev = None if previous_items is None else previous_items[start : start + batch_size].to(device)
         lp1 = torch.log_softmax(model.level1_logits(s, **_prev_kw(prev, n)).float(), dim=-1)  # [N, V1]
-        lp2_u = _blockwise(lambda blk: model.level2_logits(s[:, None].expand(n, blk.numel(), d), blk[None].expand(n, -1),
-                                                           **_prev_kw(prev, n, blk.numel())),
+        lp2_u = _blockwise(lambda blk: model.level2_logits(s[:, None].expand(n, blk.numel(), d),
+                                                           blk[None].expand(n, -1), **_prev_kw(prev, n, blk.numel())),
                            u1, None, n, v2, max_elements)  # [N, U1, V2]
         lp2 = lp2_u[:, pos_in_u1].gather(2, p2_l2[None, :, None].expand(n, -1, 1)).squeeze(-1)  # [N, P2]
         # 第 3 层：逐块的二层前缀，只取目录里存在的 L3
@@ -347,7 +365,9 @@ def exhaustive_scores(
         for b0 in range(0, p2_count, block):
             pids = torch.arange(b0, min(p2_count, b0 + block), device=device)
             lg = model.level3_logits(
-                s[:, None].expand(n, pids.numel(), d), p2_l1[pids][None].expand(n, -1), p2_l2[pids][None].expand(n, -1),
+                s[:, None].expand(n, pids.numel(), d),
+                p2_l1[pids][None].expand(n, -1),
+                p2_l2[pids][None].expand(n, -1),
                 **_prev_kw(prev, n, pids.numel()),
             )
             lp3 = torch.log_softmax(lg.float(), dim=-1)  # [N, blk, V3]
@@ -366,8 +386,8 @@ def _blockwise(fn, values: torch.Tensor, _unused, n: int, vocab: int, max_elemen
 
 
 @torch.no_grad()
-def exhaustive_topk(model, states: torch.Tensor, catalogue: ItemCatalogue, top_k: int = 10, exclude=None, batch_size: int = 64,
-                    previous_items: Optional[torch.Tensor] = None):
+def exhaustive_topk(model, states: torch.Tensor, catalogue: ItemCatalogue, top_k: int = 10, exclude=None,
+                    batch_size: int = 64, previous_items: Optional[torch.Tensor] = None):
     """穷举 top-K（校验束搜索用）。"""
     scores = exhaustive_scores(model, states, catalogue, batch_size=batch_size, previous_items=previous_items)
     mask = catalogue.exclusion_mask(exclude, states.shape[0])
@@ -387,7 +407,9 @@ def exhaustive_topk(model, states: torch.Tensor, catalogue: ItemCatalogue, top_k
 
 
 @torch.no_grad()
-def prediction_previous_items(model, batch: dict, position: Union[int, str, torch.Tensor] = 0) -> Optional[torch.Tensor]:
+def prediction_previous_items(
+    model, batch: dict, position: Union[int, str, torch.Tensor] = 0
+) -> Optional[torch.Tensor]:
     """模型用宽记忆项（transition_buckets > 0）时返回预测位置之前的物品 [B, 3]，否则 None。"""
     if getattr(model, "transition", None) is None or not hasattr(model, "prediction_previous_items"):
         return None
@@ -419,7 +441,8 @@ def recommend(
     if exclude_history:
         exclude = catalogue.history_items(batch["encoder_semantic_ids"], batch.get("encoder_attention_mask"))
     if method == "beam":
-        return beam_search(model, states, catalogue, num_beams=num_beams, top_k=top_k, exclude=exclude, previous_items=prev)
+        return beam_search(model, states, catalogue, num_beams=num_beams, top_k=top_k, exclude=exclude,
+                           previous_items=prev)
     if method == "exhaustive":
         return exhaustive_topk(model, states, catalogue, top_k=top_k, exclude=exclude, previous_items=prev)
     raise ValueError(f"method must be 'beam' or 'exhaustive', got {method!r}")

@@ -1,5 +1,10 @@
 """UGT 参考模型：编码器–解码器 Transformer + MoE 解码器 FFN + 层次化 L1/L2/L3 输出头。
 
+与 transformers 的 T5 相同地分成骨干与带头的模型：
+- `UGTModel`：嵌入 + 编码器 + 解码器，forward 返回解码器末层状态（`UGTModelOutput`）；
+- `UGTForGenerativeRecommendation`：同一骨干（同名子模块，state_dict 键与拆分前相同）+ 层次化输出头、
+  宽记忆项、物品投影与损失（`ugt_hf.loss_utils`）。两者的检查点互相可加载（多出/缺少的头部键按 HF 常规处理）。
+
 - 输入嵌入 = L1/L2/L3 三个 ID 嵌入之和 + 位置嵌入 + token 类型嵌入；token_type 0（BOS/特殊/padding）
   位置不加 ID 嵌入，所以那里的 id 取什么都不影响结果（0 同时是合法码字，不能当 padding_idx 用）。
 - 编码器：pre-norm、双向、按 padding 屏蔽；解码器：pre-norm、因果自注意力 + 交叉注意力，
@@ -24,9 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
 
 from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.interfaces import IGNORE_INDEX, SPECIAL_TOKEN_TYPE, GenerativeRecOutput
+from ugt_hf.loss_utils import load_balancing_loss, moe_aux_loss, ntp_loss, router_z_loss
 
 IdsLike = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -40,6 +47,21 @@ class UGTOutput(GenerativeRecOutput):
     """
 
     decoder_hidden_states: Optional[torch.Tensor] = None
+    moe_balance_loss: Optional[torch.Tensor] = None
+    router_z_loss: Optional[torch.Tensor] = None
+
+
+@dataclass
+class UGTModelOutput(ModelOutput):
+    """骨干 `UGTModel` 的输出。
+
+    last_hidden_state: [B, Td, D] 解码器末层状态；encoder_last_hidden_state: [B, Te, D]；
+    encoder_attention_mask: bool [B, Te]；moe_balance_loss / router_z_loss: 标量（无 MoE 时为 None）
+    """
+
+    last_hidden_state: Optional[torch.Tensor] = None
+    encoder_last_hidden_state: Optional[torch.Tensor] = None
+    encoder_attention_mask: Optional[torch.Tensor] = None
     moe_balance_loss: Optional[torch.Tensor] = None
     router_z_loss: Optional[torch.Tensor] = None
 
@@ -60,30 +82,6 @@ def stack_semantic_ids(ids: Optional[IdsLike], name: str) -> Optional[torch.Tens
     if ids.dim() != 3 or ids.shape[-1] != 3:
         raise ValueError(f"{name}: expected shape [B, T, 3], got {tuple(ids.shape)}")
     return ids.long()
-
-
-def load_balancing_loss(router_probs: torch.Tensor, expert_index: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Switch/GShard 负载均衡损失：E * sum_e f_e * P_e。
-
-    Args:
-        router_probs: [N, E] 每个有效 token 的路由概率（softmax 后）
-        expert_index: [N, k] 每个 token 选中的专家
-    f_e = 分到专家 e 的 token 份额（按 N*k 归一），P_e = 专家 e 的平均路由概率。
-    均匀路由时 = 1（最小值），全部塌缩到一个专家时 = E / k。
-    """
-    if router_probs.shape[0] == 0:
-        return router_probs.new_zeros(())
-    dispatch = F.one_hot(expert_index, num_experts).sum(dim=1).to(router_probs.dtype)  # [N, E]
-    tokens_per_expert = dispatch.mean(dim=0) / expert_index.shape[1]  # [E]
-    prob_per_expert = router_probs.mean(dim=0)  # [E]
-    return num_experts * torch.sum(tokens_per_expert * prob_per_expert)
-
-
-def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
-    """ST-MoE 的 router z-loss：mean(logsumexp(logits)^2)，抑制路由 logits 变大。router_logits: [N, E]"""
-    if router_logits.shape[0] == 0:
-        return router_logits.new_zeros(())
-    return torch.logsumexp(router_logits, dim=-1).pow(2).mean()
 
 
 def item_hash(triples: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -315,7 +313,9 @@ class UGTHierarchicalHeads(nn.Module):
         for s in range(0, q.shape[0], rows):
             p = pre[s : s + rows]
             m = p.shape[0]
-            triples = torch.cat([p[:, None, :].expand(m, vocab, p.shape[1]), codes[None, :, None].expand(m, vocab, 1)], -1)
+            triples = torch.cat(
+                [p[:, None, :].expand(m, vocab, p.shape[1]), codes[None, :, None].expand(m, vocab, 1)], -1
+            )
             if triples.shape[-1] == 2:  # L2 节点 (l1, k)：第三位补 0 再哈希
                 triples = torch.cat([triples, torch.zeros_like(triples[..., :1])], -1)
             e = table(item_hash(triples, table.num_embeddings))  # [m, vocab, r]
@@ -365,30 +365,28 @@ class UGTPreTrainedModel(PreTrainedModel):
             module.weight.zero_()
 
 
-class UGTForGenerativeRecommendation(UGTPreTrainedModel):
-    """UGT 生成式推荐模型（forward 满足 `ugt_hf.interfaces` 的批次与输出契约）。"""
+class UGTModel(UGTPreTrainedModel):
+    """骨干：三层 ID 嵌入 + 编码器 + 解码器（T5Model 的位置）。forward 返回 `UGTModelOutput`。
 
-    # tie_word_embeddings=True 时各层输出头与该层 ID 嵌入共享权重（v5 的 {目标: 来源} 写法）
-    _tied_weights_keys = {
-        "heads.out1.weight": "embeddings.l1.weight",
-        "heads.out2.weight": "embeddings.l2.weight",
-        "heads.out3.weight": "embeddings.l3.weight",
-    }
+    子模块名与带头的模型相同（embeddings / encoder_layers / encoder_norm / decoder_layers / decoder_norm），
+    所以 `UGTModel.from_pretrained(带头模型的目录)` 直接可用（头部键作为多余键忽略）。
+    """
+
+    # 从带头模型的检查点加载骨干时，头部的键是预期之内的多余键
+    _keys_to_ignore_on_load_unexpected = [r"^heads\.", r"^transition\.", r"^item_proj\."]
 
     def __init__(self, config: UGTConfig):
         super().__init__(config)
+        self._build_backbone(config)
+        self.post_init()
+
+    def _build_backbone(self, config: UGTConfig) -> None:
+        """按固定顺序注册骨干子模块（参数创建顺序决定同一随机种子下的初始化，不能改）。"""
         self.embeddings = UGTEmbeddings(config)
         self.encoder_layers = nn.ModuleList([UGTEncoderLayer(config) for _ in range(config.num_encoder_layers)])
         self.encoder_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.decoder_layers = nn.ModuleList([UGTDecoderLayer(config) for _ in range(config.num_decoder_layers)])
         self.decoder_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.heads = UGTHierarchicalHeads(config)
-        self.transition = UGTTransitionBias(config) if config.transition_buckets > 0 else None
-        self.item_proj = nn.Linear(config.d_model, config.d_model)
-        # 本模型不走 HF generate()（束搜索在 generation.py），但 TRL 的 DPOTrainer 会无条件写
-        # model.generation_config.pad_token_id，所以给一个空的 GenerationConfig（can_generate() 为 False，不会被保存）
-        self.generation_config = GenerationConfig()
-        self.post_init()
 
     # ---- 输入校验与默认值 ----
 
@@ -473,7 +471,7 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         b = encoder_hidden_states.shape[0]
         device = encoder_hidden_states.device
         if decoder_semantic_ids is None:
-            ids = torch.full((b, 1, 3), self.config.pad_token_id or 0, dtype=torch.long, device=device)
+            ids = torch.full((b, 1, 3), self.config.semantic_pad_id, dtype=torch.long, device=device)
             decoder_token_types = torch.full((b, 1), SPECIAL_TOKEN_TYPE, dtype=torch.long, device=device)
             decoder_positions = decoder_attention_mask = None
         else:
@@ -492,7 +490,8 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         td = ids.shape[1]
         x = self.embeddings(ids, pos, types)
         if self.config.bos_context == "last_item":
-            # BOS 的残差流里直接放入最近一个历史物品的编码（见 UGTConfig.bos_context）；空历史行取第 0 位（已被 LayerNorm）
+            # BOS 的残差流里直接放入最近一个历史物品的编码（见 UGTConfig.bos_context）；
+            # 空历史行取第 0 位（已被 LayerNorm）
             last = self.select_position(encoder_hidden_states, "last", encoder_attention_mask)  # [B, D]
             x = torch.cat([x[:, :1] + last[:, None], x[:, 1:]], dim=1)
         causal = torch.ones(td, td, dtype=torch.bool, device=device).tril()
@@ -514,6 +513,92 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
             return self.decoder_norm(x), None, None
         return self.decoder_norm(x), torch.stack(balances).mean(), torch.stack(zs).mean()
 
+    @staticmethod
+    def select_position(
+        hidden: torch.Tensor, position: Union[int, str, torch.Tensor], mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """从 [B, Td, D] 取每行一个位置的状态 -> [B, D]。
+
+        position: int（所有行同一位置，0 = BOS）、"last"（每行最后一个有效位置）或 [B] 张量。
+        """
+        b, td, _ = hidden.shape
+        if isinstance(position, str):
+            if position != "last":
+                raise ValueError(f"position must be an int, 'last' or a [B] tensor, got {position!r}")
+            if mask is None:
+                idx = torch.full((b,), td - 1, dtype=torch.long, device=hidden.device)
+            else:
+                ar = torch.arange(td, device=hidden.device).expand(b, td)
+                idx = torch.where(mask.bool(), ar, torch.zeros_like(ar)).max(dim=1).values
+        elif isinstance(position, int):
+            if not -td <= position < td:
+                raise ValueError(f"position {position} out of range for decoder length {td}")
+            return hidden[:, position]
+        else:
+            idx = torch.as_tensor(position, device=hidden.device).long().reshape(-1)
+            if idx.numel() != b or int(idx.min()) < 0 or int(idx.max()) >= td:
+                raise ValueError(f"position tensor must have {b} entries in [0, {td}), got {idx.tolist()[:8]}")
+        return hidden[torch.arange(b, device=hidden.device), idx]
+
+    def forward(
+        self,
+        encoder_semantic_ids: Optional[IdsLike] = None,
+        encoder_positions: Optional[torch.Tensor] = None,
+        encoder_token_types: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        decoder_semantic_ids: Optional[IdsLike] = None,
+        decoder_positions: Optional[torch.Tensor] = None,
+        decoder_token_types: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+        encoder_mask: Optional[torch.Tensor] = None,
+        decoder_mask: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **unused,
+    ) -> Union[UGTModelOutput, tuple]:
+        """编码 + 解码，返回解码器末层状态（批次键见 `ugt_hf.interfaces`；labels 等多余键被忽略）。"""
+        if encoder_semantic_ids is None:
+            raise ValueError("forward() requires encoder_semantic_ids ([B, Te, 3] or a list of 3 [B, Te] tensors)")
+        encoder_attention_mask = encoder_attention_mask if encoder_attention_mask is not None else encoder_mask
+        decoder_attention_mask = decoder_attention_mask if decoder_attention_mask is not None else decoder_mask
+        memory, enc_mask = self.encode(
+            encoder_semantic_ids, encoder_positions, encoder_token_types, encoder_attention_mask
+        )
+        hidden, balance, z = self.decode(
+            memory, enc_mask, decoder_semantic_ids, decoder_positions, decoder_token_types, decoder_attention_mask
+        )
+        out = UGTModelOutput(last_hidden_state=hidden, encoder_last_hidden_state=memory,
+                             encoder_attention_mask=enc_mask, moe_balance_loss=balance, router_z_loss=z)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return out if return_dict else out.to_tuple()
+
+
+class UGTForGenerativeRecommendation(UGTModel):
+    """UGT 生成式推荐模型（forward 满足 `ugt_hf.interfaces` 的批次与输出契约）：骨干 + 层次化输出头。
+
+    骨干子模块直接挂在本模型上（T5ForConditionalGeneration 的做法），state_dict 键与拆分前一致，旧检查点照常加载。
+    """
+
+    # tie_word_embeddings=True 时各层输出头与该层 ID 嵌入共享权重（v5 的 {目标: 来源} 写法）
+    _tied_weights_keys = {
+        "heads.out1.weight": "embeddings.l1.weight",
+        "heads.out2.weight": "embeddings.l2.weight",
+        "heads.out3.weight": "embeddings.l3.weight",
+    }
+    _keys_to_ignore_on_load_unexpected = None
+
+    def __init__(self, config: UGTConfig):
+        # 跳过 UGTModel.__init__：post_init（权重初始化）只能在头部也建好之后调用一次，
+        # 否则骨干先初始化、头部后建，随机数的消耗顺序与拆分前不同
+        UGTPreTrainedModel.__init__(self, config)
+        self._build_backbone(config)
+        self.heads = UGTHierarchicalHeads(config)
+        self.transition = UGTTransitionBias(config) if config.transition_buckets > 0 else None
+        self.item_proj = nn.Linear(config.d_model, config.d_model)
+        # 本模型不走 HF generate()（束搜索在 generation.py），但 TRL 的 DPOTrainer 会无条件写
+        # model.generation_config.pad_token_id，所以给一个空的 GenerationConfig（can_generate() 为 False，不会被保存）
+        self.generation_config = GenerationConfig()
+        self.post_init()
+
     # ---- 层次化输出头（束搜索与打分直接调用） ----
 
     def _add_transition(self, logits: torch.Tensor, previous_items: Optional[torch.Tensor], prefix: torch.Tensor,
@@ -526,7 +611,9 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
                              "prediction_previous_items) to level1_logits/level2_logits/level3_logits/item_log_probs")
         prev = previous_items.to(logits.device)
         if prev.shape[:-1] != logits.shape[:-1]:
-            raise ValueError(f"previous_items: expected shape {tuple(logits.shape[:-1]) + (3,)}, got {tuple(prev.shape)}")
+            raise ValueError(
+                f"previous_items: expected shape {tuple(logits.shape[:-1]) + (3,)}, got {tuple(prev.shape)}"
+            )
         return logits + self.transition(prev, prefix, logits.shape[-1], level).to(logits.dtype)
 
     def level1_logits(self, states: torch.Tensor, previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -556,52 +643,40 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
                                                      self.heads.node3, logits.shape[-1])
         return self._add_transition(logits, previous_items, torch.stack([l1, l2], -1), 3)
 
-    def item_log_probs(self, states: torch.Tensor, item_triples: torch.Tensor,
-                       previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """给定状态下物品的 log p(item)。states: [B, D]；item_triples: [B, M, 3] 或 [B, 3] -> [B, M] 或 [B]；
-        previous_items: [B, 3]（开了 transition_buckets 时必需）。"""
-        squeeze = item_triples.dim() == 2
-        triples = item_triples.unsqueeze(1) if squeeze else item_triples  # [B, M, 3]
-        triples = triples.to(states.device).long()
+    def level_log_probs(self, states: torch.Tensor, item_triples: torch.Tensor,
+                        previous_items: Optional[torch.Tensor] = None, return_logits: bool = False):
+        """给定状态下物品每一层的 log p：[log p(l1), log p(l2 | l1), log p(l3 | l1, l2)]。
+
+        states: [B, D]；item_triples: [B, M, 3]；previous_items: [B, 3]（开了 transition_buckets 时必需）
+        -> [B, M, 3]；return_logits 时再给出三层 logits（L1 [B, V1]，M 个物品共用；L2 [B, M, V2]；L3 [B, M, V3]）。
+        `item_log_probs` 与 DPO 的融合前向都用它（物品打分只写这一处）。
+        """
+        triples = item_triples.to(states.device).long()
         b, m, _ = triples.shape
         l1, l2, l3 = triples[..., 0], triples[..., 1], triples[..., 2]
         prev = None if previous_items is None else previous_items.to(states.device)
         prev_m = None if prev is None else prev.unsqueeze(1).expand(b, m, 3)
-        lp1 = torch.log_softmax(self.level1_logits(states, prev).float(), dim=-1).gather(1, l1)  # [B, M]
+        logits1 = self.level1_logits(states, prev)  # [B, V1]
+        lp1 = torch.log_softmax(logits1.float(), dim=-1).gather(1, l1)  # [B, M]
         s = states.unsqueeze(1).expand(b, m, states.shape[-1])  # [B, M, D]
-        lp2 = torch.log_softmax(self.level2_logits(s, l1, prev_m).float(), dim=-1).gather(2, l2.unsqueeze(-1)).squeeze(-1)
-        lp3 = torch.log_softmax(self.level3_logits(s, l1, l2, prev_m).float(), dim=-1).gather(2, l3.unsqueeze(-1)).squeeze(-1)
-        out = lp1 + lp2 + lp3
+        logits2 = self.level2_logits(s, l1, prev_m)  # [B, M, V2]
+        lp2 = torch.log_softmax(logits2.float(), dim=-1).gather(2, l2.unsqueeze(-1)).squeeze(-1)
+        logits3 = self.level3_logits(s, l1, l2, prev_m)  # [B, M, V3]
+        lp3 = torch.log_softmax(logits3.float(), dim=-1).gather(2, l3.unsqueeze(-1)).squeeze(-1)
+        out = torch.stack([lp1, lp2, lp3], dim=-1)  # [B, M, 3]
+        return (out, (logits1, logits2, logits3)) if return_logits else out
+
+    def item_log_probs(self, states: torch.Tensor, item_triples: torch.Tensor,
+                       previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """给定状态下物品的 log p(item) = 三层 log p 之和。states: [B, D]；item_triples: [B, M, 3] 或 [B, 3]
+        -> [B, M] 或 [B]；previous_items: [B, 3]（开了 transition_buckets 时必需）。"""
+        squeeze = item_triples.dim() == 2
+        triples = item_triples.unsqueeze(1) if squeeze else item_triples  # [B, M, 3]
+        lp = self.level_log_probs(states, triples, previous_items)  # [B, M, 3]
+        out = lp[..., 0] + lp[..., 1] + lp[..., 2]
         return out.squeeze(1) if squeeze else out
 
     # ---- 用户状态 / 物品打分 ----
-
-    @staticmethod
-    def select_position(
-        hidden: torch.Tensor, position: Union[int, str, torch.Tensor], mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """从 [B, Td, D] 取每行一个位置的状态 -> [B, D]。
-
-        position: int（所有行同一位置，0 = BOS）、"last"（每行最后一个有效位置）或 [B] 张量。
-        """
-        b, td, _ = hidden.shape
-        if isinstance(position, str):
-            if position != "last":
-                raise ValueError(f"position must be an int, 'last' or a [B] tensor, got {position!r}")
-            if mask is None:
-                idx = torch.full((b,), td - 1, dtype=torch.long, device=hidden.device)
-            else:
-                ar = torch.arange(td, device=hidden.device).expand(b, td)
-                idx = torch.where(mask.bool(), ar, torch.zeros_like(ar)).max(dim=1).values
-        elif isinstance(position, int):
-            if not -td <= position < td:
-                raise ValueError(f"position {position} out of range for decoder length {td}")
-            return hidden[:, position]
-        else:
-            idx = torch.as_tensor(position, device=hidden.device).long().reshape(-1)
-            if idx.numel() != b or int(idx.min()) < 0 or int(idx.max()) >= td:
-                raise ValueError(f"position tensor must have {b} entries in [0, {td}), got {idx.tolist()[:8]}")
-        return hidden[torch.arange(b, device=hidden.device), idx]
 
     def prediction_states(
         self,
@@ -650,7 +725,9 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         enc = stack_semantic_ids(encoder_semantic_ids, "encoder_semantic_ids").to(self.device)
         mask = (torch.ones(enc.shape[:2], dtype=torch.bool, device=enc.device) if encoder_attention_mask is None
                 else encoder_attention_mask.to(enc.device))
-        dec = None if decoder_semantic_ids is None else stack_semantic_ids(decoder_semantic_ids, "decoder_semantic_ids").to(enc.device)
+        dec = None
+        if decoder_semantic_ids is not None:
+            dec = stack_semantic_ids(decoder_semantic_ids, "decoder_semantic_ids").to(enc.device)
         prev = self._previous_items_all(enc, mask, dec)  # [B, Td, 3]
         dmask = None if dec is None else decoder_attention_mask
         return self.select_position(prev, position, dmask)
@@ -715,14 +792,18 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         prev = None
         if self.transition is not None:  # [B, Td, 3]：每个解码位置之前紧挨着的物品
             enc_ids = stack_semantic_ids(encoder_semantic_ids, "encoder_semantic_ids").to(hidden.device)
-            dec_ids = None if decoder_semantic_ids is None else stack_semantic_ids(decoder_semantic_ids, "decoder_semantic_ids")
+            dec_ids = None
+            if decoder_semantic_ids is not None:
+                dec_ids = stack_semantic_ids(decoder_semantic_ids, "decoder_semantic_ids")
             prev = self._previous_items_all(enc_ids, enc_mask, dec_ids)
         l1_logits = self.level1_logits(hidden, prev)  # [B, Td, V1]
         labels_t = stack_semantic_ids(labels, "labels")
         if labels_t is not None:
             labels_t = labels_t.to(hidden.device)
             if labels_t.shape[:2] != hidden.shape[:2]:
-                raise ValueError(f"labels: expected shape {tuple(hidden.shape[:2]) + (3,)}, got {tuple(labels_t.shape)}")
+                raise ValueError(
+                    f"labels: expected shape {tuple(hidden.shape[:2]) + (3,)}, got {tuple(labels_t.shape)}"
+                )
             self._check_labels(labels_t)
             prefix = labels_t.clamp(min=0)  # -100 的位置随便给个合法前缀，loss 会忽略
         else:
@@ -733,11 +814,7 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         l2_logits = self.level2_logits(hidden, prefix[..., 0], prev)  # [B, Td, V2]
         l3_logits = self.level3_logits(hidden, prefix[..., 0], prefix[..., 1], prev)  # [B, Td, V3]
 
-        aux_loss = None
-        if balance is not None:
-            aux_loss = self.config.router_aux_loss_coef * balance
-            if self.config.router_z_loss_coef:
-                aux_loss = aux_loss + self.config.router_z_loss_coef * z
+        aux_loss = moe_aux_loss(balance, z, self.config)
 
         user_repr = self.user_representation(memory, enc_mask)
         target = self._target_items(labels_t, target_item_ids)
@@ -747,7 +824,7 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
 
         loss = None
         if labels_t is not None:
-            loss = ntp_loss(l1_logits, l2_logits, l3_logits, labels_t)
+            loss = ntp_loss(l1_logits, l2_logits, l3_logits, labels_t, chunk_size=self.config.loss_chunk_size)
 
         out = UGTOutput(
             loss=loss,
@@ -771,10 +848,14 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         for level, vocab in enumerate(self.config.vocab_sizes):
             vals = labels[..., level][valid]
             if int(vals.min()) < 0 or int(vals.max()) >= vocab:
-                raise ValueError(f"labels[..., {level}] (L{level + 1}) has values outside [0, {vocab}) at non-ignored positions")
+                raise ValueError(
+                    f"labels[..., {level}] (L{level + 1}) has values outside [0, {vocab}) at non-ignored positions"
+                )
 
     @staticmethod
-    def _target_items(labels: Optional[torch.Tensor], target_item_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _target_items(
+        labels: Optional[torch.Tensor], target_item_ids: Optional[torch.Tensor]
+    ) -> Optional[torch.Tensor]:
         """目标物品 [B, 3]：显式给出的 target_item_ids，或每行最后一个有效 label（全无效的行取 0 号三元组）。"""
         if target_item_ids is not None:
             target = torch.as_tensor(target_item_ids).long()
@@ -791,19 +872,10 @@ class UGTForGenerativeRecommendation(UGTPreTrainedModel):
         return target.clamp(min=0)
 
 
-def ntp_loss(l1_logits, l2_logits, l3_logits, labels: torch.Tensor) -> torch.Tensor:
-    """加权 NTP 损失（规格的 0.5/0.3/0.2），直接用训练器的同一实现 `NextTokenPredictionLoss`。labels: [B, Td, 3]
-
-    函数内导入：ugt_hf.training 的包初始化会导入训练器与整套训练依赖，只用模型（推理、加载）时不必付这个代价。
-    """
-    from ugt_hf.training.losses import NextTokenPredictionLoss
-
-    loss, _ = NextTokenPredictionLoss()(l1_logits, l2_logits, l3_logits, labels[..., 0], labels[..., 1], labels[..., 2])
-    return loss
-
-
 __all__ = [
     "UGTForGenerativeRecommendation",
+    "UGTModel",
+    "UGTModelOutput",
     "UGTPreTrainedModel",
     "UGTOutput",
     "load_balancing_loss",

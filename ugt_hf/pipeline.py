@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 import torch
-from transformers import Pipeline
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from ugt_hf.generation import beam_search, exhaustive_topk, prediction_previous_items
 
@@ -47,7 +48,8 @@ class GenerativeRecommendationPipeline(Pipeline):
             pre["max_length"] = max_length
         if unknown is not None:
             pre["unknown"] = unknown
-        for name, value in (("top_k", top_k), ("num_beams", num_beams), ("exclude_history", exclude_history), ("method", method)):
+        for name, value in (("top_k", top_k), ("num_beams", num_beams), ("exclude_history", exclude_history),
+                            ("method", method)):
             if value is not None:
                 fwd[name] = value
         return pre, fwd, {}
@@ -70,7 +72,8 @@ class GenerativeRecommendationPipeline(Pipeline):
         enc["history_items"] = torch.tensor([items], dtype=torch.long).reshape(1, -1)
         return enc
 
-    def _forward(self, model_inputs, top_k: int = 10, num_beams: int = 20, exclude_history: bool = False, method: str = "beam"):
+    def _forward(self, model_inputs, top_k: int = 10, num_beams: int = 20, exclude_history: bool = False,
+                 method: str = "beam"):
         history = model_inputs.pop("history_items")
         states = self.model.prediction_states(**model_inputs)  # [1, D]，BOS 位
         prev = prediction_previous_items(self.model, model_inputs)  # 宽记忆项的键；没开时为 None
@@ -79,7 +82,8 @@ class GenerativeRecommendationPipeline(Pipeline):
             res = beam_search(self.model, states, self.catalogue, num_beams=max(num_beams, top_k), top_k=top_k,
                               exclude=exclude, previous_items=prev)
         elif method == "exhaustive":
-            res = exhaustive_topk(self.model, states, self.catalogue, top_k=top_k, exclude=exclude, previous_items=prev)
+            res = exhaustive_topk(self.model, states, self.catalogue, top_k=top_k, exclude=exclude,
+                                  previous_items=prev)
         else:
             raise ValueError(f"method must be 'beam' or 'exhaustive', got {method!r}")
         return {"item_indices": res.item_indices, "scores": res.scores}
@@ -96,9 +100,6 @@ class GenerativeRecommendationPipeline(Pipeline):
 
 def register_pipeline() -> None:
     """注册 "generative-recommendation"（幂等）。"""
-    from transformers import AutoModel
-    from transformers.pipelines import PIPELINE_REGISTRY
-
     if TASK in PIPELINE_REGISTRY.supported_tasks:
         return
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=GenerativeRecommendationPipeline, pt_model=AutoModel)

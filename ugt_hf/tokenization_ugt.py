@@ -2,7 +2,8 @@
 
 “词表”是原始 item_id（字符串）-> item_index；一个用户的历史（item_id 列表）被编成批次契约的编码器输入
 （每个位置一个三元组），解码器为 [BOS]。对照表以 JSON 存在 checkpoint 目录（`ugt_items.json`，不用 pickle），
-所以 `AutoTokenizer.from_pretrained(dir)` 或 Hub 上的 checkpoint 可以单独使用；TRL 的 DPOTrainer 以它为 processing_class。
+所以 `AutoTokenizer.from_pretrained(dir)` 或 Hub 上的 checkpoint 可以单独使用；
+TRL 的 DPOTrainer 与 UGTTrainer 都可以以它为 processing_class（语义 padding 值是单独的 semantic_pad_id）。
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from transformers import BatchEncoding, PreTrainedTokenizer
 
-from ugt_hf.interfaces import MODEL_INPUT_KEYS, ITEM_TOKEN_TYPE, SPECIAL_TOKEN_TYPE
+from ugt_hf.generation import ItemCatalogue
+from ugt_hf.interfaces import ITEM_TOKEN_TYPE, MODEL_INPUT_KEYS, SEMANTIC_PAD_ID, SPECIAL_TOKEN_TYPE
 
 ITEMS_JSON = "ugt_items.json"
 ITEMS_FORMAT = "ugt-items-v1"
@@ -61,9 +64,13 @@ class UGTTokenizer(PreTrainedTokenizer):
         self.item_to_index: Dict[str, int] = {}
         for idx, item in enumerate(self.item_ids):
             if item in self.item_to_index:
-                raise ValueError(f"UGTTokenizer: item_id {item!r} appears twice (rows {self.item_to_index[item]} and {idx})")
+                raise ValueError(
+                    f"UGTTokenizer: item_id {item!r} appears twice (rows {self.item_to_index[item]} and {idx})"
+                )
             self.item_to_index[item] = idx
-        self.vocab_sizes = [int(v) for v in vocab_sizes] if vocab_sizes else [int(v) + 1 for v in self.triples.max(0).values]
+        self.vocab_sizes = (
+            [int(v) for v in vocab_sizes] if vocab_sizes else [int(v) + 1 for v in self.triples.max(0).values]
+        )
         if int(encoder_max_length) < 1:
             raise ValueError(f"UGTTokenizer: encoder_max_length must be >= 1, got {encoder_max_length}")
         self.encoder_max_length = int(encoder_max_length)
@@ -79,8 +86,7 @@ class UGTTokenizer(PreTrainedTokenizer):
 
     @classmethod
     def from_items_parquet(cls, path: Union[str, Path], encoder_max_length: int = 50, vocab_sizes=None, **kwargs):
-        """由 `ugt prepare` 的 items.parquet 构造；同目录的 meta.json 提供 vocab_sizes / encoder_max_length（若有）。"""
-        import pyarrow.parquet as pq
+        """由 `ugt prepare` 的 items.parquet 构造；同目录的 meta.json 提供 vocab_sizes / encoder_max_length。"""
 
         path = Path(path)
         table = pq.read_table(path)
@@ -98,7 +104,8 @@ class UGTTokenizer(PreTrainedTokenizer):
             meta = json.loads(meta_path.read_text())
             vocab_sizes = vocab_sizes or meta.get("vocab_sizes")
             encoder_max_length = meta.get("encoder_max_length", encoder_max_length)
-        return cls(item_ids=ids, triples=triples, encoder_max_length=encoder_max_length, vocab_sizes=vocab_sizes, **kwargs)
+        return cls(item_ids=ids, triples=triples, encoder_max_length=encoder_max_length, vocab_sizes=vocab_sizes,
+                   **kwargs)
 
     # ---- PreTrainedTokenizer 的必要钩子（token = 原始 item_id） ----
 
@@ -144,7 +151,8 @@ class UGTTokenizer(PreTrainedTokenizer):
 
     # ---- 物品 <-> 三元组 ----
 
-    def item_indices(self, items: Iterable[Union[str, int]], unknown: str = "error", where: str = "history") -> List[int]:
+    def item_indices(self, items: Iterable[Union[str, int]], unknown: str = "error",
+                     where: str = "history") -> List[int]:
         """item_id 列表 -> item_index 列表。unknown: "error"（报出位置与 id）或 "skip"。"""
         out = []
         for pos, item in enumerate(items):
@@ -175,14 +183,13 @@ class UGTTokenizer(PreTrainedTokenizer):
     def catalogue(self):
         """合法物品的逐层表（束搜索用），缓存。"""
         if self._catalogue is None:
-            from ugt_hf.generation import ItemCatalogue
-
             self._catalogue = ItemCatalogue(self.triples, self.vocab_sizes, source="UGTTokenizer items table")
         return self._catalogue
 
     # ---- 历史 -> 批次 ----
 
-    def encode_history(self, history: History, max_length: Optional[int] = None, unknown: str = "error") -> Dict[str, list]:
+    def encode_history(self, history: History, max_length: Optional[int] = None,
+                       unknown: str = "error") -> Dict[str, list]:
         """一个用户的历史（时间顺序，最旧在前）-> 规格记录的编码器字段（截断到最近 max_length 个）。"""
         if isinstance(history, (str, bytes)):
             history = self._tokenize(history.decode() if isinstance(history, bytes) else history)
@@ -226,7 +233,7 @@ class UGTTokenizer(PreTrainedTokenizer):
         recs = [self.encode_history(h, n, unknown) for h in batch]
         width = n if padding == "max_length" else max([len(r["encoder_positions"]) for r in recs] + [1])
         b = len(recs)
-        ids = torch.full((b, width, 3), self.pad_token_id_value, dtype=torch.long)
+        ids = torch.full((b, width, 3), self.semantic_pad_id, dtype=torch.long)
         pos = torch.zeros(b, width, dtype=torch.long)
         types = torch.full((b, width), SPECIAL_TOKEN_TYPE, dtype=torch.long)
         mask = torch.zeros(b, width, dtype=torch.long)
@@ -242,7 +249,7 @@ class UGTTokenizer(PreTrainedTokenizer):
             "encoder_positions": pos,
             "encoder_token_types": types,
             "encoder_attention_mask": mask,
-            "decoder_semantic_ids": torch.full((b, 1, 3), self.pad_token_id_value, dtype=torch.long),
+            "decoder_semantic_ids": torch.full((b, 1, 3), self.semantic_pad_id, dtype=torch.long),
             "decoder_positions": torch.zeros(b, 1, dtype=torch.long),
             "decoder_token_types": torch.full((b, 1), SPECIAL_TOKEN_TYPE, dtype=torch.long),
             "decoder_attention_mask": torch.ones(b, 1, dtype=torch.long),
@@ -254,9 +261,10 @@ class UGTTokenizer(PreTrainedTokenizer):
         return BatchEncoding(data)
 
     @property
-    def pad_token_id_value(self) -> int:
-        # 语义 ID 的 padding 值（schema 的 pad_token_id = 0）；它与 token_type 0 一起出现，不参与嵌入
-        return 0
+    def semantic_pad_id(self) -> int:
+        """语义 ID 的 padding 值（与 UGTConfig.semantic_pad_id 一致）；它与 token_type 0 一起出现，不参与嵌入。
+        与 tokenizer 的 "<pad>" token（pad_token_id，HF/TRL 会写进 model.config.pad_token_id）不是一回事。"""
+        return SEMANTIC_PAD_ID
 
 
 def _read_items_json(path: str):

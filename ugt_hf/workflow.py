@@ -14,16 +14,23 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-import yaml
+import torch
 
-from .training.arguments import ConfigError, load_yaml_config
+from .argparsing import ConfigError, arg, load_yaml_config, parse_args
+from .data.datadir import DataDir
+from .data.prepare import prepare
+from .evaluation import evaluate_ranking, popularity_baseline, transition_baseline
+from .modeling_ugt import UGTForGenerativeRecommendation
+from .report import REPORT_MD, RESULTS_FILE, write_report
+from .training.stages import BEST_MODEL_DIR, run_stage
 
 PIPELINE_KEYS = {"dataset", "prepare", "stages", "evaluation", "published"}
 EVAL_KEYS = {"split", "k_values", "num_beams", "exclude_history", "batch_size"}
@@ -39,44 +46,42 @@ def git_commit(path: Path) -> str:
 
 def load_pipeline_config(path) -> Dict[str, Any]:
     """读取并校验流水线配置；阶段配置路径相对配置文件所在目录或当前目录解析。"""
-    raw, lines = load_yaml_config(path)
+    raw, origin = load_yaml_config(path)
+
+    def where(key):
+        source, line = origin.get(key, (str(path), None))
+        return {"field": key, "source": source, "line": line}
+
     for key in raw:
         if key not in PIPELINE_KEYS:
-            raise ConfigError(f"未知的流水线配置项 '{key}'（可用：{sorted(PIPELINE_KEYS)}）", field=key,
-                              source=str(path), line=lines.get(key))
+            raise ConfigError(f"未知的流水线配置项 '{key}'（可用：{sorted(PIPELINE_KEYS)}）", **where(key))
     stages = raw.get("stages") or {}
     if not isinstance(stages, dict) or sorted(int(k) for k in stages) != [1, 2, 3]:
-        raise ConfigError("stages 必须给出 1、2、3 三个阶段的配置文件", field="stages", source=str(path),
-                          line=lines.get("stages"))
+        raise ConfigError("stages 必须给出 1、2、3 三个阶段的配置文件", **where("stages"))
     resolved = {}
     for k, v in stages.items():
         p = Path(v)
         if not p.is_absolute() and not p.exists():
             p = Path(path).parent / Path(v).name
         if not p.is_file():
-            raise ConfigError(f"阶段 {k} 的配置文件 {v} 不存在", field="stages", source=str(path),
-                              line=lines.get("stages"))
+            raise ConfigError(f"阶段 {k} 的配置文件 {v} 不存在", **where("stages"))
         resolved[int(k)] = str(p)
     raw["stages"] = resolved
     ev = raw.get("evaluation") or {}
     bad = set(ev) - EVAL_KEYS
     if bad:
-        raise ConfigError(f"evaluation 下未知的键 {sorted(bad)}（可用：{sorted(EVAL_KEYS)}）", field="evaluation",
-                          source=str(path), line=lines.get("evaluation"))
+        raise ConfigError(f"evaluation 下未知的键 {sorted(bad)}（可用：{sorted(EVAL_KEYS)}）", **where("evaluation"))
     raw["evaluation"] = ev
     return raw
 
 
 def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print) -> dict:
     """数据目录已有 meta.json 就直接用；否则按配置的 prepare 选项准备（重复运行是 no-op）。"""
-    from .data.prepare import prepare
-
-    if (data_dir / "meta.json").is_file() and not prepare_opts:
-        return json.loads((data_dir / "meta.json").read_text())
+    data = DataDir(data_dir)
+    if data.meta_path.is_file() and not prepare_opts:
+        return data.meta
     if not prepare_opts:
         raise ConfigError(f"{data_dir} 不是准备好的数据目录，且流水线配置没有 prepare 段", field="prepare")
-    import torch
-
     threads = torch.get_num_threads()
     try:
         return prepare(str(data_dir), **dict(prepare_opts), log=log)
@@ -88,20 +93,15 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
                  extra_args: Sequence[str] = (), log=print,
                  prepare_overrides: Optional[dict] = None) -> Dict[str, Any]:
     """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。"""
-    from .evaluation import evaluate_ranking, load_catalogue, popularity_baseline, transition_baseline
-    from .modeling_ugt import UGTForGenerativeRecommendation
-    from .report import RESULTS_FILE, write_report
-    from .training.stages import BEST_MODEL_DIR, run_stage
-
     t_start = time.perf_counter()
     cfg = load_pipeline_config(config_path)
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     prepare_opts = {**(cfg.get("prepare") or {}), **(prepare_overrides or {})} or None
-    meta = ensure_prepared(data_dir, prepare_opts, log=log)
+    ensure_prepared(data_dir, prepare_opts, log=log)
     ev = {"split": "test", "k_values": [5, 10, 20], "num_beams": 20, "exclude_history": False, "batch_size": 256,
           **cfg["evaluation"]}
-    catalogue = load_catalogue(data_dir, meta)
+    catalogue = DataDir(data_dir).catalogue()
     results: Dict[str, Any] = {
         "dataset": cfg.get("dataset", data_dir.name), "data_dir": str(data_dir), "config": str(config_path),
         "git_commit": git_commit(Path(__file__).resolve().parent), "split": ev["split"],
@@ -148,20 +148,24 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
     return results
 
 
+@dataclass
+class PipelineArguments:
+    """`ugt pipeline` 的命令行；其余 `--key value` 原样转给每个阶段（覆盖阶段配置）。"""
+
+    data: str = arg(dataclasses.MISSING, "data artifact directory (prepared from the config if missing)")
+    config: str = arg(dataclasses.MISSING, "pipeline YAML (see recipes/configs/*_pipeline.yaml)")
+    out: str = arg(dataclasses.MISSING, "run directory: stage checkpoints, results.json, report.md, PNG plots")
+    stages: str = arg("1,2,3", "stages to run, comma-separated")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="ugt pipeline", description="准备数据（如需要）→ 阶段 1→2→3 → 测试评估与报告")
-    parser.add_argument("--data", required=True, help="数据产物目录（不存在时按配置的 prepare 段生成）")
-    parser.add_argument("--config", required=True, help="流水线 YAML（见 recipes/configs/*_pipeline.yaml）")
-    parser.add_argument("--out", required=True, help="运行目录：各阶段检查点、results.json、report.md、PNG 图")
-    parser.add_argument("--stages", default="1,2,3", help="要跑的阶段，逗号分隔（默认 1,2,3）")
-    ns, extra = parser.parse_known_args(argv)
     try:
+        ns, extra = parse_args([PipelineArguments], argv, prog="ugt pipeline", config_flag=False,
+                               allow_remaining=True)
         stages = [int(s) for s in ns.stages.split(",")]
-        results = run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra)
+        run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra)
     except ConfigError as e:
         print(f"ugt pipeline: {e}")
         return 2
-    from .report import REPORT_MD
-
     print((Path(ns.out) / REPORT_MD).read_text())
     return 0

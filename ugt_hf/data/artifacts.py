@@ -186,7 +186,9 @@ def _offsets(lens: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
 
 
-def _encoder_fields(codes: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, prefix: str = "encoder"):
+def _encoder_fields(
+    codes: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, prefix: str = "encoder"
+):
     idx, lens = _ranges(starts, ends)
     c = codes[items[idx]]  # [T, 3]
     off = _offsets(lens)
@@ -293,7 +295,8 @@ def build_preference_pairs(
         raise ValueError(f"preference_cut must be in (0, 1), got {preference_cut}")
     if rejected_max >= chosen_min:
         raise ValueError(f"rejected threshold ({rejected_max}) must be below chosen threshold ({chosen_min})")
-    out: Dict[str, Dict[str, list]] = {n: {k: [] for k in ("u", "hs", "he", "c", "r", "sc")} for n in schema.PREFERENCE_SPLITS}
+    keys = ("u", "hs", "he", "c", "r", "sc")
+    out: Dict[str, Dict[str, list]] = {n: {k: [] for k in keys} for n in schema.PREFERENCE_SPLITS}
     lens = seqs.lengths()
     for u in range(seqs.num_users):
         n = int(lens[u])
@@ -357,7 +360,8 @@ def recommend_table(block: Block, user_ids: Sequence[str]) -> pa.Table:
 def preference_table(pb: PreferenceBlock, seqs: Sequences, codes: np.ndarray) -> pa.Table:
     enc = _encoder_fields(codes, seqs.items, pb.hist_start, pb.hist_end)
     seq_struct = pa.StructArray.from_arrays(
-        [_list_array(*enc[f]) for f in schema.PREFERENCE_SEQUENCE_FIELDS], names=list(schema.PREFERENCE_SEQUENCE_FIELDS)
+        [_list_array(*enc[f]) for f in schema.PREFERENCE_SEQUENCE_FIELDS],
+        names=list(schema.PREFERENCE_SEQUENCE_FIELDS),
     )
 
     def item_struct(idx: np.ndarray) -> pa.StructArray:

@@ -5,7 +5,8 @@
 
 约定：两侧都右 padding（有效 token 在前）。encoder 的位置是显式给出的，右 padding 不会改变有效 token 的位置；
 decoder 右 padding 让 labels[:, t] 与 decoder 第 t 位对齐，生成时在末尾追加 token 也最自然。
-padding 处：语义 ID = pad_token_id，位置 = 0，token_type = 0，attention mask = 0，labels = -100。
+padding 处：语义 ID = semantic_pad_id（旧名 pad_token_id），位置 = 0，token_type = 0，attention mask = 0，
+labels = -100。
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ def _semantic_ids(x: Any, field: str) -> List[np.ndarray]:
         arr = _to_numpy(x.reshape(-1), field).reshape(-1, NUM_LEVELS)
         return [arr[:, i] for i in range(NUM_LEVELS)]
     if not isinstance(x, (list, tuple)) or len(x) != NUM_LEVELS:
-        raise DataValidationError(f"expected a list of {NUM_LEVELS} id sequences or a [T, {NUM_LEVELS}] tensor", field=field)
+        raise DataValidationError(
+            f"expected a list of {NUM_LEVELS} id sequences or a [T, {NUM_LEVELS}] tensor", field=field
+        )
     levels = [_to_numpy(v, field) for v in x]
     if len({len(v) for v in levels}) != 1:
-        raise DataValidationError(f"the {NUM_LEVELS} levels have different lengths {[len(v) for v in levels]}", field=field)
+        raise DataValidationError(
+            f"the {NUM_LEVELS} levels have different lengths {[len(v) for v in levels]}", field=field
+        )
     return levels
 
 
@@ -115,10 +120,14 @@ def _preference_score(score: Any) -> float:
     """与 validate_preference_record 同样的规则：有限且 >= 0 的数（张量取标量）。"""
     if isinstance(score, torch.Tensor):
         if score.numel() != 1:
-            raise DataValidationError(f"expected a scalar, got a tensor of shape {tuple(score.shape)}", field="preference_score")
+            raise DataValidationError(
+                f"expected a scalar, got a tensor of shape {tuple(score.shape)}", field="preference_score"
+            )
         score = score.item()
     if isinstance(score, bool) or not isinstance(score, (int, float, np.integer, np.floating)):
-        raise DataValidationError(f"expected a number, got {type(score).__name__} {score!r:.40}", field="preference_score")
+        raise DataValidationError(
+            f"expected a number, got {type(score).__name__} {score!r:.40}", field="preference_score"
+        )
     if not math.isfinite(float(score)) or float(score) < 0:
         raise DataValidationError(f"must be a finite number >= 0, got {score!r}", field="preference_score")
     return float(score)
@@ -130,21 +139,37 @@ def _round_up(n: int, multiple: Optional[int]) -> int:
     return ((n + multiple - 1) // multiple) * multiple
 
 
+def _semantic_pad(semantic_pad_id, pad_token_id):
+    """semantic_pad_id 是新名，pad_token_id 是旧名（别名）；都不给为 0，两个都给且不同则报错。返回 (名字, 值)。"""
+    if semantic_pad_id is not None and pad_token_id is not None and semantic_pad_id != pad_token_id:
+        raise ValueError(f"semantic_pad_id={semantic_pad_id!r} and its old name pad_token_id={pad_token_id!r} differ")
+    if semantic_pad_id is not None:
+        return "semantic_pad_id", semantic_pad_id
+    return "pad_token_id", 0 if pad_token_id is None else pad_token_id
+
+
 class _EncoderPadding:
     """encoder 侧的公共逻辑（DataCollator 与 PreferenceCollator 共用）。"""
 
-    def __init__(self, pad_token_id, dynamic_padding, max_encoder_length, pad_to_multiple_of, vocab_sizes):
-        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or pad_token_id < 0:
-            raise ValueError(f"pad_token_id must be a non-negative integer, got {pad_token_id!r}")
+    def __init__(self, pad_token_id, dynamic_padding, max_encoder_length, pad_to_multiple_of, vocab_sizes,
+                 semantic_pad_id=None):
+        name, pad = _semantic_pad(semantic_pad_id, pad_token_id)
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {pad!r}")
         check_positive("max_encoder_length", max_encoder_length, allow_none=True)
         check_positive("pad_to_multiple_of", pad_to_multiple_of, allow_none=True)
-        self.pad_token_id = pad_token_id
+        self.semantic_pad_id = pad
         self.dynamic_padding = bool(dynamic_padding)
         self.max_encoder_length = max_encoder_length
         self.pad_to_multiple_of = pad_to_multiple_of
         self.vocab_sizes = check_vocab_sizes(vocab_sizes)
         if not self.dynamic_padding and max_encoder_length is None:
             raise ValueError("dynamic_padding=False needs max_encoder_length (pad every batch to that length)")
+
+    @property
+    def pad_token_id(self) -> int:
+        """旧名（= semantic_pad_id），保留给尚未改名的调用方。"""
+        return self.semantic_pad_id
 
     def _target_len(self, lengths: Sequence[int], max_len: Optional[int]) -> int:
         n = max(lengths) if self.dynamic_padding else max_len
@@ -154,7 +179,7 @@ class _EncoderPadding:
 
     def _pad_encoder(self, encs: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
         Te = self._target_len([len(e["encoder_l1_ids"]) for e in encs], self.max_encoder_length)
-        return {k: torch.from_numpy(v) for k, v in _pad_side(encs, "encoder", Te, self.pad_token_id).items()}
+        return {k: torch.from_numpy(v) for k, v in _pad_side(encs, "encoder", Te, self.semantic_pad_id).items()}
 
     def _truncate_encoder(self, enc: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         if self.max_encoder_length is None or len(enc["encoder_l1_ids"]) <= self.max_encoder_length:
@@ -170,24 +195,27 @@ class DataCollator(_EncoderPadding):
         labels [B, Td, 3]（padding 为 -100）。
 
     Args:
-        pad_token_id: 语义 ID 的 padding 值。
+        pad_token_id: 语义 ID 的 padding 值（旧名，等同 semantic_pad_id）。
         dynamic_padding: True = pad 到本批最长（不超过 max_*_length）；False = 固定 pad 到 max_*_length。
         max_encoder_length / max_decoder_length: 超长样本按数据集同样的规则截断（encoder 留最近，decoder 留前面）。
         pad_to_multiple_of: 长度向上取整到它的倍数（利于 Tensor Core）。
         vocab_sizes: 原始记录输入时用来检查 id 范围；None 只检查非负。
+        semantic_pad_id: 语义 ID 的 padding 值（新名；缺省 0）。
     """
 
     def __init__(
         self,
-        pad_token_id: int = 0,
+        pad_token_id: Optional[int] = None,
         dynamic_padding: bool = True,
         max_encoder_length: Optional[int] = None,
         max_decoder_length: Optional[int] = None,
         pad_to_multiple_of: Optional[int] = None,
         vocab_sizes: Optional[Sequence[int]] = None,
         label_pad_token_id: int = IGNORE_INDEX,
+        semantic_pad_id: Optional[int] = None,
     ):
-        super().__init__(pad_token_id, dynamic_padding, max_encoder_length, pad_to_multiple_of, vocab_sizes)
+        super().__init__(pad_token_id, dynamic_padding, max_encoder_length, pad_to_multiple_of, vocab_sizes,
+                         semantic_pad_id)
         check_positive("max_decoder_length", max_decoder_length, allow_none=True)
         if not self.dynamic_padding and max_decoder_length is None:
             raise ValueError("dynamic_padding=False needs max_decoder_length (pad every batch to that length)")
@@ -224,7 +252,7 @@ class DataCollator(_EncoderPadding):
             decs.append(dec)
         batch = self._pad_encoder(encs)
         Td = self._target_len([len(d["decoder_l1_ids"]) for d in decs], self.max_decoder_length)
-        padded = _pad_side(decs, "decoder", Td, self.pad_token_id)
+        padded = _pad_side(decs, "decoder", Td, self.semantic_pad_id)
         labels = np.full((len(decs), Td, NUM_LEVELS), self.label_pad_token_id, np.int64)  # [B, Td, 3]
         for b, d in enumerate(decs):
             m = len(d["decoder_l1_ids"])
@@ -236,17 +264,20 @@ class DataCollator(_EncoderPadding):
 
 
 class PreferenceCollator(_EncoderPadding):
-    """偏好样本 → encoder 侧同 DataCollator + chosen_ids [B, 3]、rejected_ids [B, 3]（Long）、preference_score [B]（float32）。"""
+    """偏好样本 → encoder 侧同 DataCollator，另有 chosen_ids / rejected_ids [B, 3]（Long）、
+    preference_score [B]（float32）。"""
 
     def __init__(
         self,
-        pad_token_id: int = 0,
+        pad_token_id: Optional[int] = None,
         dynamic_padding: bool = True,
         max_encoder_length: Optional[int] = None,
         pad_to_multiple_of: Optional[int] = None,
         vocab_sizes: Optional[Sequence[int]] = None,
+        semantic_pad_id: Optional[int] = None,
     ):
-        super().__init__(pad_token_id, dynamic_padding, max_encoder_length, pad_to_multiple_of, vocab_sizes)
+        super().__init__(pad_token_id, dynamic_padding, max_encoder_length, pad_to_multiple_of, vocab_sizes,
+                         semantic_pad_id)
 
     def _sample_arrays(self, s: Any) -> Dict[str, Any]:
         if not isinstance(s, Mapping):
@@ -280,6 +311,7 @@ class PreferenceCollator(_EncoderPadding):
                 raise DataValidationError(f"batch sample {i}: {e.reason}", field=e.field) from None
         batch = self._pad_encoder([self._truncate_encoder({f: a[f] for f in ENCODER_LIST_FIELDS}) for a in arrays])
         batch["chosen_ids"] = torch.from_numpy(np.stack([a["chosen_ids"] for a in arrays]).astype(np.int64))  # [B, 3]
-        batch["rejected_ids"] = torch.from_numpy(np.stack([a["rejected_ids"] for a in arrays]).astype(np.int64))  # [B, 3]
+        rejected = np.stack([a["rejected_ids"] for a in arrays]).astype(np.int64)
+        batch["rejected_ids"] = torch.from_numpy(rejected)  # [B, 3]
         batch["preference_score"] = torch.tensor([a["preference_score"] for a in arrays], dtype=torch.float32)  # [B]
         return batch

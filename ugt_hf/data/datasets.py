@@ -18,8 +18,12 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
+import datasets
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
+from datasets.distributed import split_dataset_by_node
 
 from ugt_hf.data.schema import (
     DECODER_LIST_FIELDS,
@@ -33,6 +37,7 @@ from ugt_hf.data.validation import (
     check_positive,
     check_vocab_sizes,
     file_format,
+    first_invalid_utf8,
     is_json_extension,
     iter_jsonl,
     locate_row,
@@ -45,7 +50,6 @@ from ugt_hf.data.validation import (
     validate_recommend_record,
     vector_check_table,
 )
-
 
 __all__ = [
     "DataValidationError",
@@ -179,8 +183,6 @@ class _ValidatedArrowDataset(torch.utils.data.Dataset):
 
     # ---- 加载 ----
     def _load(self, cache_dir: Optional[str]):
-        import datasets
-
         try:
             return datasets.load_dataset(self.format, data_files=self.files, split="train", cache_dir=cache_dir)
         except Exception as e:  # HF 把解析错误包成 DatasetGenerationError，没有行号
@@ -204,7 +206,7 @@ class _ValidatedArrowDataset(torch.utils.data.Dataset):
     def _raise_at_row(self, row: int, rule_field: str) -> None:
         path, line, prow = locate_row(self.files, row)
         try:
-            self._validate_record(self.hf_dataset[row])
+            self._validate_record(self._row(row))
         except DataValidationError as e:
             raise e.with_location(path=path, line=line, row=prow) from None
         # 两套规则不一致时也不放过：用向量化规则的字段名报错
@@ -216,6 +218,13 @@ class _ValidatedArrowDataset(torch.utils.data.Dataset):
         n = len(self.hf_dataset)
         for start in range(0, n, batch_size):
             batch = table_view[start : start + batch_size]
+            text = first_invalid_utf8(batch)
+            if text is not None:
+                # 更早的行若有别的问题，先报那一行（与逐条读取时先遇到的问题一致）
+                earlier = vector_check_table(batch.slice(0, text[0]), self.record_type, self.vocab_sizes,
+                                             self.max_encoder_length, self.max_decoder_length, self.max_seq_length)
+                row, field = text[:2] if earlier is None else earlier
+                self._raise_at_row(start + row, field)
             bad = vector_check_table(
                 batch,
                 self.record_type,
@@ -232,6 +241,19 @@ class _ValidatedArrowDataset(torch.utils.data.Dataset):
                 if uid is None or isinstance(uid, bool) or not isinstance(uid, (int, str)):
                     self._raise_at_row(i, "user_id")
 
+    def _row(self, idx: int) -> Dict[str, Any]:
+        """hf_dataset[idx]；记录里有非 UTF-8 字节时（Arrow 解码成 str 时才发现）报出文件、行与字段。"""
+        try:
+            return self.hf_dataset[idx]
+        except UnicodeDecodeError:
+            pass
+        idx = idx if idx >= 0 else idx + len(self)
+        path, line, prow = locate_row(self.files, idx)
+        bad = first_invalid_utf8(self.hf_dataset.with_format("arrow")[idx : idx + 1])
+        reason = bad[2] if bad is not None else "invalid byte sequence"
+        # 不写字段：流式读取按字节逐行解码，只知道文件与行；三种读取方式报同一个位置
+        raise DataValidationError(f"file is not valid UTF-8: {reason}", path=path, line=line, row=prow) from None
+
     # ---- torch Dataset ----
     def __len__(self) -> int:
         return len(self.hf_dataset)
@@ -239,7 +261,7 @@ class _ValidatedArrowDataset(torch.utils.data.Dataset):
     def __getitem__(self, idx: int) -> Dict[str, Any]:
         if isinstance(idx, (np.integer, torch.Tensor)):
             idx = int(idx)
-        row = self.hf_dataset[idx]
+        row = self._row(idx)
         if self.lazy_loading:
             try:
                 arrays = self._validate_record(row)
@@ -314,8 +336,6 @@ class RecommendDataset(_ValidatedArrowDataset):
 
     def lengths(self) -> List[int]:
         """每条样本截断后的 encoder 长度（按长度分组采样用；直接读 Arrow 列，不逐条解码）。"""
-        import pyarrow.compute as pc
-
         col = self.hf_dataset.data.column("encoder_l1_ids")
         return np.minimum(pc.list_value_length(col).to_numpy(zero_copy_only=False), self.max_encoder_length).tolist()
 
@@ -374,8 +394,6 @@ def _iter_file_records(path: str) -> Iterator[tuple]:
         for lineno, obj in iter_jsonl(path):
             yield {"line": lineno}, obj
     else:
-        import pyarrow.parquet as pq
-
         row = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             for rec in batch.to_pylist():
@@ -439,7 +457,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
       （I/O 多 world_size 倍，但仍然恰好一次）；
     - 每个 rank 内再按 shard 分给 DataLoader worker，worker 数多于 shard 时多出来的 worker 不产出数据。
     前提（HF 的约定）：所有 rank 用相同的 seed、相同的 num_workers。想要最少 I/O，让 shard 数是
-    world_size × num_workers 的倍数。各 rank 的样本数可能相差，DDP 训练需 max_steps 或 Accelerate 的 even_batches 处理。
+    world_size × num_workers 的倍数。各 rank 的样本数可能相差，DDP 训练需 max_steps 或 Accelerate 的
+    even_batches 处理。
 
     Args:
         data_paths: shard 文件列表（或目录 / glob）；JSONL 与 Parquet 可混用。
@@ -464,9 +483,6 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         pad_token_id: int = 0,
         record_type: str = "recommend",
     ):
-        import datasets
-        from datasets.distributed import split_dataset_by_node
-
         if record_type not in ("recommend", "preference"):
             raise ValueError(f"record_type must be 'recommend' or 'preference', got {record_type!r}")
         check_positive("buffer_size", buffer_size)

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -19,10 +18,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-import numpy as np
+import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from ..argparsing import ConfigError, arg, parse_args
 from . import schema
 from .artifacts import (
     PROTOCOL,
@@ -36,6 +36,7 @@ from .artifacts import (
     training_prefixes,
     write_table,
 )
+from .datadir import read_meta
 from .readers import SOURCES, DataFormatError, read_source
 from .semantic_ids import (
     DEFAULT_CODEBOOK_SIZES,
@@ -45,6 +46,7 @@ from .semantic_ids import (
     text_embeddings,
 )
 from .synthetic import SyntheticConfig, generate
+from .validation import DataValidationError
 
 FORMAT_VERSION = 2  # 产物格式版本；改变产物内容的代码改动应加一，使旧目录不再被当作“已是最新”
 
@@ -159,13 +161,11 @@ def _existing_state(out: str, checksum: str, options: Dict[str, Any]) -> str:
         return "missing"
     if not os.path.isdir(out):
         return "foreign"
-    meta_path = os.path.join(out, schema.META_FILE)
-    if not os.path.isfile(meta_path):
+    if not os.path.isfile(os.path.join(out, schema.META_FILE)):
         return "foreign" if os.listdir(out) else "missing"
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError):
+        meta = read_meta(out)
+    except (OSError, DataValidationError):  # 读不了、不是 UTF-8 / JSON 对象：不是本工具写的目录
         return "foreign"
     if meta.get("input_checksum") != checksum or meta.get("options") != options:
         return "different"
@@ -192,10 +192,12 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
     state = _existing_state(out, checksum["sha256"], content)
     if state == "up_to_date" and not force:
         log(f"[prepare] {out} is up to date (same inputs and options): nothing to do")
-        with open(os.path.join(out, schema.META_FILE), encoding="utf-8") as f:
-            return json.load(f)
+        return read_meta(out)
     if state in ("different", "foreign") and not force:
-        why = "was prepared from other inputs/options" if state == "different" else "exists and is not a prepare artefact folder"
+        if state == "different":
+            why = "was prepared from other inputs/options"
+        else:
+            why = "exists and is not a prepare artefact folder"
         raise FileExistsError(f"{out} {why}; pass --force to overwrite it")
 
     # 1) 读取
@@ -258,8 +260,6 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
     total_rows = sum(splits.values())
     with AtomicDir(out, replace=True) as tmp:
         items_tbl = items_table(seqs, codes, inter.titles)
-        import pyarrow.parquet as pq
-
         pq.write_table(items_tbl, os.path.join(tmp, schema.ITEMS_FILE))
         bar = tqdm(total=total_rows, desc="write records", unit="rec", disable=not progress, leave=False)
         for name in schema.SPLITS:
@@ -320,7 +320,7 @@ def _summary(out: str, meta: Dict[str, Any], log) -> None:
     u = meta["codebook_utilisation"]
     log(f"[prepare] wrote {out}: users={meta['num_users']:,} items={meta['num_items']:,} "
         f"interactions={meta['num_interactions']:,}")
-    log(f"[prepare] splits: " + ", ".join(f"{k}={v:,}" for k, v in meta["splits"].items()))
+    log("[prepare] splits: " + ", ".join(f"{k}={v:,}" for k, v in meta["splits"].items()))
     log(f"[prepare] codebooks requested={meta['codebook_sizes_requested']} effective={meta['vocab_sizes']} "
         f"used l1={u['l1_used']} l2={u['l2_used']} l3={u['l3_used']} (largest l1 cluster {u['l1_largest_cluster']}, "
         f"largest (l1,l2) cell {u['l1l2_largest_cell']})")
@@ -332,31 +332,55 @@ def _summary(out: str, meta: Dict[str, Any], log) -> None:
     log(f"[prepare] time {meta['timings']['total_s']:.1f}s")
 
 
-def _parser() -> argparse.ArgumentParser:
-    d = PrepareOptions()
-    p = argparse.ArgumentParser(prog="ugt prepare", description="原始交互日志 -> 语义 ID -> 产物目录")
-    p.add_argument("--source", required=True, choices=SOURCES)
-    p.add_argument("--input", default=None, help="输入文件或目录（synthetic 不需要）")
-    p.add_argument("--out", required=True, help="产物目录")
-    p.add_argument("--force", action="store_true", help="覆盖来自其他输入/选项的目录")
-    p.add_argument("--no_progress", action="store_true")
-    for f in dataclasses.fields(PrepareOptions):
-        if f.name in ("source", "input"):
-            continue
-        default = getattr(d, f.name)
-        if f.name == "codebook_sizes":
-            p.add_argument("--codebook_sizes", default=",".join(map(str, default)), help="三层码本大小，逗号分隔")
-        elif isinstance(default, bool):
-            p.add_argument(f"--{f.name}", action="store_true")
-        elif f.name in ("time_col", "rating_col", "title_col", "encoding", "text_model"):
-            p.add_argument(f"--{f.name}", default=None)
-        else:
-            p.add_argument(f"--{f.name}", type=type(default), default=default)
-    return p
+_D = PrepareOptions()
+
+
+@dataclass
+class PrepareArguments:
+    """`ugt prepare` 的命令行（与 PrepareOptions 同名同默认值，另加 --out/--force/--no_progress），由共用的
+    HfArgumentParser 解析；每个选项带英文帮助。"""
+
+    source: str = arg(dataclasses.MISSING, "input format", choices=SOURCES)
+    out: str = arg(dataclasses.MISSING, "output artifact directory")
+    input: Optional[str] = arg(None, "input file or directory (not needed for --source synthetic)")
+    force: bool = arg(False, "overwrite a directory prepared from other inputs/options")
+    no_progress: bool = arg(False, "hide progress bars")
+    seed: int = arg(_D.seed, "random seed (k-means, splits, synthetic data)")
+    encoder_max_length: int = arg(_D.encoder_max_length, "most recent history items kept for the encoder")
+    decoder_max_length: int = arg(_D.decoder_max_length, "items the decoder predicts per training sample")
+    stride: int = arg(_D.stride, "step between training cut points (1 <= stride <= decoder_max_length)")
+    codebook_sizes: str = arg(",".join(map(str, _D.codebook_sizes)), "three codebook sizes, comma-separated")
+    balanced: bool = arg(_D.balanced, "capacity-constrained (balanced) k-means assignment")
+    embedding: str = arg(_D.embedding, "item embedding for semantic IDs: collab or text (text falls back to collab)")
+    text_model: Optional[str] = arg(_D.text_model, "sentence-transformers model for --embedding text")
+    embedding_dim: int = arg(_D.embedding_dim, "collaborative embedding dimension")
+    cooc_window: int = arg(_D.cooc_window, "co-occurrence window (events) for collaborative embeddings")
+    kmeans_iters: int = arg(_D.kmeans_iters, "k-means iterations per level")
+    min_user_events: int = arg(_D.min_user_events, "drop users with fewer events (>= 2)")
+    chosen_min: float = arg(_D.chosen_min, "rating at or above which an item is a preference 'chosen'")
+    rejected_max: float = arg(_D.rejected_max, "rating at or below which an item is a preference 'rejected'")
+    preference_cut: float = arg(_D.preference_cut, "fraction of each user's timeline for training preference pairs")
+    max_pairs_per_user: int = arg(_D.max_pairs_per_user, "preference pairs kept per user at most")
+    user_col: str = arg(_D.user_col, "user column (csv/parquet sources)")
+    item_col: str = arg(_D.item_col, "item column (csv/parquet sources)")
+    time_col: Optional[str] = arg(_D.time_col, "timestamp column (csv/parquet; default: file order)")
+    rating_col: Optional[str] = arg(_D.rating_col, "rating column (csv/parquet)")
+    title_col: Optional[str] = arg(_D.title_col, "item title column (csv/parquet; used by --embedding text)")
+    encoding: Optional[str] = arg(_D.encoding, "text encoding of the input (default: detect UTF-8/Latin-1)")
+    delimiter: str = arg(_D.delimiter, "field delimiter (csv source)")
+    skip_bad_lines: bool = arg(_D.skip_bad_lines, "skip malformed input lines instead of failing")
+    num_users: int = arg(_D.num_users, "synthetic data: number of users")
+    num_items: int = arg(_D.num_items, "synthetic data: number of items")
+    events_per_user: int = arg(_D.events_per_user, "synthetic data: events per user")
+    num_clusters: int = arg(_D.num_clusters, "synthetic data: latent item clusters")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        (args,) = parse_args([PrepareArguments], argv, prog="ugt prepare", config_flag=False)
+    except ConfigError as e:
+        print(f"ugt prepare: error: {e}", file=sys.stderr)
+        return 2
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareOptions)}
     try:
         kw["codebook_sizes"] = [int(v) for v in str(args.codebook_sizes).split(",")]

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 T = TypeVar("T")
 
@@ -154,7 +155,8 @@ def _scan_delimited(
         parts = line.split(sep) if sep is not None else line.split()
         if len(parts) < len(names):
             raise DataFormatError(
-                _bad(path, lineno, f"expected {len(names)} fields ({', '.join(names)}), got {len(parts)}: {line[:80]!r}")
+                _bad(path, lineno,
+                     f"expected {len(names)} fields ({', '.join(names)}), got {len(parts)}: {line[:80]!r}")
             )
         vals = []
         for name, tok in zip(names, parts):
@@ -292,7 +294,8 @@ def read_ml100k(path: str, encoding: str = "utf-8", skip_bad_lines: bool = False
     stats: Dict[str, int] = {}
     warnings: List[str] = []
     names = ("user", "item", "rating", "timestamp")
-    cols = _read_delimited(data_path, "\t", names, ("user", "item", "timestamp"), encoding, skip_bad_lines, stats, warnings)
+    cols = _read_delimited(data_path, "\t", names, ("user", "item", "timestamp"), encoding, skip_bad_lines, stats,
+                           warnings)
     _require_nonempty(data_path, len(cols["user"]))
     titles, extra = _ml100k_titles(folder, stats, warnings)
     return _rating_interactions(cols, titles, [data_path] + extra, stats, warnings)
@@ -388,7 +391,9 @@ def read_pairs(path: str, encoding: str = "utf-8", skip_bad_lines: bool = False)
         if has_ts is None:
             has_ts = len(parts) == 3
         if has_ts != (len(parts) == 3):
-            raise DataFormatError(_bad(path, lineno, "inconsistent number of fields (timestamp present on some lines only)"))
+            raise DataFormatError(
+                _bad(path, lineno, "inconsistent number of fields (timestamp present on some lines only)")
+            )
         t = _to_int(parts[2], path, lineno, "timestamp") if has_ts else n_ok
         n_ok += 1
         return parts[0], parts[1], t
@@ -416,7 +421,9 @@ def _table_to_interactions(
     for flag, col in (("--user_col", user_col), ("--item_col", item_col), ("--time_col", time_col),
                       ("--rating_col", rating_col), ("--title_col", title_col)):
         if col is not None and col not in available:
-            raise DataFormatError(f"{path}: column '{col}' (given by {flag}) not found; available columns: {available}")
+            raise DataFormatError(
+                f"{path}: column '{col}' (given by {flag}) not found; available columns: {available}"
+            )
     _require_nonempty(path, table.num_rows)
 
     def col_nonnull(name: str) -> pa.ChunkedArray:
@@ -471,7 +478,8 @@ def read_csv(
 
     def on_invalid(row) -> str:
         # row.number 是文件中的行号（单线程读取时可用）
-        bad_rows.append(f"{path}:{row.number}: expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}")
+        bad_rows.append(f"{path}:{row.number}: expected {row.expected_columns} fields, got {row.actual_columns}: "
+                        f"{row.text[:80]!r}")
         return "skip" if skip_bad_lines else "error"
 
     try:
@@ -496,8 +504,6 @@ def read_parquet(
     path: str, user_col: str = "user_id", item_col: str = "item_id", time_col: Optional[str] = None,
     rating_col: Optional[str] = None, title_col: Optional[str] = None,
 ) -> Interactions:
-    import pyarrow.parquet as pq
-
     if not os.path.isfile(path):
         raise DataFormatError(f"{path}: file not found")
     try:

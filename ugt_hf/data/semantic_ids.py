@@ -45,7 +45,6 @@ def cooccurrence_ppmi(
     flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else np.zeros(0, np.int64)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
-    seq_id = np.repeat(np.arange(len(lengths)), lengths)
     pos = np.arange(len(flat)) - np.repeat(starts, lengths)
     for d in range(1, window + 1):
         # 同一序列内距离为 d 的位置对，向量化

@@ -76,7 +76,8 @@ def generate(config: SyntheticConfig) -> Interactions:
     successors = np.empty((n_items, config.num_successors), dtype=np.int64)
     for i in range(n_items):
         cand = members[top_next[cluster_of[i]]]
-        successors[i] = rng.choice(cand, size=config.num_successors, replace=len(cand) < config.num_successors, p=pop[top_next[cluster_of[i]]])
+        successors[i] = rng.choice(cand, size=config.num_successors, replace=len(cand) < config.num_successors,
+                                   p=pop[top_next[cluster_of[i]]])
     succ_w = np.array([0.6, 0.3, 0.1][: config.num_successors] + [0.1] * max(0, config.num_successors - 3))
     succ_w = succ_w / succ_w.sum()
 

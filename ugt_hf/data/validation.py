@@ -16,6 +16,9 @@ import os
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ugt_hf.data.schema import (
     DECODER_LIST_FIELDS,
@@ -127,7 +130,9 @@ def encoder_keep_indices(token_types: np.ndarray, max_length: int) -> Tuple[np.n
     return np.arange(n - max_length, n), 0
 
 
-def truncate_encoder(arrays: Mapping[str, np.ndarray], max_length: int, fields=ENCODER_LIST_FIELDS, prefix: str = "") -> Dict[str, np.ndarray]:
+def truncate_encoder(
+    arrays: Mapping[str, np.ndarray], max_length: int, fields=ENCODER_LIST_FIELDS, prefix: str = ""
+) -> Dict[str, np.ndarray]:
     """按 encoder_keep_indices 截断一组 encoder 列；位置重新对齐，使保留的尾部紧接在原来的起始位置后。"""
     types = arrays[prefix + "encoder_token_types"]
     keep, head = encoder_keep_indices(types, max_length)
@@ -141,7 +146,9 @@ def truncate_encoder(arrays: Mapping[str, np.ndarray], max_length: int, fields=E
     return out
 
 
-def truncate_decoder(arrays: Mapping[str, np.ndarray], max_length: int, fields=DECODER_LIST_FIELDS + LABEL_LIST_FIELDS) -> Dict[str, np.ndarray]:
+def truncate_decoder(
+    arrays: Mapping[str, np.ndarray], max_length: int, fields=DECODER_LIST_FIELDS + LABEL_LIST_FIELDS
+) -> Dict[str, np.ndarray]:
     return {f: arrays[f][:max_length] for f in fields}
 
 
@@ -164,7 +171,9 @@ def as_int_array(value: Any, field: str) -> np.ndarray:
         if value.dtype.kind not in "iu":
             raise DataValidationError(f"expected a list of integers, got array of dtype {value.dtype}", field=field)
         if value.ndim != 1:
-            raise DataValidationError(f"expected a 1-D list of integers, got array of shape {value.shape}", field=field)
+            raise DataValidationError(
+                f"expected a 1-D list of integers, got array of shape {value.shape}", field=field
+            )
         return value.astype(np.int64, copy=False)
     if hasattr(value, "numpy") and hasattr(value, "dtype") and hasattr(value, "dim"):  # torch.Tensor
         return as_int_array(value.detach().cpu().numpy(), field)
@@ -260,7 +269,9 @@ def _check_int_lists(
     n = len(arrays[ref])
     for f in fields[1:]:
         if len(arrays[f]) != n:
-            raise DataValidationError(f"length {len(arrays[f])} differs from {prefix}{ref} length {n}", field=prefix + f)
+            raise DataValidationError(
+                f"length {len(arrays[f])} differs from {prefix}{ref} length {n}", field=prefix + f
+            )
     if n == 0:
         raise DataValidationError(empty_reason, field=prefix + ref)
     for f in fields:
@@ -325,7 +336,9 @@ def _check_item_triple(item: Any, field: str, vocab_sizes: Optional[Sequence[int
     if item is None:
         raise DataValidationError("missing required field (or null)", field=field)
     if not isinstance(item, Mapping):
-        raise DataValidationError(f"expected an object with {list(ITEM_TRIPLE_FIELDS)}, got {_type_name(item)}", field=field)
+        raise DataValidationError(
+            f"expected an object with {list(ITEM_TRIPLE_FIELDS)}, got {_type_name(item)}", field=field
+        )
     ids = []
     for lvl, key in enumerate(ITEM_TRIPLE_FIELDS):
         name = f"{field}.{key}"
@@ -345,14 +358,17 @@ def validate_preference_record(
     max_encoder_length: Optional[int] = None,
     max_seq_length: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """校验一条 PreferenceDataset 记录，返回 {user_id, encoder_* 数组, chosen_ids[3], rejected_ids[3], preference_score}。
+    """校验一条 PreferenceDataset 记录，返回 {user_id, encoder_* 数组, chosen_ids[3], rejected_ids[3],
+    preference_score}。
 
     preference_score 可缺省（1.0），必须是有限的非负数（它是 DPO 样本权重，负值会把损失方向反过来）。
     """
     out = _check_record_fields(record, PREFERENCE_FIELDS)
     seq = record["user_sequence"]
     if not isinstance(seq, Mapping):
-        raise DataValidationError(f"expected an object with encoder_* lists, got {_type_name(seq)}", field="user_sequence")
+        raise DataValidationError(
+            f"expected an object with encoder_* lists, got {_type_name(seq)}", field="user_sequence"
+        )
     out.update(_check_encoder_lists(seq, "user_sequence.", vocab_sizes, max_encoder_length, max_seq_length))
     chosen = _check_item_triple(record["chosen_item"], "chosen_item", vocab_sizes)
     rejected = _check_item_triple(record["rejected_item"], "rejected_item", vocab_sizes)
@@ -364,7 +380,9 @@ def validate_preference_record(
     if score is None:
         score = 1.0
     elif isinstance(score, bool) or not isinstance(score, (int, float, np.integer, np.floating)):
-        raise DataValidationError(f"expected a number, got {_type_name(score)} {score!r:.40}", field="preference_score")
+        raise DataValidationError(
+            f"expected a number, got {_type_name(score)} {score!r:.40}", field="preference_score"
+        )
     elif not math.isfinite(float(score)) or float(score) < 0:
         raise DataValidationError(f"must be a finite number >= 0, got {score!r}", field="preference_score")
     out["chosen_ids"] = chosen
@@ -456,6 +474,41 @@ def iter_jsonl(path: str) -> Iterator[Tuple[int, Any]]:
             yield lineno, obj
 
 
+def _has_text(t) -> bool:
+    """类型里是否含字符串（含 list / struct / 扩展类型的内层）。"""
+    if isinstance(t, pa.BaseExtensionType):
+        return _has_text(t.storage_type)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return True
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _has_text(t.value_type)
+    if pa.types.is_struct(t):
+        return any(_has_text(t.field(i).type) for i in range(t.num_fields))
+    return False
+
+
+def first_invalid_utf8(table) -> Optional[Tuple[int, str, str]]:
+    """pyarrow 的 JSON 读取器不校验 UTF-8：非 UTF-8 字节原样进了字符串列，取行时才抛出裸 UnicodeDecodeError。
+    这里先检查（整列 validate(full=True)，只有失败时才逐行定位）：返回第一处 (批内行号, 字段, 原因)，没有返回 None。"""
+    first: Optional[Tuple[int, str, str]] = None
+    for name in table.column_names:
+        col = table.column(name)
+        if not _has_text(col.type):
+            continue
+        try:
+            col.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        for i in range(len(col) if first is None else first[0]):
+            try:
+                col[i].as_py()
+            except UnicodeDecodeError as e:
+                first = (i, name, e.reason)
+                break
+    return first
+
+
 def precheck_json_file(path: str) -> None:
     """空文件报错；第一条记录不是对象（例如整个文件是 JSON 数组）报错，避免 HF 把数组文件当成别的格式读进来。"""
     try:
@@ -482,20 +535,14 @@ def precheck_json_file(path: str) -> None:
 
 def is_json_extension(t) -> bool:
     """HF 对同一列混合类型（如 user_id 有 int 也有 str）会存成 JSON 扩展类型，这种列逐条检查。"""
-    import pyarrow as pa
-
     return isinstance(t, pa.BaseExtensionType) and t.extension_name == "arrow.json"
 
 
 def _arrow_type_ok_int(t) -> bool:
-    import pyarrow as pa
-
     return pa.types.is_integer(t) or pa.types.is_null(t)
 
 
 def _arrow_type_ok_int_list(t) -> bool:
-    import pyarrow as pa
-
     if pa.types.is_null(t):
         return True
     return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _arrow_type_ok_int(t.value_type)
@@ -503,8 +550,6 @@ def _arrow_type_ok_int_list(t) -> bool:
 
 def check_arrow_schema(schema, record_type: str) -> Optional[Tuple[str, str]]:
     """检查 Arrow schema；返回第一个问题 (字段, 原因)，没有问题返回 None。"""
-    import pyarrow as pa
-
     names = set(schema.names)
 
     def field_type(name):
@@ -513,7 +558,8 @@ def check_arrow_schema(schema, record_type: str) -> Optional[Tuple[str, str]]:
     if "user_id" not in names:
         return "user_id", "schema: required column is missing"
     ut = field_type("user_id")
-    if not (is_json_extension(ut) or pa.types.is_integer(ut) or pa.types.is_string(ut) or pa.types.is_large_string(ut) or pa.types.is_null(ut)):
+    if not (is_json_extension(ut) or pa.types.is_integer(ut) or pa.types.is_string(ut)
+            or pa.types.is_large_string(ut) or pa.types.is_null(ut)):
         return "user_id", f"schema: column type {ut}, expected int or string"
     if record_type == "recommend":
         for f in RECOMMEND_FIELDS[1:]:
@@ -553,8 +599,6 @@ def check_arrow_schema(schema, record_type: str) -> Optional[Tuple[str, str]]:
 
 def precheck_parquet_file(path: str, record_type: str) -> int:
     """读 Parquet 元数据：打不开、没有行、schema 不对都报错（schema 错误没有具体行，消息里写 schema）。返回行数。"""
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow 对坏文件抛多种异常
@@ -593,8 +637,6 @@ def locate_row(files: Sequence[str], row: int) -> Tuple[str, Optional[int], Opti
 
     依赖 load_dataset 按给定顺序拼接文件（tests 里有验证），JSONL 的空行被 HF 跳过，这里同样跳过。
     """
-    import pyarrow.parquet as pq
-
     remaining = row
     for path in files:
         if file_format(path) == "parquet":
@@ -623,9 +665,6 @@ class _ListCol:
     __slots__ = ("lengths", "values", "offsets", "parents", "bad_rows")
 
     def __init__(self, arr):
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         n = len(arr)
         null_rows = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         if pa.types.is_null(arr.type):  # 整列都是 null（例如所有记录都缺这个字段）
@@ -728,9 +767,6 @@ def vector_check_table(
     max_seq_length: Optional[int],
 ) -> Optional[Tuple[int, str]]:
     """对一个 pa.Table 批次做全部规则检查，返回第一条坏记录 (批内行号, 规则所在字段)，都合格返回 None。"""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     n = table.num_rows
     if n == 0:
         return None
@@ -760,14 +796,18 @@ def vector_check_table(
         _check_list_group(cols, ENCODER_LIST_FIELDS, pre, "encoder_l1_ids", n, vocab_sizes, rules)
         if max_seq_length is not None:
             rules.append((pre + "encoder_positions", _encoder_position_rule(
-                cols[pre + "encoder_positions"], cols[pre + "encoder_token_types"], max_encoder_length, max_seq_length, n)))
+                cols[pre + "encoder_positions"], cols[pre + "encoder_token_types"], max_encoder_length,
+                max_seq_length, n)))
         triples = {}
         for item in ("chosen_item", "rejected_item"):
             ids = []
             for lvl, k in enumerate(ITEM_TRIPLE_FIELDS):
                 a = col(f"{item}.{k}")
                 rules.append((f"{item}.{k}", np.asarray(a.is_null().to_numpy(zero_copy_only=False), dtype=bool)))
-                v = a.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64) if not pa.types.is_null(a.type) else np.zeros(n, np.int64)
+                if pa.types.is_null(a.type):
+                    v = np.zeros(n, np.int64)
+                else:
+                    v = a.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
                 bad = v < 0 if vocab_sizes is None else (v < 0) | (v >= int(vocab_sizes[lvl]))
                 rules.append((f"{item}.{k}", bad))
                 ids.append(v)

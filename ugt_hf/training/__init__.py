@@ -1,12 +1,10 @@
-"""训练：规格的配置、损失、指标、UGTTrainer（阶段 1–2）、UGTDPOTrainer（阶段 3）与回调。"""
+"""训练层：参数类、UGTTrainer（阶段 1–2）、UGTDPOTrainer（阶段 3）、回调与检查点加固。
 
-from .arguments import ConfigError, Stage1Config, Stage2Config, Stage3Config, TrainingConfig, parse_config
-from .losses import ContrastiveLoss, DPOLoss, NextTokenPredictionLoss, UnifiedLoss
-from .metrics import MetricsCalculator, coverage, hit_rate, mrr, ndcg_at_k, recall_at_k
+规格的名字（TrainingConfig / Stage*Config、DPOLoss、UnifiedLoss、MetricsCalculator 等）在 `ugt_hf.spec`；
+纯排序指标在 `ugt_hf.metrics`。这里不导入它们，生产路径与规格层互不依赖。
+"""
+
+from .losses import ContrastiveLoss
 from .trainer import UGTTrainer
 
-__all__ = [
-    "ConfigError", "TrainingConfig", "Stage1Config", "Stage2Config", "Stage3Config", "parse_config",
-    "NextTokenPredictionLoss", "ContrastiveLoss", "DPOLoss", "UnifiedLoss",
-    "MetricsCalculator", "recall_at_k", "ndcg_at_k", "mrr", "hit_rate", "coverage", "UGTTrainer",
-]
+__all__ = ["ContrastiveLoss", "UGTTrainer"]

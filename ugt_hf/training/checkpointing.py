@@ -22,6 +22,7 @@ import shutil
 import zipfile
 from typing import Iterable, List, Optional
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def clean_stale_staging(folder: str) -> List[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
-        logger.warning("removed %d incomplete checkpoint folder(s) left by an interrupted save: %s", len(removed), removed)
+        logger.warning("removed %d incomplete checkpoint folder(s) left by an interrupted save: %s",
+                       len(removed), removed)
     return removed
 
 
@@ -162,9 +164,7 @@ def drop_pickled_args(folder: str) -> None:
 
 # ---------------------------------------------------------------- 安全检查
 def _allowed_extra_globals() -> set:
-    """HF 的 rng_state.pth 含 numpy RNG 状态；`_load_rng_state` 用 safe_globals 放行这几个 numpy 符号，这里同样放行。"""
-    import numpy as np
-
+    """HF 的 rng_state.pth 含 numpy RNG 状态；`_load_rng_state` 用 safe_globals 放行这几个 numpy 符号，这里也放行。"""
     np_core = getattr(np, "_core", None) or np.core
     objs = [np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     names = set()

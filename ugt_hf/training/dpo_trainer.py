@@ -10,8 +10,11 @@ TRL 的 DPOTrainer 把一条偏好样本看成 “prompt + completion 的 token 
 1. 批次准备：`UGTPreferencePairCollator` 把偏好记录变成 TRL 期望的键（input_ids/completion_mask/
    attention_mask，[chosen; rejected] 沿 batch 拼接）外加编码器输入；
 2. 前向 / log-prob：TRL 在初始化时用 `add_fused_lm_head` 给模型打补丁（它假设模型有 LM backbone + lm_head）。
-   我们在 `UGTDPOTrainer.__init__` 期间把这个钩子换成 `add_ugt_fused_head`，让 `fused_lm_head=True`
-   的前向走层次化物品打分。
+   我们在 `UGTDPOTrainer.__init__` 期间经 `ugt_hf.compat.trl_fused_lm_head`（按 TRL 版本门控）把这个钩子换成
+   `add_ugt_fused_head`，让 `fused_lm_head=True` 的前向走层次化物品打分（模型的 `level_log_probs`）。
+
+语义 ID 的 padding 值是 `UGTConfig.semantic_pad_id`；TRL/HF 写进 `config.pad_token_id` 的 tokenizer pad id
+不影响模型，所以 tokenizer 直接作为 `processing_class`，不需要事后还原。
 
 总损失按规格：L = L_ntp(chosen) + λ2·L_DPO(TRL) + λ1·L_contrastive + λ3·L_moe。
 """
@@ -23,21 +26,19 @@ import logging
 import types
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
-from unittest import mock
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
-from transformers import TrainerCallback
+from transformers import GenerationConfig
 from transformers.utils import ModelOutput
-
-import trl.trainer.dpo_trainer as trl_dpo
 from trl import DPOTrainer
 
+from ..compat import ORIGINAL_ADD_FUSED_LM_HEAD, trl_fused_lm_head
 from ..data.collator import PreferenceCollator
 from ..generation import prediction_previous_items
 from ..interfaces import NUM_LEVELS, SEMANTIC_PAD_ID
-from .losses import ContrastiveLoss
+from ..loss_utils import moe_aux_loss, weighted_item_nll
+from .losses import ContrastiveLoss, level_weights_from
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,9 @@ class UGTPreferencePairCollator:
         ref_chosen_logps / ref_rejected_logps [B]（数据集里已预计算时透传）
     """
 
-    def __init__(self, pad_token_id: int = 0, vocab_sizes: Optional[Sequence[int]] = None,
+    def __init__(self, semantic_pad_id: int = SEMANTIC_PAD_ID, vocab_sizes: Optional[Sequence[int]] = None,
                  max_encoder_length: Optional[int] = None):
-        self.base = PreferenceCollator(pad_token_id=pad_token_id, vocab_sizes=vocab_sizes,
+        self.base = PreferenceCollator(semantic_pad_id=semantic_pad_id, vocab_sizes=vocab_sizes,
                                        max_encoder_length=max_encoder_length)
 
     def __call__(self, features: List[Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
@@ -95,17 +96,16 @@ class UGTFusedOutput(ModelOutput):
     aux_loss: Optional[torch.Tensor] = None
 
 
+@torch.no_grad()
 def _level_stats(logits: torch.Tensor, target: torch.Tensor):
-    """logits [N, V]，target [N] -> (log p(target), 熵, 平均 logit, 是否 top-1, log Σp²)，都是 [N]。"""
+    """TRL 日志用的逐 token 统计。logits [N, V]，target [N] -> (熵, 平均 logit, 是否 top-1, log Σp²)，都是 [N]。"""
     logp = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
-    lp = logp.gather(1, target.unsqueeze(1)).squeeze(1)
-    with torch.no_grad():
-        p = logp.exp()
-        entropy = -(p * logp).sum(-1)
-        mean_logits = logits.float().mean(-1)
-        is_top1 = logits.argmax(-1) == target
-        log_sum_sq = torch.logsumexp(2 * logp, dim=-1)
-    return lp, entropy, mean_logits, is_top1, log_sum_sq
+    p = logp.exp()
+    entropy = -(p * logp).sum(-1)
+    mean_logits = logits.float().mean(-1)
+    is_top1 = logits.argmax(-1) == target
+    log_sum_sq = torch.logsumexp(2 * logp, dim=-1)
+    return entropy, mean_logits, is_top1, log_sum_sq
 
 
 def ugt_fused_forward(model, labels: torch.Tensor, reference_free: bool = False, **batch) -> UGTFusedOutput:
@@ -129,20 +129,14 @@ def ugt_fused_forward(model, labels: torch.Tensor, reference_free: bool = False,
         raise ValueError(f"preference batch: {n} completion rows for {b} users (expected [chosen; rejected])")
     states = states.repeat(n // b, 1)  # [2B, D]
     prev = prediction_previous_items(model, enc)  # [B, 3] 或 None（宽记忆项没开）
-    kw = {} if prev is None else {"previous_items": prev.repeat(n // b, 1)}
-    l1, l2, l3 = items.unbind(-1)
-    stats = [
-        _level_stats(model.level1_logits(states, **kw), l1),
-        _level_stats(model.level2_logits(states, l1, **kw), l2),
-        _level_stats(model.level3_logits(states, l1, l2, **kw), l3),
-    ]
-    log_probs, entropy, mean_logits, is_top1, log_sum_sq = (torch.stack(x, dim=1) for x in zip(*stats))  # [2B, 3]
-    aux = None
-    if balance is not None:
-        cfg = model.config
-        aux = getattr(cfg, "router_aux_loss_coef", 1.0) * balance
-        if z is not None and getattr(cfg, "router_z_loss_coef", 0.0):
-            aux = aux + cfg.router_z_loss_coef * z
+    prev = None if prev is None else prev.repeat(n // b, 1)  # [2B, 3]
+    # 每行一个物品（M = 1）：与 item_log_probs 同一个打分实现
+    lp, logits = model.level_log_probs(states, items[:, None, :], prev, return_logits=True)  # [2B, 1, 3]
+    log_probs = lp[:, 0]  # [2B, 3]
+    flat_logits = (logits[0], logits[1][:, 0], logits[2][:, 0])  # [2B, Vk]
+    stats = [_level_stats(lg, items[:, k]) for k, lg in enumerate(flat_logits)]
+    entropy, mean_logits, is_top1, log_sum_sq = (torch.stack(x, dim=1) for x in zip(*stats))  # [2B, 3]
+    aux = moe_aux_loss(balance, z, model.config)
     model._ugt_last_fused = {
         "log_probs": log_probs,
         "aux_loss": aux,
@@ -156,13 +150,14 @@ def ugt_fused_forward(model, labels: torch.Tensor, reference_free: bool = False,
 
 
 def _is_ugt_model(model) -> bool:
-    return all(hasattr(model, name) for name in ("encode", "decode", "level1_logits", "level2_logits", "level3_logits"))
+    names = ("encode", "decode", "level1_logits", "level2_logits", "level3_logits", "level_log_probs")
+    return all(hasattr(model, name) for name in names)
 
 
 def add_ugt_fused_head(model, *args, reference_free: bool = False, **kwargs) -> None:
     """替代 TRL 的 `add_fused_lm_head`：UGT 模型的 `fused_lm_head=True` 前向走层次化物品打分。"""
     if not _is_ugt_model(model):
-        return _ORIGINAL_ADD_FUSED_LM_HEAD(model, *args, **kwargs)
+        return ORIGINAL_ADD_FUSED_LM_HEAD(model, *args, **kwargs)
     original_forward = model.forward
 
     def _forward(self, *f_args, fused_lm_head: bool = False, labels=None, use_cache=None, input_ids=None,
@@ -177,8 +172,6 @@ def add_ugt_fused_head(model, *args, reference_free: bool = False, **kwargs) -> 
     model.forward = types.MethodType(_forward, model)
 
 
-_ORIGINAL_ADD_FUSED_LM_HEAD = trl_dpo.add_fused_lm_head
-
 
 def _as_hf_dataset(dataset):
     """PreferenceDataset（有 .hf_dataset）、记录列表或 HF Dataset -> HF Dataset（TRL 只接受它）。"""
@@ -190,17 +183,6 @@ def _as_hf_dataset(dataset):
         return Dataset.from_list(dataset)
     raise TypeError(f"preference dataset must be a datasets.Dataset, a PreferenceDataset or a list of records, "
                     f"got {type(dataset).__name__}")
-
-
-class _RestoreSemanticPadCallback(TrainerCallback):
-    """HF Trainer 在 train() 开头按 tokenizer 对齐 model.config.pad_token_id（align_special_tokens）；
-    UGT 的 pad_token_id 是语义 ID 的 padding 值（0），与 tokenizer 的 "<pad>" 物品表 id 含义不同，这里还原。"""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._restore_semantic_pad()
 
 
 class UGTDPOTrainer(DPOTrainer):
@@ -228,13 +210,11 @@ class UGTDPOTrainer(DPOTrainer):
             ref_model._ugt_reference_free = True
         if data_collator is None:
             data_collator = UGTPreferencePairCollator(
-                pad_token_id=SEMANTIC_PAD_ID,
+                semantic_pad_id=getattr(model.config, "semantic_pad_id", SEMANTIC_PAD_ID),
                 vocab_sizes=getattr(model.config, "vocab_sizes", None),
                 max_encoder_length=getattr(args, "encoder_max_length", None),
             )
         if getattr(model, "generation_config", None) is None:
-            from transformers import GenerationConfig
-
             model.generation_config = GenerationConfig()
         train_dataset = _as_hf_dataset(train_dataset)
         if isinstance(eval_dataset, dict):
@@ -244,26 +224,13 @@ class UGTDPOTrainer(DPOTrainer):
         self.lambda_preference = float(getattr(args, "lambda_preference", 1.0))
         self.lambda_contrastive = float(getattr(args, "lambda_contrastive", 0.0))
         self.lambda_moe_balance = float(getattr(args, "lambda_moe_balance", 0.0))
-        self.level_weights = torch.tensor([
-            getattr(args, "l1_loss_weight", 0.5), getattr(args, "l2_loss_weight", 0.3),
-            getattr(args, "l3_loss_weight", 0.2)], dtype=torch.float32)
+        self.level_weights = level_weights_from(args)
         self.contrastive = ContrastiveLoss(temperature=getattr(args, "contrastive_temperature", 0.07))
-        # TRL 会把 tokenizer 的 pad token id 写进 model.config.pad_token_id；模型用该字段作语义 ID 的 padding 值，
-        # 两者含义不同，初始化后还原
-        semantic_pad = SEMANTIC_PAD_ID
-        with mock.patch.object(trl_dpo, "add_fused_lm_head", add_ugt_fused_head):
+        with trl_fused_lm_head(add_ugt_fused_head):
             super().__init__(model=model, ref_model=ref_model, args=args, data_collator=data_collator,
                              train_dataset=train_dataset, eval_dataset=eval_dataset,
                              processing_class=processing_class, compute_metrics=compute_metrics,
                              callbacks=callbacks, optimizers=optimizers, **kwargs)
-        self._semantic_pad = semantic_pad
-        self._restore_semantic_pad()
-        self.add_callback(_RestoreSemanticPadCallback(self))
-
-    def _restore_semantic_pad(self) -> None:
-        for m in (self.accelerator.unwrap_model(self.model), self.ref_model):
-            if m is not None and hasattr(m, "config"):
-                m.config.pad_token_id = self._semantic_pad
 
     # 我们的数据已经是语义 ID 记录，不需要 TRL 的文本分词 / 加 EOS
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -285,15 +252,16 @@ class UGTDPOTrainer(DPOTrainer):
         mode = "train" if self.model.training else "eval"
         log_probs = last["log_probs"]  # [2B, 3]
         b = log_probs.shape[0] // 2
-        weights = self.level_weights.to(log_probs.device)
-        ntp = -(log_probs[:b] * weights).sum(-1).mean()
+        ntp = weighted_item_nll(log_probs[:b], self.level_weights).mean()  # chosen 物品的加权 NTP
         loss = ntp + self.lambda_preference * dpo_loss
         self._metrics[mode]["ntp_loss"].append(self.accelerator.gather(ntp.detach()).mean().item())
         self._metrics[mode]["dpo_loss"].append(self.accelerator.gather(dpo_loss.detach()).mean().item())
         if self.lambda_contrastive > 0 and b > 1:
-            item_repr = unwrapped.item_representation(last["chosen_triples"])  # [B, D]
-            item_key = (last["chosen_triples"] * torch.tensor([1 << 40, 1 << 20, 1], device=log_probs.device)).sum(-1)
-            con, _ = self.contrastive(last["user_repr"], item_repr, item_ids=item_key)
+            chosen = last["chosen_triples"]  # [B, 3]
+            item_repr = unwrapped.item_representation(chosen)  # [B, D]
+            # 只需要“是否同一物品”：三元组相同即同一编号（屏蔽批内的假负样本），不必换算成全局 item_index
+            same_item = torch.unique(chosen, dim=0, return_inverse=True)[1]  # [B]
+            con, _ = self.contrastive(last["user_repr"], item_repr, item_ids=same_item)
             loss = loss + self.lambda_contrastive * con
             self._metrics[mode]["contrastive_loss"].append(self.accelerator.gather(con.detach()).mean().item())
         aux = last.get("aux_loss")
@@ -321,7 +289,8 @@ def pairwise_preference_accuracy(model, dataset, batch_size: int = 256, collator
     """留出偏好对上的成对准确率：log p(chosen) > log p(rejected) 的比例（策略模型本身，不减参考模型）。"""
     dataset = _as_hf_dataset(dataset)
     collator = collator or UGTPreferencePairCollator(
-        pad_token_id=SEMANTIC_PAD_ID, vocab_sizes=getattr(model.config, "vocab_sizes", None)
+        semantic_pad_id=getattr(model.config, "semantic_pad_id", SEMANTIC_PAD_ID),
+        vocab_sizes=getattr(model.config, "vocab_sizes", None),
     )
     was_training = model.training
     model.eval()

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
-from transformers import get_scheduler
+from transformers import SchedulerType, Trainer, get_scheduler
 
 __all__ = [
     "LAMB",
@@ -204,8 +204,6 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Optional[nn.Module] = None) -
             "eps": args.adam_epsilon,
         }
     _check_choice(optimizer_type, OPTIMIZER_TYPES, "optimizer_type")
-    from transformers import Trainer
-
     return Trainer.get_optimizer_cls_and_kwargs(args, model)
 
 
@@ -213,8 +211,6 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Optional[nn.Module] = None) -
 # 学习率调度
 # --------------------------------------------------------------------------------------------------------------------
 def _hf_scheduler_names() -> List[str]:
-    from transformers import SchedulerType
-
     return [s.value for s in SchedulerType]
 
 
@@ -253,7 +249,9 @@ def resolve_scheduler(
         if "min_lr" not in kwargs:
             _put("min_lr_rate", ratio)
         elif ratio > 0 and "min_lr_rate" not in kwargs:
-            raise ValueError("lr_scheduler_kwargs 给了绝对 min_lr，同时 min_lr_ratio>0；只设其中一个（可令 min_lr_ratio: 0）")
+            raise ValueError(
+                "lr_scheduler_kwargs 给了绝对 min_lr，同时 min_lr_ratio>0；只设其中一个（可令 min_lr_ratio: 0）"
+            )
     elif name in ("linear", "polynomial") and ratio > 0:
         if learning_rate is None:
             raise ValueError(f"{name} 带 min_lr_ratio 时需要 learning_rate 来计算 lr_end")

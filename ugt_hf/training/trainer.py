@@ -1,20 +1,13 @@
-"""UGTTrainer：阶段 1–2 的 `transformers.Trainer` 子类，同时实现规格的 `TrainerInterface`。
+"""UGTTrainer：阶段 1–2 的 `transformers.Trainer` 子类（规格的 `TrainerInterface` 适配在 `ugt_hf.spec.trainer`）。
 
 只覆写与 HF 默认行为不同的几处，训练循环、日志、评估循环、检查点轮转都是 HF 自己的：
-- `compute_loss`：统一损失（层次化 NTP + λ1·InfoNCE + λ3·MoE），在梯度累积下按整个累积批次的有效标签位置数归一；
+- `compute_loss`：L = NTP_sum / N + λ1·InfoNCE / M + λ3·MoE / M（torchtitan 的组合方式；N = 整个累积批次的有效
+  标签位置数，M = 累积步数），梯度累积下精确且不重算任何一项；NTP 与 MoE 辅助项来自 `ugt_hf.loss_utils`。
   各分量在日志步之间累积（设备上，无同步）并取平均，经 `Trainer.log` 写到 TensorBoard / 进度条。
 - `prediction_step`：教师强制的 NTP 损失 + 约束 beam search 的 top-K 物品，`compute_metrics` 算 Recall/NDCG@K 等。
 - 加固（HF 不足之处见 checkpointing.py / callbacks.py 的模块说明）：检查点原子写入、只从完整检查点续训、
   加载前拒绝不安全的 pickle、不写 pickle 版 training_args.bin；非有限损失/梯度跳过更新；SIGTERM/SIGINT 保存后退出。
 
-规格接口到 HF 的映射：
-    train_epoch()        = 把 num_train_epochs 设为“已完成 epoch 数 + 1”，从上一次 train_epoch 结束时写下的检查点
-                           续训（HF 的 resume 机制：恢复参数、优化器、调度器、RNG、数据位置），结束后写 epoch 检查点。
-                           学习率调度的总长按配置的 num_train_epochs 计算，与一次 train() 跑完全部 epoch 相同。
-    evaluate()           = Trainer.evaluate（评估损失 + 排序指标），返回 eval_* 指标。
-    save_checkpoint(p)   = 在 p 原子地写一个完整的 HF 检查点（权重 safetensors、优化器、调度器、RNG、trainer_state、
-                           training_args.json）。
-    load_checkpoint(p)   = 安全检查后加载权重/优化器/调度器/状态/RNG；之后的 train()/train_epoch() 从 p 续训。
 """
 
 from __future__ import annotations
@@ -23,15 +16,21 @@ import functools
 import logging
 import math
 import os
+import shutil
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerState
-from transformers.trainer_callback import ExportableState
+from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 
-from ..interfaces import IGNORE_INDEX, MODEL_INPUT_KEYS, NUM_LEVELS, TrainerInterface, get_output
+from ..data.collator import DataCollator
+from ..data.schema import RECOMMEND_FIELDS
+from ..generation import ItemCatalogue, recommend
+from ..interfaces import IGNORE_INDEX, MODEL_INPUT_KEYS, NUM_LEVELS, SEMANTIC_PAD_ID, get_output
+from ..loss_utils import ntp_loss_sums
+from ..metrics import make_compute_metrics
 from . import checkpointing as ckpt
 from .callbacks import (
     DEFAULT_MAX_CONSECUTIVE_NONFINITE,
@@ -39,6 +38,8 @@ from .callbacks import (
     NonFiniteGuard,
     TrainingDivergedError,
 )
+from .losses import ContrastiveLoss, level_weights_from
+from .optim import get_optimizer_cls_and_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,7 @@ logger = logging.getLogger(__name__)
 Ranker = Callable[[nn.Module, Mapping[str, Any]], torch.Tensor]
 
 # 数据记录（规格 5.1）与模型输入的字段都要保留给 collator；HF 默认会按 forward 签名删掉“用不到”的列
-_KEEP_COLUMNS = tuple(MODEL_INPUT_KEYS)
-
-
-def _record_fields() -> Tuple[str, ...]:
-    from ..data import schema
-
-    return tuple(schema.RECOMMEND_FIELDS)
+_KEEP_COLUMNS = tuple(MODEL_INPUT_KEYS) + tuple(RECOMMEND_FIELDS)
 
 
 class LossComponentAccumulator:
@@ -110,52 +105,19 @@ class LossComponentAccumulator:
         return out
 
 
-def target_item_ids_from_labels(labels: torch.Tensor, item_lookup: "ItemLookup") -> torch.Tensor:
-    """评估记录（decoder = [BOS]）的目标物品 = labels 第 0 个位置的 (l1, l2, l3)，映射为物品 id [B]。"""
+def target_item_ids_from_labels(labels: torch.Tensor, catalogue: ItemCatalogue) -> torch.Tensor:
+    """评估记录（decoder = [BOS]）的目标物品 = labels 第 0 个位置的 (l1, l2, l3)，映射为物品 id [B]。
+
+    不在目录里的三元组为 IGNORE_INDEX（-100，而不是目录的 -1：排序结果用 -1 表示缺位，二者不能相等）。
+    """
     if labels.dim() != 3 or labels.shape[-1] != NUM_LEVELS:
         raise ValueError(f"labels must be [B, T, {NUM_LEVELS}], got {tuple(labels.shape)}")
-    return item_lookup(labels[:, 0, :])
-
-
-class ItemLookup:
-    """(l1, l2, l3) → 物品 id（items.parquet 的 item_index）；语义 ID 唯一，查不到的返回 IGNORE_INDEX。
-
-    item_codes: [N, 3]，第 i 行是物品 i 的三层码。用排序 + searchsorted，O(B log N)，不建 Python 字典。
-    """
-
-    def __init__(self, item_codes: torch.Tensor):
-        codes = torch.as_tensor(item_codes, dtype=torch.long)
-        if codes.dim() != 2 or codes.shape[1] != NUM_LEVELS:
-            raise ValueError(f"item_codes must be [num_items, {NUM_LEVELS}], got {tuple(codes.shape)}")
-        if (codes < 0).any():
-            raise ValueError("item_codes must be non-negative")
-        self.base = int(codes.max().item()) + 1
-        keys = self._pack(codes)
-        order = torch.argsort(keys)
-        self.sorted_keys = keys[order]
-        self.sorted_ids = order
-        if self.sorted_keys.numel() > 1 and (self.sorted_keys[1:] == self.sorted_keys[:-1]).any():
-            raise ValueError("item_codes contain duplicate semantic IDs: an item id cannot be recovered from its code")
-        self.num_items = codes.shape[0]
-
-    def _pack(self, triples: torch.Tensor) -> torch.Tensor:
-        b = self.base
-        return (triples[..., 0] * b + triples[..., 1]) * b + triples[..., 2]
-
-    def __call__(self, triples: torch.Tensor) -> torch.Tensor:
-        device = triples.device
-        t = triples.long().cpu()
-        valid = (t >= 0).all(-1) & (t < self.base).all(-1)
-        keys = self._pack(t.clamp(min=0))
-        pos = torch.searchsorted(self.sorted_keys, keys).clamp(max=self.sorted_keys.numel() - 1)
-        found = valid & (self.sorted_keys[pos] == keys)
-        ids = torch.where(found, self.sorted_ids[pos], torch.full_like(pos, IGNORE_INDEX))
-        return ids.to(device)
+    ids = catalogue.lookup(labels[:, 0, :])
+    return torch.where(ids >= 0, ids, torch.full_like(ids, IGNORE_INDEX)).to(labels.device)
 
 
 def make_beam_search_ranker(catalogue, num_beams: int, top_k: int, exclude_history: bool = False) -> Ranker:
     """generation.py 的约束 beam search（从 BOS 位置出发）包成 ranker(model, batch) -> [B, K] 物品 id（-1 为缺位）。"""
-    from ..generation import recommend
 
     def ranker(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
         model_batch = {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS and k != "labels"}
@@ -166,17 +128,16 @@ def make_beam_search_ranker(catalogue, num_beams: int, top_k: int, exclude_histo
     return ranker
 
 
-class UGTTrainer(Trainer, TrainerInterface):
+class UGTTrainer(Trainer):
     """阶段 1–2 训练器。除 HF Trainer 的参数外：
 
     Args:
-        config: 规格的名字，等同 `args`（TrainingConfig / Stage1Config / Stage2Config，均为 TrainingArguments 子类）
-        optimizer / scheduler: 规格的名字，等同 `optimizers=(optimizer, scheduler)`
-        loss_fn: 统一损失，默认 `UnifiedLoss.from_config(args)`；调用约定 loss_fn(outputs, labels) -> dict，
-            至少含 total_loss（带梯度）与 ntp_loss
+        loss_fn: 可选的自定义损失，loss_fn(outputs, labels) -> dict，至少含 total_loss（带梯度）与 ntp_loss
+            （micro-batch 均值）；组合为 ntp·n/N + (total − ntp)/M。默认 None：内置组合（见 compute_loss）
         ranker: ranker(model, batch) -> [B, K] 物品 id；给了 catalogue 时默认用 generation.py 的约束 beam search
-        catalogue: generation.ItemCatalogue（items.parquet 的三元组表）；评估排序全目录
-        item_codes: [N, 3] 各物品的语义 ID（不给时取 catalogue.triples），评估时把目标 (l1,l2,l3) 映射为物品 id
+        catalogue: generation.ItemCatalogue（items.parquet 的三元组表）；评估排序全目录，也用它把目标 (l1,l2,l3)
+            映射为物品 id
+        item_codes: [N, 3] 各物品的语义 ID（没有 catalogue 时由它建一个 ItemCatalogue）
         num_beams: beam 宽度（默认 = max(k_values)）；exclude_history: 是否不推荐历史物品（结果表须注明）
         k_values: 排序指标的 K；默认取 args.eval_k_values 或 (5, 10, 20, 50)
         max_consecutive_nonfinite: 连续多少个优化步非有限后停止；默认取 args 的同名字段或 10
@@ -194,9 +155,6 @@ class UGTTrainer(Trainer, TrainerInterface):
         train_dataset=None,
         eval_dataset=None,
         *,
-        config=None,
-        optimizer: Optional[torch.optim.Optimizer] = None,
-        scheduler=None,
         loss_fn: Optional[Callable[..., Dict[str, torch.Tensor]]] = None,
         ranker: Optional[Ranker] = None,
         item_codes: Optional[torch.Tensor] = None,
@@ -208,14 +166,6 @@ class UGTTrainer(Trainer, TrainerInterface):
         graceful_shutdown: bool = True,
         **kwargs,
     ):
-        if config is not None:
-            if args is not None and args is not config:
-                raise ValueError("pass either `args` or the spec's `config`, not both")
-            args = config
-        if optimizer is not None or scheduler is not None:
-            if "optimizers" in kwargs:
-                raise ValueError("pass either `optimizers=(opt, sched)` or the spec's `optimizer`/`scheduler`")
-            kwargs["optimizers"] = (optimizer, scheduler)
         if data_collator is None:
             data_collator = _default_collator(args)
 
@@ -227,10 +177,11 @@ class UGTTrainer(Trainer, TrainerInterface):
         elif graceful_shutdown:
             self.shutdown_callback = next(c for c in callbacks if isinstance(c, GracefulShutdownCallback))
 
-        # 评估：ranker + 目标映射 + 默认 compute_metrics
-        if catalogue is not None and item_codes is None:
-            item_codes = catalogue.triples
-        self.item_lookup = ItemLookup(item_codes) if item_codes is not None else None
+        # 评估：ranker + 目标映射（ItemCatalogue，全包唯一的三元组 <-> 物品 id 换算）+ 默认 compute_metrics
+        if item_codes is not None:
+            self.item_catalogue = ItemCatalogue(item_codes, getattr(catalogue, "vocab_sizes", None))
+        else:
+            self.item_catalogue = catalogue
         if k_values is None:
             k_values = getattr(args, "eval_k_values", None) or (5, 10, 20, 50)
         self.k_values = tuple(int(k) for k in k_values)
@@ -240,9 +191,7 @@ class UGTTrainer(Trainer, TrainerInterface):
                                              exclude_history=exclude_history)
         self.ranker = ranker
         if kwargs.get("compute_metrics") is None and self.ranker is not None:
-            from .metrics import make_compute_metrics
-
-            num_items = self.item_lookup.num_items if self.item_lookup is not None else None
+            num_items = self.item_catalogue.num_items if self.item_catalogue is not None else None
             kwargs["compute_metrics"] = make_compute_metrics(self.k_values, num_items=num_items)
 
         super().__init__(
@@ -255,16 +204,18 @@ class UGTTrainer(Trainer, TrainerInterface):
             **kwargs,
         )
 
-        if loss_fn is None:
-            from .losses import UnifiedLoss
-
-            # arguments.py 的字段名是 l{k}_loss_weight，UnifiedLoss 的是 l{k}_weight
-            overrides = {
-                f"l{k}_weight": getattr(self.args, f"l{k}_loss_weight")
-                for k in (1, 2, 3) if getattr(self.args, f"l{k}_loss_weight", None) is not None
-            }
-            loss_fn = UnifiedLoss.from_config(self.args, **overrides)
+        # 内置损失的各项系数（loss_fn 为 None 时使用）；层级权重只有一个名字 level_weights
         self.loss_fn = loss_fn
+        self.level_weights = level_weights_from(self.args)
+        self.label_smoothing = float(getattr(self.args, "label_smoothing", 0.0) or 0.0)
+        self.lambda_contrastive = float(getattr(self.args, "lambda_contrastive", 0.0) or 0.0)
+        self.lambda_moe_balance = float(getattr(self.args, "lambda_moe_balance", 0.0) or 0.0)
+        for name in ("lambda_contrastive", "lambda_moe_balance"):
+            lam = getattr(self, name)
+            if not math.isfinite(lam) or lam < 0:
+                raise ValueError(f"UGTTrainer: {name} must be a finite number >= 0, got {lam}")
+        self.contrastive_loss = ContrastiveLoss(getattr(self.args, "contrastive_temperature", 0.07))
+        self._warned_missing_repr = False
         if self.args.label_names is None:
             self.label_names = ["labels"]
         # 让 HF 统计 num_items_in_batch（它只在模型“接受 loss kwargs”时统计）；我们的 compute_loss 不把它传给模型
@@ -276,8 +227,6 @@ class UGTTrainer(Trainer, TrainerInterface):
         self._log_components = LossComponentAccumulator()  # 日志窗口
         self._run_components = LossComponentAccumulator()  # 整次 train() 调用（train_epoch 的返回值）
         self._eval_components = LossComponentAccumulator()  # 一次评估
-        self._resume_point: Optional[str] = None  # load_checkpoint / train_epoch 记下的续训起点
-        self._epoch_mode_total_epochs: Optional[float] = None  # train_epoch 期间调度器的总 epoch 数
 
     # ------------------------------------------------------------------ 数据
     def _set_signature_columns_if_needed(self):
@@ -285,7 +234,7 @@ class UGTTrainer(Trainer, TrainerInterface):
         if self._signature_columns is None:
             super()._set_signature_columns_if_needed()
             self._signature_columns = list(
-                dict.fromkeys(list(self._signature_columns) + list(_KEEP_COLUMNS) + list(_record_fields()))
+                dict.fromkeys(list(self._signature_columns) + list(_KEEP_COLUMNS))
             )
 
     def _get_train_sampler(self, train_dataset=None):
@@ -293,8 +242,6 @@ class UGTTrainer(Trainer, TrainerInterface):
         encoder 长度（RecommendDataset.lengths），让一个批次里的历史长度相近，padding 少得多。"""
         ds = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and hasattr(ds, "lengths"):
-            from transformers.trainer_pt_utils import LengthGroupedSampler
-
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=ds.lengths())
         return super()._get_train_sampler(train_dataset)
@@ -328,13 +275,14 @@ class UGTTrainer(Trainer, TrainerInterface):
         return_outputs: bool = False,
         num_items_in_batch: Optional[Union[torch.Tensor, int]] = None,
     ):
-        """统一损失。
+        """L = NTP_sum / N + λ1·InfoNCE / M + λ3·MoE / M（torchtitan 的组合方式）。
 
         梯度累积：一个优化步由 M 个 micro-batch 组成，整批有效标签位置数为 N = num_items_in_batch。
-        NTP 是 token 平均：本 micro-batch 贡献 ntp_mean · n_local / N，M 个之和就是把它们拼成一个大批次时的均值，
+        NTP 是 token 平均：本 micro-batch 贡献 Σ_k w_k·CE_sum_k / N，M 个之和就是把它们拼成一个大批次时的均值，
         与 micro-batch 的切法和各序列长度无关（batch 8×1 与 2×4 得到相同梯度）。
-        对比与 MoE 项是每个 micro-batch 的均值，贡献 (λ1·con + λ3·moe) / M。
+        对比与 MoE 项是每个 micro-batch 的均值，贡献 (λ1·con + λ3·moe) / M。各项只算一次，不重算。
         多进程且 average_tokens_across_devices 时 N 是全局数，DDP 又对梯度求平均，所以 NTP 项再乘进程数（同 HF）。
+        没有 N（在 HF 循环之外调用）时：NTP 用本 micro-batch 的均值，总损失 / M。
         """
         labels = inputs.get("labels")
         if labels is None:
@@ -344,56 +292,97 @@ class UGTTrainer(Trainer, TrainerInterface):
             )
         model_inputs = {k: v for k, v in inputs.items() if k in MODEL_INPUT_KEYS}
         outputs = model(**model_inputs)
-        comps = self.loss_fn(outputs, labels)  # 各项都是本 micro-batch 的均值；只有 total_loss 带梯度
-        total, ntp = comps["total_loss"], comps["ntp_loss"]
 
         n_local = (labels[..., 0] != IGNORE_INDEX).sum()  # 本 micro-batch 的有效标签位置数
         accum = 1
         if model.training:
             accum = max(int(getattr(self, "current_gradient_accumulation_steps", 1) or 1), 1)
+        n_total = None
         if num_items_in_batch is not None:
-            n_total = torch.as_tensor(num_items_in_batch, device=total.device).reshape(-1)[0].to(total.dtype)
-            share = n_local.to(total.dtype) / torch.clamp(n_total, min=1.0)
-            if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                share = share * float(self.accelerator.num_processes // self.get_tp_size())
-            # loss = ntp·share + rest/M，其中 total = ntp + rest：
-            #      = total·share + rest·(1/M - share)；rest 为 0（阶段 1、无 MoE）时不必重算
-            loss = total * share
-            if accum > 1 or self.args.world_size > 1:  # 否则 1/M - share 恒为 0
-                rest = self._aux_terms_with_grad(outputs)
-                if rest is not None:
-                    loss = loss + rest * (1.0 / accum - share)
+            n_total = torch.as_tensor(num_items_in_batch, device=n_local.device).reshape(-1)[0]
+        if self.loss_fn is not None:
+            loss, comps, share = self._custom_loss(outputs, labels, n_local, n_total, accum)
         else:
-            share = torch.full((), 1.0 / accum, device=total.device)
-            loss = total / accum
+            loss, comps, share = self._composed_loss(outputs, labels, n_local, n_total, accum)
 
-        finite = torch.isfinite(total.detach())
+        finite = torch.isfinite(loss.detach())
         if model.training:
-            self._log_components.add(_loggable(comps), share, 1.0 / accum, finite)
-            self._run_components.add(_loggable(comps), share, 1.0 / accum, finite)
+            self._log_components.add(comps, share, 1.0 / accum, finite)
+            self._run_components.add(comps, share, 1.0 / accum, finite)
         else:
-            self._eval_components.add(_loggable(comps), share, 1.0, finite)
+            self._eval_components.add(comps, share, 1.0, finite)
         return (loss, outputs) if return_outputs else loss
 
-    def _aux_terms_with_grad(self, outputs) -> Optional[torch.Tensor]:
-        """λ1·InfoNCE + λ3·MoE（带梯度），与 loss_fn 里加进 total 的完全相同；都为 0/缺失时返回 None。
+    def _ntp_share(self, n_local: torch.Tensor, n_total: Optional[torch.Tensor], dtype: torch.dtype, accum: int):
+        """本 micro-batch 的 NTP 在优化步里的份额 n_local/N（多进程时再乘进程数）；没有 N 时为 1/M。"""
+        if n_total is None:
+            return torch.full((), 1.0 / accum, dtype=dtype, device=n_local.device)
+        share = n_local.to(dtype) / torch.clamp(n_total.to(dtype), min=1.0)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            share = share * float(self.accelerator.num_processes // self.get_tp_size())
+        return share
 
-        用 loss_fn 自己的 λ 与 contrastive_loss 子模块重算（B×B 相似度矩阵，代价可忽略），
-        保证对比/MoE 项在梯度累积下按 micro-batch 平均，而不是被加 M 次。
-        """
-        lf = self.loss_fn
-        rest = None
-        lam3 = float(getattr(lf, "lambda_moe_balance", 0.0) or 0.0)
+    def _composed_loss(self, outputs, labels, n_local, n_total, accum):
+        """内置组合：NTP 的求和形式（loss_utils.ntp_loss_sums）+ 单独给出的 InfoNCE 与 MoE 辅助项。"""
+        logits = [get_output(outputs, f"l{k}_logits") for k in (1, 2, 3)]
+        for k, lg in enumerate(logits, start=1):
+            if lg is None:
+                raise ValueError(f"UGTTrainer: model output is missing required field 'l{k}_logits'")
+        chunk_size = getattr(getattr(self.model, "config", None), "loss_chunk_size", None)
+        sums = ntp_loss_sums(*logits, labels, level_weights=self.level_weights, label_smoothing=self.label_smoothing,
+                             chunk_size=chunk_size)
+        comps = sums.metrics()  # 日志：本 micro-batch 的均值
+        dtype = sums.level_sums[0].dtype
+        share = self._ntp_share(n_local, n_total, dtype, accum)
+        if n_total is not None:
+            # NTP_sum / N：逐层 sum_k / N 再加权（N = 本 micro-batch 的位置数时与均值逐位相同）
+            denom = torch.clamp(n_total.to(dtype), min=1.0)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                denom = denom / float(self.accelerator.num_processes // self.get_tp_size())
+            loss = sums.weighted(denom)
+            aux_scale = 1.0 / accum
+        else:
+            loss = sums.weighted()
+            aux_scale = None  # 总损失整体 / M
+
+        if self.lambda_contrastive > 0:
+            user_repr, item_repr = get_output(outputs, "user_repr"), get_output(outputs, "item_repr")
+            if user_repr is not None and item_repr is not None:
+                con, m = self.contrastive_loss(user_repr, item_repr)
+                term = self.lambda_contrastive * con
+                loss = loss + (term if aux_scale is None or aux_scale == 1.0 else term * aux_scale)
+                comps.update(m)
+            elif not self._warned_missing_repr:
+                # 规格允许模型不输出表示（阶段 1）；提示一次，避免静默丢掉一项
+                logger.warning("lambda_contrastive=%s but the model output has no user_repr/item_repr: "
+                               "contrastive term skipped", self.lambda_contrastive)
+                self._warned_missing_repr = True
         aux = get_output(outputs, "aux_loss")
-        if lam3 > 0 and aux is not None and torch.is_tensor(aux) and aux.requires_grad:
-            rest = lam3 * aux.reshape(())
-        lam1 = float(getattr(lf, "lambda_contrastive", 0.0) or 0.0)
-        user_repr, item_repr = get_output(outputs, "user_repr"), get_output(outputs, "item_repr")
-        if lam1 > 0 and user_repr is not None and item_repr is not None and hasattr(lf, "contrastive_loss"):
-            con = lf.contrastive_loss(user_repr, item_repr)
-            con = con[0] if isinstance(con, tuple) else con
-            rest = lam1 * con if rest is None else rest + lam1 * con
-        return rest
+        if aux is not None:
+            aux = torch.as_tensor(aux)
+            if aux.numel() != 1:
+                raise ValueError(f"UGTTrainer: aux_loss must be a scalar, got shape {tuple(aux.shape)}")
+            aux = aux.reshape(())
+            comps["moe_balance_loss"] = aux.detach()
+            if self.lambda_moe_balance > 0:
+                term = self.lambda_moe_balance * aux
+                loss = loss + (term if aux_scale is None or aux_scale == 1.0 else term * aux_scale)
+        if aux_scale is None:
+            loss = loss / accum
+        return loss, comps, share
+
+    def _custom_loss(self, outputs, labels, n_local, n_total, accum):
+        """自定义 loss_fn：ntp（均值）·n/N + (total − ntp)/M；total − ntp 就是它的辅助项，不必重算。"""
+        comps = self.loss_fn(outputs, labels)  # 各项都是本 micro-batch 的均值；只有 total_loss 带梯度
+        total, ntp = comps["total_loss"], comps["ntp_loss"]
+        share = self._ntp_share(n_local, n_total, total.dtype, accum)
+        if n_total is None:
+            loss = total / accum
+        elif accum == 1 and self.args.world_size <= 1:
+            loss = total * share  # share = n/N = 1（单进程、不累积）
+        else:
+            loss = total * share + (total - ntp) * (1.0 / accum - share)
+        return loss, _loggable(comps), share
 
     # ------------------------------------------------------------------ 评估
     def prediction_step(
@@ -419,8 +408,8 @@ class UGTTrainer(Trainer, TrainerInterface):
                 raise ValueError(f"ranker must return [B, K] item ids, got {shape}")
             if "target_item_ids" in inputs:
                 targets = inputs["target_item_ids"].reshape(-1)
-            elif self.item_lookup is not None:
-                targets = target_item_ids_from_labels(inputs["labels"], self.item_lookup)
+            elif self.item_catalogue is not None:
+                targets = target_item_ids_from_labels(inputs["labels"], self.item_catalogue)
             else:
                 raise ValueError("ranking evaluation needs `item_codes` (or a 'target_item_ids' batch key)")
         return loss, topk.long(), targets.long().to(topk.device)
@@ -453,10 +442,6 @@ class UGTTrainer(Trainer, TrainerInterface):
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):
         """optimizer_type="lamb" 走 optim.py 的 LAMB；其余交给 HF（args.optim）。"""
-        try:
-            from .optim import get_optimizer_cls_and_kwargs
-        except ImportError:  # optim.py 不存在时退回 HF
-            return Trainer.get_optimizer_cls_and_kwargs(args, model)
         return get_optimizer_cls_and_kwargs(args, model)
 
     def create_optimizer(self, model=None):
@@ -515,23 +500,16 @@ class UGTTrainer(Trainer, TrainerInterface):
             self.nonfinite_guard.last_grad_norm = None  # 不为日志强制同步；需要时在 warning 里显示 None
         return grad_norm
 
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """train_epoch 期间调度器的总步数按配置的全部 epoch 计算（否则每次调用都会重新拉伸余弦曲线）。"""
-        if self._epoch_mode_total_epochs is not None and self.lr_scheduler is None:
-            done_plus_one = max(float(self.args.num_train_epochs), 1.0)
-            num_training_steps = int(math.ceil(num_training_steps * self._epoch_mode_total_epochs / done_plus_one))
-        return super().create_scheduler(num_training_steps, optimizer)
-
     # ------------------------------------------------------------------ 训练入口
     def train(self, resume_from_checkpoint: Optional[Union[str, bool]] = None, trial=None,
               ignore_keys_for_eval=None, **kwargs):
         """HF train，外加：解析续训点（只选完整检查点）、加载前安全检查、清理半成品、发散时抛错。
 
-        resume_from_checkpoint 为 None 时依次看 load_checkpoint 记下的点与 args.resume_from_checkpoint
-        （规格 Q4：配置里写了就自动续训；"true"/"latest" 表示 output_dir 里最新的完整检查点）。
+        resume_from_checkpoint 为 None 时取 args.resume_from_checkpoint（配置里写了就自动续训；
+        "true"/"latest" 表示 output_dir 里最新的完整检查点）。
         """
         if resume_from_checkpoint is None:
-            resume_from_checkpoint = self._resume_point or getattr(self.args, "resume_from_checkpoint", None)
+            resume_from_checkpoint = getattr(self.args, "resume_from_checkpoint", None)
         if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "latest", "auto"):
             resume_from_checkpoint = True
         if resume_from_checkpoint is True:
@@ -553,7 +531,6 @@ class UGTTrainer(Trainer, TrainerInterface):
             ckpt.verify_checkpoint_files(resume_from_checkpoint)
         if self.args.should_save:
             ckpt.clean_stale_staging(self.args.output_dir)
-        self._resume_point = None
         self._log_components.reset()
         self._run_components.reset()
         g = self.nonfinite_guard
@@ -573,13 +550,10 @@ class UGTTrainer(Trainer, TrainerInterface):
 
     # ------------------------------------------------------------------ 检查点
     def _save_checkpoint(self, model, trial) -> None:
-        """与 transformers 5.23 的 `_save_checkpoint` 相同的内容与顺序，区别只在：先写 .staging-* 再原子 rename，
-        不写 pickle 版 training_args.bin、改写 training_args.json，轮转在 rename 之后按步数进行（最佳检查点保留）。"""
-        if self.hp_search_backend is None and trial is None:
-            self.store_flos()
+        """HF 的 `_save_checkpoint` 原样执行，只是写进 staging 目录（见 `_write_checkpoint`），再原子 rename；
+        最佳检查点的路径指向最终目录；轮转在 rename 之后按步数进行（rename 会改变 mtime）。"""
         run_dir = self._get_output_dir(trial=trial)
         final_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-
         if (
             self.args.save_strategy in [SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST]
             and self.state.best_global_step
@@ -588,11 +562,7 @@ class UGTTrainer(Trainer, TrainerInterface):
             # 最佳就是本步时目录还在 staging 里；rename 之后它就存在
             if self.state.best_global_step == self.state.global_step or os.path.exists(best_dir):
                 self.state.best_model_checkpoint = best_dir
-
-        self._write_checkpoint(final_dir)
-
-        if self.args.push_to_hub:
-            self._push_from_checkpoint(final_dir)
+        self._write_checkpoint(final_dir, model=model, trial=trial)
         if self.args.should_save:
             rotate_checkpoints(
                 output_dir=run_dir,
@@ -601,35 +571,51 @@ class UGTTrainer(Trainer, TrainerInterface):
                 use_mtime=False,  # rename 会改变目录 mtime；按步数排序才可靠
             )
 
-    def _write_checkpoint(self, final_dir: str) -> None:
-        """在 final_dir 原子地写一个完整检查点（所有 rank 都要调用；只有主进程提交 rename）。"""
-        staging = ckpt.staging_dir_for(final_dir)
-        if self.args.should_save and os.path.exists(staging):
-            import shutil
+    def _get_output_dir(self, trial) -> str:
+        """写检查点期间（`_write_checkpoint`）HF 的 run 目录换成 staging 目录，其余时候不变。"""
+        if getattr(self, "_staging_run_dir", None) is not None:
+            return self._staging_run_dir
+        return super()._get_output_dir(trial)
 
-            shutil.rmtree(staging)
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """staging 目录马上要被 rename：推送等 `_write_checkpoint` 提交之后、对最终目录进行。"""
+        if getattr(self, "_staging_run_dir", None) is not None:
+            return None
+        return super()._push_from_checkpoint(checkpoint_folder)
+
+    def _write_checkpoint(self, final_dir: str, model=None, trial=None) -> None:
+        """在 final_dir 原子地写一个完整检查点（所有 rank 都要调用；只有主进程提交 rename）。
+
+        调用 HF 自己的 `_save_checkpoint`（权重、优化器、调度器、scaler、RNG、回调状态、trainer_state.json），
+        run 目录临时指向 `.staging-<name>`，于是它写出 `.staging-<name>/checkpoint-N`；之后去掉 pickle 版
+        training_args.bin、写 training_args.json、按最终路径重写 trainer_state.json（它的存在就是“完整”的标志，
+        见 checkpointing.is_complete_checkpoint），最后整体 rename 成 final_dir。被杀在中途时只留下 staging。
+        """
+        staging_root = ckpt.staging_dir_for(final_dir)
+        if self.args.should_save and os.path.exists(staging_root):
+            shutil.rmtree(staging_root)
         self.accelerator.wait_for_everyone()
 
-        self.save_model(staging, _internal_call=True)
-        if not self.args.save_only_model:
-            self._save_optimizer_and_scheduler(staging)
-            self._save_scaler(staging)
-            self._save_rng_state(staging)
+        best_before = self.state.best_model_checkpoint
+        self._staging_run_dir = staging_root
+        try:
+            super()._save_checkpoint(self.model_wrapped if model is None else model, trial)
+        finally:
+            self._staging_run_dir = None
+        staged = os.path.join(staging_root, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        # HF 在 staging 里找最佳检查点时可能把它指向 staging 路径；换回调用方给定的最终路径
+        self.state.best_model_checkpoint = best_before
         if self.args.should_save:
-            for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
-                name = cb.__class__.__name__
-                if isinstance(self.state.stateful_callbacks.get(name), list):
-                    self.state.stateful_callbacks[name].append(cb.state())
-                else:
-                    self.state.stateful_callbacks[name] = cb.state()
-            ckpt.drop_pickled_args(staging)
-            ckpt.write_args_json(self.args, staging)
-            # trainer_state.json 最后写：它的存在就是“完整”的标志（见 checkpointing.is_complete_checkpoint）
-            self.state.save_to_json(os.path.join(staging, ckpt.TRAINER_STATE_FILE))
+            ckpt.drop_pickled_args(staged)
+            ckpt.write_args_json(self.args, staged)
+            self.state.save_to_json(os.path.join(staged, ckpt.TRAINER_STATE_FILE))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            ckpt.commit_staging(staging, final_dir, fsync=getattr(self.args, "checkpoint_fsync", True))
+            ckpt.commit_staging(staged, final_dir, fsync=getattr(self.args, "checkpoint_fsync", True))
+            shutil.rmtree(staging_root, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final_dir)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         """HF 的 `_save` 末尾会 torch.save(args)（pickle）；删掉它并写 JSON。`save_model()` 单独调用时同样生效。"""
@@ -648,60 +634,6 @@ class UGTTrainer(Trainer, TrainerInterface):
             ckpt.verify_checkpoint_files(self.state.best_model_checkpoint)
         super()._load_best_model()
 
-    # ------------------------------------------------------------------ 规格接口（TrainerInterface）
-    def train_epoch(self) -> Dict[str, float]:
-        """训练一个 epoch（见模块说明中的映射），返回本 epoch 的训练指标：loss、各损失分量、learning_rate、epoch。"""
-        if self.args.max_steps is not None and self.args.max_steps > 0:
-            raise ValueError("train_epoch() counts epochs: set max_steps=-1 (or use train() with max_steps)")
-        if self._epoch_mode_total_epochs is None:
-            self._epoch_mode_total_epochs = float(self.args.num_train_epochs)
-        done = int(round(self.state.epoch or 0)) if self._resume_point is not None else 0
-        if self._resume_point is None and self.state.global_step > 0:
-            raise RuntimeError("train_epoch(): the trainer has trained without a checkpoint to continue from; "
-                               "call load_checkpoint(path) first")
-        configured = self.args.num_train_epochs
-        self.args.num_train_epochs = done + 1
-        try:
-            out = self.train(resume_from_checkpoint=self._resume_point)
-        finally:
-            self.args.num_train_epochs = configured
-        metrics: Dict[str, float] = {"loss": float(out.training_loss)}
-        metrics.update(self._run_components.averages(reduce=self._cross_rank_sum()))
-        metrics["learning_rate"] = float(self._get_learning_rate())
-        metrics["epoch"] = float(self.state.epoch or 0.0)
-        metrics["global_step"] = float(self.state.global_step)
-        metrics["nonfinite_skipped"] = float(self.nonfinite_guard.total_skipped)
-        # 本 epoch 的结束状态写成检查点，作为下一次 train_epoch 的起点（规格的循环本来也每个 epoch 存一次）
-        final_dir = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if not ckpt.is_complete_checkpoint(final_dir):
-            self._save_checkpoint(self.model_wrapped, trial=None)
-        self._resume_point = final_dir
-        return metrics
-
-    def save_checkpoint(self, path: str) -> None:
-        """在 path 原子地写一个完整检查点（HF 格式，可用 train(resume_from_checkpoint=path) 续训）。"""
-        if self.optimizer is None or self.lr_scheduler is None:
-            # 还没训练过：先建优化器与调度器，保证检查点可续训
-            self.create_optimizer_and_scheduler(num_training_steps=max(int(self.args.max_steps), 1))
-        self._write_checkpoint(os.path.abspath(path))
-
-    def load_checkpoint(self, path: str) -> None:
-        """安全检查后加载 path 的权重、优化器、调度器、训练状态与 RNG；之后 train()/train_epoch() 从这里续训。"""
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"load_checkpoint: folder not found: {path}")
-        state_file = os.path.join(path, ckpt.TRAINER_STATE_FILE)
-        if not os.path.isfile(state_file):
-            raise ValueError(f"load_checkpoint: {path} is not a complete checkpoint (missing {ckpt.TRAINER_STATE_FILE})")
-        ckpt.verify_checkpoint_files(path)
-        self._load_from_checkpoint(path)
-        if self.optimizer is not None and self.lr_scheduler is not None:
-            self._load_optimizer_and_scheduler(path)
-            self._load_scaler(path)
-        self.state = TrainerState.load_from_json(state_file)
-        self._load_rng_state(path)
-        self._resume_point = path
-
-
 def _loggable(comps: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     """日志用的分量：0 维张量；total_loss 不重复记（HF 的 "loss" 就是它）。"""
     return {
@@ -711,13 +643,6 @@ def _loggable(comps: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
 
 
 def _default_collator(args):
-    """默认用本包的 DataCollator（动态 padding，labels 用 -100）；还没有时交给 HF 的默认值。"""
-    try:
-        from ..data.collator import DataCollator
-    except ImportError:
-        return None
-    pad = getattr(args, "pad_token_id", None)
-    try:
-        return DataCollator(pad_token_id=pad) if pad is not None else DataCollator()
-    except TypeError:
-        return None
+    """默认用本包的 DataCollator（动态 padding，labels 用 -100；语义 ID 的 padding 值为 semantic_pad_id）。"""
+    pad = getattr(args, "semantic_pad_id", None)
+    return DataCollator(semantic_pad_id=SEMANTIC_PAD_ID if pad is None else int(pad))

@@ -2,7 +2,8 @@
 
 输入约定：
 - predictions：每个用户的 top-K 物品，整数数组 [N, K]（numpy / torch / 列表）；也接受规格的写法——列表的列表，
-  元素是 (l1, l2, l3) 元组，或形如 [N, K, 3] 的数组。元组在内部打包成一个整数 id（l1<<42 | l2<<21 | l3）。
+  元素是 (l1, l2, l3) 元组，或形如 [N, K, 3] 的数组。元组在内部用 `item_keys.pack_triples`（与 ItemCatalogue
+  同一条规则，固定进制 2^21）打包成一个整数 id，数值上等于 l1<<42 | l2<<21 | l3。
   各用户列表长度可以不同，短的用 -1 补齐；负数 id 一律视为 padding（HF Trainer 跨批拼接时用 -100 补齐），
   既不会命中，也不计入 coverage / gini / diversity。
 - ground_truth：每个用户一个目标物品，[N]（或 (l1, l2, l3) 元组 / [N, 3]）。-1、负数或 None 表示该用户没有
@@ -15,20 +16,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-_SHIFT_L2 = 21
-_SHIFT_L1 = 42
-_MAX_CODE = 1 << _SHIFT_L2  # 每层码字必须 < 2^21 才能无冲突地打包
+from .item_keys import METRICS_RADIX, key_l1, pack_triples
+
+_MAX_CODE = METRICS_RADIX[0]  # 每层码字必须 < 2^21 才能无冲突地打包
 DEFAULT_K_VALUES = (5, 10, 20, 50)
 _MISS = np.iinfo(np.int64).max  # 未命中的“排名”，比任何 K 都大
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # 输入转换
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _to_numpy(x: Any) -> Any:
@@ -43,8 +44,7 @@ def _pack_triples(arr: np.ndarray, what: str) -> np.ndarray:
     neg = (arr < 0).any(axis=-1)
     if (arr >= _MAX_CODE).any():
         raise ValueError(f"{what}: semantic id codes must be < {_MAX_CODE} to be packed into item ids")
-    packed = (arr[..., 0] << _SHIFT_L1) | (arr[..., 1] << _SHIFT_L2) | arr[..., 2]
-    return np.where(neg, -1, packed)
+    return np.where(neg, -1, pack_triples(arr, METRICS_RADIX))
 
 
 def _is_triple(x: Any) -> bool:
@@ -67,7 +67,9 @@ def to_prediction_ids(predictions: Any) -> Tuple[np.ndarray, bool]:
         if predictions.ndim == 1:  # 只有一个用户
             predictions = predictions[None, :]
         if predictions.ndim != 2:
-            raise ValueError(f"predictions must be [N, K] item ids or [N, K, 3] triples, got shape {predictions.shape}")
+            raise ValueError(
+                f"predictions must be [N, K] item ids or [N, K, 3] triples, got shape {predictions.shape}"
+            )
         return predictions.astype(np.int64, copy=False), False
     if not isinstance(predictions, (list, tuple)):
         raise TypeError(f"predictions must be an array or a list of lists, got {type(predictions).__name__}")
@@ -147,9 +149,9 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # 排名类指标
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def first_hit_rank(preds: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -209,9 +211,9 @@ def mrr(predictions: Any, ground_truth: Any) -> float:
     return _mrr_from_rank(first_hit_rank(preds, gt))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # 目录级指标
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _catalogue_size(all_items: Any, triples: bool) -> Tuple[int, Optional[np.ndarray]]:
@@ -278,7 +280,7 @@ def _l1_codes(preds: np.ndarray, triples: bool, item_l1: Any) -> np.ndarray:
     """[N, K] 物品 id -> [N, K] L1 码，padding 为 -1。"""
     valid = preds >= 0
     if triples and item_l1 is None:
-        return np.where(valid, preds >> _SHIFT_L1, -1)
+        return np.where(valid, key_l1(preds, METRICS_RADIX), -1)
     if item_l1 is None:
         raise ValueError("diversity needs item_l1 (the L1 code of every item id) unless predictions are (l1, l2, l3)")
     table = np.asarray(_to_numpy(item_l1), dtype=np.int64).reshape(-1)
@@ -332,16 +334,18 @@ def diversity(predictions: Any, item_l1: Any = None, k: int = 10) -> float:
     return _diversity_from_l1(_l1_codes(preds, triples, item_l1), k)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # 批量计算器
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class MetricsCalculator:
     """分批累积、一次计算全部指标。
 
-    add_batch 时只做转换与命中位置计算；coverage / gini / diversity 需要目录信息（num_items / item_l1），
+    add_batch 时只做转换与命中位置计算；coverage@k / gini@k / diversity@k 需要目录信息（num_items / item_l1），
     知道时才输出（predictions 是元组时 diversity 可直接从元组取 L1）。
+    不知道目录大小时按规格 10.2 仍输出 `gini`：目录取本次见过的全部物品（各用户完整预测列表 ∪ 真实目标），
+    次数按完整列表统计；知道 num_items 时只输出 gini@k（与以前相同）。
     """
 
     def __init__(self, num_items: Optional[int] = None, item_l1: Any = None):
@@ -353,6 +357,7 @@ class MetricsCalculator:
 
     def reset(self) -> None:
         self._preds: List[np.ndarray] = []
+        self._targets: List[np.ndarray] = []
         self._ranks: List[np.ndarray] = []
         self._triples: Optional[bool] = None
 
@@ -370,6 +375,7 @@ class MetricsCalculator:
             raise ValueError("add_batch: cannot mix (l1, l2, l3) tuples and integer item ids across batches")
         self._triples = triples
         self._preds.append(preds)
+        self._targets.append(gt)
         # 排名在 add 时算好（与各批的 K 无关），compute 只做聚合
         self._ranks.append(first_hit_rank(preds, gt))
 
@@ -380,7 +386,8 @@ class MetricsCalculator:
         return np.concatenate([np.pad(p, ((0, 0), (0, k - p.shape[1])), constant_values=-1) for p in self._preds])
 
     def compute(self, k_values: Iterable[int] = DEFAULT_K_VALUES) -> Dict[str, float]:
-        """返回 recall@k、ndcg@k、hit_rate@k、mrr，以及（目录信息已知时）coverage@k、gini@k、diversity@k。"""
+        """返回 recall@k、ndcg@k、hit_rate@k、mrr，以及（目录信息已知时）coverage@k、gini@k、diversity@k，
+        不知道 num_items 时另有 gini（见类说明）。"""
         if not self._ranks:
             raise ValueError("MetricsCalculator.compute: no batches were added")
         k_values = [_check_k(k) for k in k_values]
@@ -393,9 +400,7 @@ class MetricsCalculator:
         for k in k_values:
             out[f"hit_rate@{k}"] = out[f"recall@{k}"]
         out["mrr"] = _mrr_from_rank(rank)
-        need_preds = self.num_items is not None or self.item_l1 is not None or self._triples
-        if need_preds:
-            preds = self._stacked_predictions()  # [N, K]
+        preds = self._stacked_predictions()  # [N, K]
         if self.num_items is not None:
             valid = preds >= 0
             use_bincount = not self._triples and (not valid.any() or preds[valid].max() < self.num_items)
@@ -413,13 +418,25 @@ class MetricsCalculator:
             first, l1_valid = _first_occurrence(l1), l1 >= 0  # 所有 k 共用一次排序
             for k in k_values:
                 out[f"diversity@{k}"] = _diversity_from_first(first, l1_valid, k)
+        if self.num_items is None:
+            out["gini"] = self._observed_gini(preds)
         out["num_users"] = float(rank.size)
         return out
 
+    def _observed_gini(self, preds: np.ndarray) -> float:
+        """目录 = 见过的物品（预测 ∪ 目标）时，完整预测列表上的 Gini；什么物品都没见过时为 0。"""
+        recommended = preds[preds >= 0]
+        targets = np.concatenate(self._targets)
+        seen = np.unique(np.concatenate([recommended, targets[targets >= 0]]))
+        if seen.size == 0:
+            return 0.0
+        _, counts = np.unique(recommended, return_counts=True)
+        return _gini_from_counts(counts, int(seen.size))
 
-# ----------------------------------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------------------------------
 # HF 集成：Trainer 的 compute_metrics 与 evaluate.Metric
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def make_compute_metrics(
@@ -491,7 +508,7 @@ _EVALUATE_CLASS = None
 
 
 def __getattr__(name: str) -> Any:
-    """`from ugt_hf.training.metrics import RecommendationMetrics` 时才导入 evaluate。"""
+    """`from ugt_hf.metrics import RecommendationMetrics` 时才导入 evaluate（import 约 6 秒，只有这个适配器用它）。"""
     global _EVALUATE_CLASS
     if name == "RecommendationMetrics":
         if _EVALUATE_CLASS is None:
