@@ -22,13 +22,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 from torch import nn
 from transformers import TrainerState, TrainingArguments
-from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 
 from ugt_hf.interfaces import TrainerInterface
@@ -228,31 +226,8 @@ class Trainer(UGTTrainer, TrainerInterface):
         if self.optimizer is None or self.lr_scheduler is None:
             # 还没训练过：先建优化器与调度器，保证检查点可续训
             self.create_optimizer_and_scheduler(num_training_steps=max(int(self.args.max_steps), 1))
-        final_dir = os.path.abspath(path)
-        staging = ckpt.staging_dir_for(final_dir)
-        if self.args.should_save and os.path.exists(staging):
-            shutil.rmtree(staging)
-        self.accelerator.wait_for_everyone()
-        self.save_model(staging, _internal_call=True)
-        if not self.args.save_only_model:
-            self._save_optimizer_and_scheduler(staging)
-            self._save_scaler(staging)
-            self._save_rng_state(staging)
-        if self.args.should_save:
-            for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
-                name = cb.__class__.__name__
-                if isinstance(self.state.stateful_callbacks.get(name), list):
-                    self.state.stateful_callbacks[name].append(cb.state())
-                else:
-                    self.state.stateful_callbacks[name] = cb.state()
-            ckpt.drop_pickled_args(staging)
-            ckpt.write_args_json(self.args, staging)
-            # trainer_state.json 最后写：它的存在就是“完整”的标志（见 checkpointing.is_complete_checkpoint）
-            self.state.save_to_json(os.path.join(staging, ckpt.TRAINER_STATE_FILE))
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            ckpt.commit_staging(staging, final_dir, fsync=getattr(self.args, "checkpoint_fsync", True))
-        self.accelerator.wait_for_everyone()
+        # 与 UGTTrainer 的周期检查点同一条路径：HF 的 _save_checkpoint 写进 staging，再原子 rename 到 path
+        self._write_checkpoint(os.path.abspath(path))
 
     def load_checkpoint(self, path: str) -> None:
         """安全检查后加载 path 的权重、优化器、调度器、训练状态与 RNG；之后 train()/train_epoch() 从这里续训。"""
