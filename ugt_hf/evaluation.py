@@ -22,6 +22,7 @@ from .data.datasets import RecommendDataset
 from .generation import ItemCatalogue, recommend
 from .interfaces import SEMANTIC_PAD_ID
 from .metrics import MetricsCalculator
+from .modeling_ugt import UGTForGenerativeRecommendation
 
 DEFAULT_K_VALUES = (5, 10, 20)
 
@@ -209,8 +210,6 @@ def transition_baseline(
 
 def main(argv=None) -> int:
     """`ugt evaluate --model DIR --data DIR [--split test] [--num_beams 20] [--exclude_history]`。"""
-    from .modeling_ugt import UGTForGenerativeRecommendation
-
     @dataclasses.dataclass
     class EvaluateArguments:
         """`ugt evaluate` 的命令行（共用的 HfArgumentParser 解析）。"""
