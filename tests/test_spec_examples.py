@@ -7,22 +7,37 @@
        algorithm.interfaces          -> ugt_hf.spec          （TrainerInterface、TrainingConfig 也从这里导出）
 2. 规格自己留的占位（`# ...`、`...`、未定义的 create_ugt_model() / local_rank 等）：在原文之前或原处
    用标了 `# 占位补全` 的一行补上，数据都是 tests/_tiny_artifacts.py 的小产物。
-能跑的示例都跑；跑不了的（多机多卡、deepspeed 启动器）标 skip 并写明原因。
+能跑的示例都跑，包括 shell 命令：2.3 的三条阶段脚本命令作为子进程照原文运行（阶段 1 -> 2 -> 3 经 --pretrained
+串起来），9.1 的单机 torchrun 命令以 2 个 CPU 进程（Gloo）运行（约 25 s，标 slow + multiprocess）。
+没有运行的命令与原因：
+- 9.1 的多机命令（--nnodes=2 --rdzv_endpoint=master:29400）与 Q5 的两机命令：需要两台机器；单机的同一入口已由
+  上面的 2 进程 torchrun 覆盖。
+- 9.3 的 `deepspeed algorithm/training/scripts/train_stage1.py ... --deepspeed --zero_stage 2`：deepspeed 启动器
+  需要 CUDA GPU 与 deepspeed 包；9.3 的 DeepSpeedTrainer 代码块在有它们时运行（否则 skip），9.4 的 JSON 的合并
+  在 CPU 上测试。
 """
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import re
+import shlex
 import shutil
+import socket
+import subprocess
+import sys
+import warnings
 from abc import ABC, abstractmethod
 from itertools import islice
+from types import SimpleNamespace
 from typing import Dict, List, Optional  # noqa: F401  规格代码块使用这些名字而未导入
 
 import numpy as np  # noqa: F401  规格 metrics.py 使用
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from _tiny_artifacts import tiny_data_dir
@@ -32,9 +47,13 @@ import ugt_hf.spec as ugt_spec
 from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.data.validation import DataValidationError
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
+from ugt_hf.spec.config import ConfigError, parse_config
+from ugt_hf.tokenization_ugt import UGTTokenizer
+from ugt_hf.training.arguments import PrecisionFallbackWarning, build_deepspeed_config
 
 # 规格默认 fp16=True：CPU 上退回 fp32 并警告一次（配置的行为，另有测试）；示例里不关心
 pytestmark = pytest.mark.filterwarnings("ignore:fp16=True", "ignore:'pin_memory'")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SPEC_RECORD = {  # 模块文档 5.1 的推荐训练记录（原文是多行 JSON，这里是同一对象）
     "user_id": "user_123",
@@ -776,6 +795,167 @@ def test_module_quickstart(spec_data, capsys):
     assert os.path.isfile("checkpoints/best_model/model.pt")  # 规格 8.3 读取的最佳模型
 
 
+# ---- 模块文档 2.3：训练脚本，作为子进程照原文命令运行 -------------------------------------------------------------
+# 原文的 bash 块原样放在字符串里，按行拆成命令（去掉注释、合并续行 `\`），只把 `python` 换成本解释器、
+# `algorithm.training` 换成 `ugt_hf.spec`；原文的相对路径（data/...、checkpoints/...）在临时目录里照用。
+# 在原文参数之后追加的参数都在 SCRIPT_EXTRA 里，逐个标了 `# 占位补全`。
+SPEC_SCRIPTS_BASH = r"""
+# 阶段 1: 预训练
+python -m algorithm.training.scripts.train_stage1 \
+    --train_data data/pretrain/train.jsonl \
+    --eval_data data/pretrain/eval.jsonl \
+    --output_dir checkpoints/stage1 \
+    --batch_size 256 \
+    --max_epochs 5
+
+# 阶段 2: 多任务微调
+python -m algorithm.training.scripts.train_stage2 \
+    --pretrained checkpoints/stage1/best_model \
+    --train_data data/multitask/train.jsonl \
+    --output_dir checkpoints/stage2 \
+    --lambda_contrastive 0.1
+
+# 阶段 3: 偏好对齐
+python -m algorithm.training.scripts.train_stage3 \
+    --pretrained checkpoints/stage2/best_model \
+    --train_data data/preference/train.jsonl \
+    --output_dir checkpoints/stage3 \
+    --dpo_beta 0.1
+"""
+
+TINY_MODEL_CONFIG = {"d_model": 16, "num_heads": 2, "num_encoder_layers": 1, "num_decoder_layers": 1, "ffn_dim": 32,
+                     "num_experts": 2, "num_experts_per_tok": 1}  # 与 create_ugt_model() 相同的极小模型
+SCRIPT_EXTRA = [
+    "--max_steps", "2",  # 占位补全：每个阶段只训 2 个优化步（原文按 max_epochs 训完整数据）
+    "--report_to", "none",  # 占位补全：不写 tensorboard 日志
+    "--torch_num_threads", "1",  # 占位补全：测试机每个进程 1 线程
+]
+# 占位补全：阶段 1 从头训练时的模型大小（阶段 2/3 从 --pretrained 读）
+STAGE1_EXTRA = ["--model_config", json.dumps(TINY_MODEL_CONFIG)]
+
+
+def _bash_commands(block: str) -> List[List[str]]:
+    """bash 块 -> 每条命令的 argv（去掉注释行与空行，合并 `\\` 续行）。"""
+    text = block.replace("\\\n", " ")
+    return [shlex.split(line) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _spec_argv(argv: List[str]) -> List[str]:
+    """规格的命令 -> 本包的命令：导入路径 algorithm.training -> ugt_hf.spec；`python` -> 当前解释器。"""
+    argv = [a.replace("algorithm.training.", "ugt_hf.spec.") for a in argv]
+    return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+
+
+def _subprocess_env() -> Dict[str, str]:
+    inherited = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # 外层若也在分布式环境里
+    env = {k: v for k, v in os.environ.items() if k not in inherited and not k.startswith("ACCELERATE_")}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _run(argv: List[str], cwd, timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, cwd=cwd, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(argv[:4])} ... failed (rc={proc.returncode}):\n{proc.stdout[-6000:]}"
+    return proc
+
+
+def _script_data(root) -> None:
+    """原文的三个数据文件（小产物的前几条记录）；每个数据目录另放产物的 items.parquet 与 meta.json：
+    脚本从训练文件所在目录读物品目录与词表（占位补全：原文没说物品目录从哪里来）。"""
+    data = tiny_data_dir()
+    sources = (("pretrain", "train", 48), ("multitask", "train", 48), ("preference", "preference_train", 16))
+    for sub, split, n in sources:
+        os.makedirs(root / "data" / sub, exist_ok=True)
+        for name in ("items.parquet", "meta.json"):
+            shutil.copy(data / name, root / "data" / sub / name)
+        _write_jsonl(root / "data" / sub / "train.jsonl", _tiny_lines(split, n))
+    _write_jsonl(root / "data" / "pretrain" / "eval.jsonl", _tiny_lines("valid", 16))
+
+
+def _summary_line(stdout: str) -> dict:
+    """脚本成功时最后一行是 JSON 摘要（stage、best_model_dir、train_seconds）。"""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _resolved(output_dir) -> dict:
+    """阶段写下的解析后配置（ugt_config.json）。"""
+    return json.loads((output_dir / "ugt_config.json").read_text())["config"]
+
+
+@pytest.fixture(scope="module")
+def spec_script_runs(tmp_path_factory):
+    """按原文依次运行阶段 1、阶段 2（阶段 2 的 --pretrained 是阶段 1 的输出）。"""
+    root = tmp_path_factory.mktemp("spec_scripts")
+    _script_data(root)
+    stage1, stage2, _ = _bash_commands(SPEC_SCRIPTS_BASH)
+    procs = {1: _run(_spec_argv(stage1) + STAGE1_EXTRA + SCRIPT_EXTRA, root),
+             2: _run(_spec_argv(stage2) + SCRIPT_EXTRA, root)}
+    return root, procs
+
+
+def test_module_script_commands_parse_as_written():
+    """原文 2.3 是三条命令，模块路径换成本包后都能导入。"""
+    commands = [_spec_argv(c) for c in _bash_commands(SPEC_SCRIPTS_BASH)]
+    assert [c[2] for c in commands] == [f"ugt_hf.spec.scripts.train_stage{n}" for n in (1, 2, 3)]
+    assert commands[1][commands[1].index("--pretrained") + 1] == "checkpoints/stage1/best_model"
+    assert commands[2][commands[2].index("--pretrained") + 1] == "checkpoints/stage2/best_model"
+
+
+def test_module_script_stage1(spec_script_runs):
+    """阶段 1 脚本：按原文参数训练，写出 checkpoints/stage1/best_model（阶段 2 的 --pretrained）。"""
+    root, procs = spec_script_runs
+    out = root / "checkpoints" / "stage1"
+    summary = _summary_line(procs[1].stdout)
+    assert summary["stage"] == 1 and summary["best_model_dir"] == "checkpoints/stage1/best_model"
+    model = UGTForGenerativeRecommendation.from_pretrained(out / "best_model")
+    assert model.config.d_model == TINY_MODEL_CONFIG["d_model"]
+    assert list(model.config.vocab_sizes) == _meta()["vocab_sizes"]
+    cfg = _resolved(out)
+    assert (cfg["train_data_path"], cfg["eval_data_path"]) == ("data/pretrain/train.jsonl", "data/pretrain/eval.jsonl")
+    assert (cfg["per_device_train_batch_size"], cfg["num_train_epochs"]) == (256, 5)  # --batch_size / --max_epochs
+    assert cfg["lambda_contrastive"] == 0.0 and cfg["lambda_preference"] == 0.0  # Stage1Config 的默认值
+    history = json.loads((out / "stage_summary.json").read_text())["log_history"]
+    assert any("eval_loss" in h for h in history)  # 给了 --eval_data：训练中做了验证
+    assert max(h.get("step", 0) for h in history) == 2
+
+
+def test_module_script_stage2_from_stage1(spec_script_runs):
+    """阶段 2 脚本：从阶段 1 的 best_model 继续（模型结构只在阶段 1 给过），写出 checkpoints/stage2/best_model。"""
+    root, procs = spec_script_runs
+    assert _summary_line(procs[2].stdout)["best_model_dir"] == "checkpoints/stage2/best_model"
+    stage1 = UGTForGenerativeRecommendation.from_pretrained(root / "checkpoints" / "stage1" / "best_model")
+    stage2 = UGTForGenerativeRecommendation.from_pretrained(root / "checkpoints" / "stage2" / "best_model")
+    assert {k: getattr(stage2.config, k) for k in TINY_MODEL_CONFIG} == TINY_MODEL_CONFIG
+    s1, s2 = stage1.state_dict(), stage2.state_dict()
+    assert s1.keys() == s2.keys()
+    assert any(not torch.equal(s1[k], s2[k]) for k in s1)  # 阶段 2 确实在阶段 1 的权重上又训了
+    cfg = _resolved(root / "checkpoints" / "stage2")
+    assert cfg["pretrained_model_path"] == "checkpoints/stage1/best_model" and cfg["lambda_contrastive"] == 0.1
+    assert cfg["learning_rate"] == 5e-5  # Stage2Config 的默认值
+
+
+def test_module_script_stage3_from_stage2(spec_script_runs):
+    """阶段 3 脚本：从阶段 2 的 best_model 做 DPO，偏好对来自原文的 data/preference/train.jsonl。"""
+    root, _ = spec_script_runs
+    stage3 = _bash_commands(SPEC_SCRIPTS_BASH)[2]
+    proc = subprocess.run(_spec_argv(stage3) + SCRIPT_EXTRA, cwd=root, env=_subprocess_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    out = root / "checkpoints" / "stage3"
+    assert _summary_line(proc.stdout)["best_model_dir"] == "checkpoints/stage3/best_model"
+    summary = json.loads((out / "stage_summary.json").read_text())
+    assert summary["preference_source"] == "file" and summary["num_preference_pairs"] == 16  # 原文文件里的 16 对
+    cfg = _resolved(out)
+    assert cfg["beta"] == 0.1 and cfg["pretrained_model_path"] == "checkpoints/stage2/best_model"
+    stage2 = UGTForGenerativeRecommendation.from_pretrained(root / "checkpoints" / "stage2" / "best_model")
+    stage3_model = UGTForGenerativeRecommendation.from_pretrained(out / "best_model")
+    assert stage3_model.config.d_model == TINY_MODEL_CONFIG["d_model"]
+    s2, s3 = stage2.state_dict(), stage3_model.state_dict()
+    assert any(not torch.equal(s2[k], s3[k]) for k in s2)
+
+
 def test_module_configs(in_tmp):
     """模块文档 4.1 / 4.2：规格列出的全部字段都能构造；Stage3Config 是 TrainingConfig（修复 (d)）。"""
     # ---- 规格原文 ----
@@ -891,6 +1071,51 @@ def test_module_configs(in_tmp):
     # ---- 原文结束 ----
     assert config.dpo_beta == 0.1 and config.reference_model_path == "checkpoints/stage2/best_model"
     assert isinstance(config, TrainingConfig)
+
+
+# 模块文档 4.3 的 YAML（原文，含注释行）；9.1 的 torchrun 命令读同一个 configs/stage1.yaml
+SPEC_STAGE1_YAML = """\
+# configs/stage1.yaml
+experiment_name: ugt_stage1_pretrain
+batch_size: 256
+max_epochs: 5
+learning_rate: 1.0e-4
+warmup_steps: 10000
+
+fp16: true
+lambda_contrastive: 0.0
+lambda_preference: 0.0
+
+output_dir: checkpoints/stage1
+logging_steps: 100
+save_steps: 1000
+"""
+
+
+def test_module_yaml_config(in_tmp):
+    """模块文档 4.3：原文的 configs/stage1.yaml 用 `--config` 读进 Stage1Config，每个值都到位。"""
+    os.makedirs("configs", exist_ok=True)
+    with open("configs/stage1.yaml", "w", encoding="utf-8") as f:
+        f.write(SPEC_STAGE1_YAML)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = parse_config(ugt_spec.Stage1Config, ["--config", "configs/stage1.yaml"])
+    assert isinstance(config, ugt_spec.Stage1Config)
+    assert (config.experiment_name, config.run_name) == ("ugt_stage1_pretrain", "ugt_stage1_pretrain")
+    assert (config.batch_size, config.per_device_train_batch_size) == (256, 256)
+    assert (config.max_epochs, config.num_train_epochs) == (5, 5)
+    assert config.learning_rate == 1e-4 and config.warmup_steps == 10000
+    assert (config.lambda_contrastive, config.lambda_preference) == (0.0, 0.0)
+    assert config.output_dir == "checkpoints/stage1"
+    assert (config.logging_steps, config.save_steps) == (100, 1000)
+    # fp16: true 在没有 fp16 加速器的机器上退回 fp32 并警告一次（配置的既定行为）
+    fell_back = [w for w in caught if issubclass(w.category, PrecisionFallbackWarning)]
+    assert config.fp16 is not bool(fell_back) and len(fell_back) <= 1
+    if not torch.cuda.is_available():
+        assert fell_back and config.fp16 is False
+    # YAML 与命令行一起：命令行覆盖 YAML（规格 9.1 在 --config 之后再给 --ddp）
+    config = parse_config(ugt_spec.Stage1Config, ["--config", "configs/stage1.yaml", "--ddp", "--max_epochs", "2"])
+    assert config.ddp is True and config.max_epochs == 2 and config.batch_size == 256
 
 
 def test_module_recommend_and_preference_records(in_tmp):
@@ -1208,15 +1433,53 @@ def test_module_three_stages(in_tmp):
 
 
 def _tokenizer(data_dir):
-    from ugt_hf.tokenization_ugt import UGTTokenizer
-
     return UGTTokenizer.from_items_parquet(data_dir / "items.parquet")
 
 
-@pytest.mark.skip(reason="规格 9.1 / 9.3 / Q5 是 shell 启动命令（torchrun 8 进程、2 机、deepspeed 启动器），"
-                         "不是可在测试进程内运行的 Python；多进程路径见 tests/test_distributed.py")
-def test_module_launch_commands():
-    pass
+# ---- 模块文档 9.1：单机多卡 torchrun 命令，2 个 CPU 进程（Gloo）----------------------------------------------------
+SPEC_DDP_BASH = r"""
+# 单机多卡
+torchrun --nproc_per_node=8 \
+    -m algorithm.training.scripts.train_stage1 \
+    --config configs/stage1.yaml \
+    --ddp
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch 没有 Gloo 后端")
+def test_module_torchrun_ddp_command(tmp_path):
+    """原文 9.1 的 torchrun 命令（4.3 的 configs/stage1.yaml + --ddp），2 个进程：真的是 2 进程 DDP，
+    只有 rank 0 写 best_model。约 25 s（2 核机器）。"""
+    _script_data(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "stage1.yaml").write_text(SPEC_STAGE1_YAML, encoding="utf-8")
+    [argv] = _bash_commands(SPEC_DDP_BASH)
+    argv = _spec_argv(argv)
+    assert argv[0] == "torchrun" and argv[1] == "--nproc_per_node=8"
+    launcher = [sys.executable, "-m", "torch.distributed.run",  # torchrun 即 torch.distributed.run（同一解释器）
+                "--nproc_per_node=2",  # 占位补全：测试机 2 个 CPU 进程（原文 8 卡）
+                "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]  # 占位补全：与并行的测试错开端口
+    extra = ["--train_data", "data/pretrain/train.jsonl",  # 占位补全：原文的 YAML 与命令都没写训练数据
+             "--use_cpu", "true"]  # 占位补全：没有 GPU 时 HF 只在 use_cpu 下建 Gloo 进程组（否则两个进程各训各的）
+    proc = _run(launcher + argv[2:] + extra + STAGE1_EXTRA + SCRIPT_EXTRA, tmp_path, timeout=300)
+    out = tmp_path / "checkpoints" / "stage1"  # YAML 的 output_dir
+    assert (out / "best_model" / "model.safetensors").is_file()
+    cfg = _resolved(out)
+    assert cfg["ddp"] is True and cfg["run_name"] == "ugt_stage1_pretrain" and cfg["warmup_steps"] == 10000
+    assert cfg["per_device_train_batch_size"] == 256 and cfg["num_train_epochs"] == 5
+    # HF 的 train_samples_per_second = max_steps × (每进程批次 × 累积步数 × 进程数) / train_runtime：进程数是 2
+    metrics = json.loads((out / "stage_summary.json").read_text())["train_metrics"]
+    samples = metrics["train_samples_per_second"] * metrics["train_runtime"]
+    assert samples == pytest.approx(2 * 256 * cfg["gradient_accumulation_steps"] * 2, rel=0.01)
+    assert proc.stdout.count('"best_model_dir": "checkpoints/stage1/best_model"') == 2  # 两个 rank 都正常结束
 
 
 def test_module_distributed_trainer(spec_data):
@@ -1256,6 +1519,78 @@ def test_module_deepspeed_trainer(spec_data):
     )
     trainer.train()
     # ---- 原文结束 ----
+    assert trainer.is_deepspeed_enabled and trainer.args.deepspeed["zero_optimization"]["stage"] == 2
+    assert trainer.state.global_step >= 1 and math.isfinite(trainer.state.log_history[-1]["train_loss"])
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), name
+
+
+# 模块文档 9.4 的 DeepSpeed 配置（原文）
+SPEC_DEEPSPEED_JSON = """\
+{
+    "train_batch_size": 1024,
+    "train_micro_batch_size_per_gpu": 256,
+    "gradient_accumulation_steps": 4,
+    
+    "optimizer": {
+        "type": "AdamW",
+        "params": {
+            "lr": 1e-4,
+            "weight_decay": 0.01
+        }
+    },
+    
+    "fp16": {
+        "enabled": true,
+        "loss_scale": 0
+    },
+    
+    "zero_optimization": {
+        "stage": 2,
+        "contiguous_gradients": true,
+        "overlap_comm": true
+    }
+}
+"""  # noqa: W293  原文的空行里有 4 个空格，照抄
+
+
+def _leaves(d: dict, prefix: str = "") -> Dict[str, object]:
+    out: Dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_module_deepspeed_json(in_tmp):
+    """模块文档 9.4：原文的 JSON 作为 `deepspeed=<路径>`，深度合并到生成的配置上（用户值优先）。
+    合并本身不需要 CUDA；构造配置时要求 DeepSpeed 但没有 CUDA/deepspeed 包 → 清楚的 ConfigError。"""
+    with open("ds_config.json", "w", encoding="utf-8") as f:
+        f.write(SPEC_DEEPSPEED_JSON)
+    user = json.loads(SPEC_DEEPSPEED_JSON)
+    base = ugt_spec.Stage1Config(deepspeed=False, zero_stage=2, report_to="none")
+    assert base.deepspeed is None
+    merged = build_deepspeed_config(base, user_config="ds_config.json")
+    generated = build_deepspeed_config(base, user_config=None)
+    # 原文的每个值都在合并结果里；原文没写的生成项（"auto" 交给 HF 集成填）保留
+    assert {k: v for k, v in _leaves(merged).items() if k in _leaves(user)} == _leaves(user)
+    assert {k: v for k, v in _leaves(merged).items() if k not in _leaves(user)} == \
+        {k: v for k, v in _leaves(generated).items() if k not in _leaves(user)}
+    assert merged["optimizer"] == {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.01}}
+    assert merged["fp16"]["enabled"] is True and merged["fp16"]["loss_scale"] == 0
+    assert merged["fp16"]["loss_scale_window"] == 1000 and merged["bf16"] == {"enabled": "auto"}
+    assert merged["gradient_clipping"] == "auto" and merged["zero_allow_untested_optimizer"] is True
+    # 原文的批次与 Stage1Config 的默认值一致：1024 = 256（每卡）× 4（累积）× 1 卡
+    assert (base.batch_size, base.gradient_accumulation_steps) == (256, 4)
+    # args.deepspeed 是路径时（未显式给 user_config），build_deepspeed_config 从它读取
+    assert build_deepspeed_config(SimpleNamespace(zero_stage=2, deepspeed="ds_config.json")) == merged
+
+    ready = torch.cuda.is_available() and importlib.util.find_spec("deepspeed") is not None
+    if ready:
+        assert ugt_spec.Stage1Config(deepspeed="ds_config.json", report_to="none").deepspeed == merged
+    else:
+        with pytest.raises(ConfigError, match="CUDA|deepspeed") as info:
+            ugt_spec.Stage1Config(deepspeed="ds_config.json", report_to="none")
+        assert info.value.field == "deepspeed"
 
 
 def test_module_metrics_calculator():
@@ -1311,9 +1646,6 @@ def test_module_resume_from_config(spec_data):
 
 def test_spec_package_is_fenced_from_production():
     """生产路径（模型、训练、工作流、命令行）不导入 ugt_hf.spec。"""
-    import subprocess
-    import sys
-
     code = ("import sys, ugt_hf, ugt_hf.training.trainer, ugt_hf.training.dpo_trainer, ugt_hf.workflow, ugt_hf.cli; "
             "print(sorted(m for m in sys.modules if m.startswith('ugt_hf.spec')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

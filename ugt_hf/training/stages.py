@@ -164,12 +164,17 @@ def preference_data(args: StageArguments, model, data: DataDir, catalogue):
     source = args.data.preference_source
     if source not in ("auto", "ratings", "self"):
         raise ConfigError(f"必须是 auto / ratings / self，得到 {source!r}", field="preference_source")
+    length = int(args.training.encoder_max_length)
+    if source != "self" and args.data.train_data_path:
+        # 规格 2.3 的阶段 3 命令：--train_data 直接给偏好对文件（--eval_data 可给留出偏好对）
+        held_path = args.data.eval_data_path
+        held = data.preference_dataset(held_path, max_encoder_length=length) if held_path else None
+        return data.preference_dataset(args.data.train_data_path, max_encoder_length=length), held, "file"
     has_pairs = data.num_records("preference_train") > 0
     if source == "ratings" and not has_pairs:
         raise ConfigError(f"{data} 没有评分偏好对（meta.json splits.preference_train = 0）",
                           field="preference_source")
     if source == "ratings" or (source == "auto" and has_pairs):
-        length = int(args.training.encoder_max_length)
         train = data.preference_dataset("preference_train", max_encoder_length=length)
         held = None
         if data.num_records("preference_test") > 0:
@@ -225,8 +230,9 @@ def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Di
         train_pairs, held_pairs, source = preference_data(args, model, data, catalogue)
         summary["preference_source"] = source
         summary["num_preference_pairs"] = len(train_pairs)
-        # 留出偏好准确率只对评分偏好对有意义：自生成的 rejected 本就是模型自己的首选候选，准确率按构造接近 0
-        if held_pairs is not None and source == "ratings":
+        # 留出偏好准确率只对真实偏好对（评分或给定的偏好文件）有意义：
+        # 自生成的 rejected 本就是模型自己的首选候选，准确率按构造接近 0
+        if held_pairs is not None and source in ("ratings", "file"):
             summary["preference_before"] = pairwise_preference_accuracy(model, held_pairs)
         ref_model = None
         if args.model.reference_model_path and not targs.dpo_reference_free:

@@ -1,5 +1,5 @@
 """规格的阶段 3 脚本：`python -m ugt_hf.spec.scripts.train_stage3 [--config FILE] [--key value ...]`，
-以及规格 8.4 从这里导入的 `DPOTrainer(model, config, reference_model, train_dataset, ...)`。"""
+参数按 Stage3Config；以及规格 8.4 从这里导入的 `DPOTrainer(model, config, reference_model, train_dataset, ...)`。"""
 
 import sys
 from typing import Any, Optional, Sequence
@@ -7,7 +7,8 @@ from typing import Any, Optional, Sequence
 from torch import nn
 
 from ugt_hf.training.dpo_trainer import UGTDPOTrainer
-from ugt_hf.training.stages import main as _stage_main
+
+from . import main as _spec_main
 
 __all__ = ["DPOTrainer", "main"]
 
@@ -25,7 +26,7 @@ class DPOTrainer(UGTDPOTrainer):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return _stage_main(3, argv)
+    return _spec_main(3, argv)
 
 
 if __name__ == "__main__":
