@@ -233,3 +233,31 @@ def test_infonce_batch_of_one():
     loss, m = ContrastiveLoss()(torch.randn(1, 4, requires_grad=True), torch.randn(1, 4))
     assert loss.item() == 0.0
     assert m["contrastive_u2i_acc"].item() == 1.0 and m["contrastive_i2u_acc"].item() == 1.0
+
+
+def test_ntp_sums_item_head_term_hand_computed_and_off_is_unchanged():
+    l1, l2, l3, lab = small_inputs()
+    item_logits = torch.tensor([[[0.0, 1.0, 2.0, 0.5], [3.0, 0.0, 0.0, 1.0], [7.0, 7.0, 7.0, 7.0]]],
+                               requires_grad=True)  # [1, 3, N=4]
+    item_labels = torch.tensor([[1, 0, IGN]])
+    off = ntp_loss_sums(l1, l2, l3, lab)
+    on = ntp_loss_sums(l1, l2, l3, lab, item_logits=item_logits, item_labels=item_labels, item_weight=0.5)
+    e_item = (ce([0.0, 1.0, 2.0, 0.5], 1) + ce([3.0, 0.0, 0.0, 1.0], 0)) / 2
+    assert on.item_loss().item() == pytest.approx(e_item, abs=1e-6)
+    assert on.weighted().item() == pytest.approx(off.weighted().item() + 0.5 * e_item, abs=1e-6)
+    n = torch.tensor(5.0)  # 梯度累积：同一个除数 N
+    assert on.weighted(n).item() == pytest.approx(off.weighted(n).item() + 0.5 * 2 * e_item / 5, abs=1e-6)
+    m = on.metrics()
+    assert m["ntp_item_loss"].item() == pytest.approx(e_item, abs=1e-6)
+    assert m["ntp_item_acc"].item() == pytest.approx(0.5)  # argmax [2, 0] vs 标签 [1, 0]
+    assert off.item_sum is None and "ntp_item_loss" not in off.metrics()
+    assert torch.equal(ntp_loss(l1, l2, l3, lab), off.weighted())
+    chunked = ntp_loss_sums(l1, l2, l3, lab, item_logits=item_logits, item_labels=item_labels, item_weight=0.5,
+                            chunk_size=1)
+    assert chunked.weighted().item() == pytest.approx(on.weighted().item(), abs=1e-6)
+    on.weighted().backward()
+    assert torch.all(item_logits.grad[0, 2] == 0)  # padding 位置没有梯度
+    with pytest.raises(ValueError, match="ignore_index exactly where labels are"):
+        ntp_loss_sums(l1, l2, l3, lab, item_logits=item_logits, item_labels=torch.tensor([[1, IGN, IGN]]))
+    with pytest.raises(ValueError, match="given together"):
+        ntp_loss_sums(l1, l2, l3, lab, item_logits=item_logits)

@@ -1,6 +1,7 @@
-"""UGT 模型：形状、无泄漏、padding 不变性、MoE 辅助损失、打分一致性、保存/加载、骨干与头的拆分。"""
+"""UGT 模型：形状、无泄漏、padding 不变性、MoE 辅助损失、打分一致性、保存/加载、骨干与头的拆分、物品头。"""
 
 import hashlib
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from transformers import AutoModel
 from ugt_hf.auto import register
 from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.interfaces import IGNORE_INDEX, check_model_output
+from ugt_hf.loss_utils import ntp_loss
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation, UGTModel, load_balancing_loss
 
 V = [8, 12, 16]
@@ -491,3 +493,109 @@ def test_semantic_pad_id_is_independent_of_pad_token_id():
     m.config.pad_token_id = 17  # HF/TRL 写入 tokenizer 的 pad id：模型不读它
     assert torch.equal(m.prediction_states(**enc), a)
     assert m.config.semantic_pad_id == 0
+
+
+# ---------------------------------------------------------------- 物品头（UGTConfig.num_items）
+CAT = torch.tensor([[0, 0, 0], [1, 2, 3], [7, 11, 15], [3, 4, 5], [0, 0, 1], [2, 9, 9]])  # 物品 i = 第 i 行
+
+
+def item_model(scoring="sum", weight=0.7, **kw):
+    torch.manual_seed(0)
+    m = tiny(num_items=len(CAT), item_loss_weight=weight, item_scoring=scoring, **kw)
+    m.set_item_catalogue(CAT)
+    with torch.no_grad():  # 随机的物品头（默认偏置为 0，这里给非零偏置以覆盖 + b）
+        m.item_head.out.bias.normal_()
+    return m
+
+
+def item_batch(b=3, te=5, td=3):
+    g = torch.Generator().manual_seed(1)
+    labels = CAT[torch.randint(0, len(CAT), (b, td), generator=g)]
+    labels[0, -1] = IGNORE_INDEX
+    dec = torch.cat([torch.zeros(b, 1, 3, dtype=torch.long), labels[:, :-1].clamp(min=0)], 1)
+    return dict(encoder_semantic_ids=CAT[torch.randint(0, len(CAT), (b, te), generator=g)],
+                decoder_semantic_ids=dec, labels=labels)
+
+
+def test_item_head_logits_and_loss_hand_computed():
+    m = item_model()
+    x = item_batch()
+    out = m(**x)
+    h = out.decoder_hidden_states
+    w, b = m.item_head.out.weight, m.item_head.out.bias
+    assert torch.allclose(out.item_logits, h @ w.T + b, atol=1e-6)
+    # labels 的三元组 -> 物品下标（目录行号），padding 为 -100
+    lookup = {tuple(t): i for i, t in enumerate(CAT.tolist())}
+    expect = [[lookup[tuple(t)] if t[0] != IGNORE_INDEX else IGNORE_INDEX for t in row]
+              for row in x["labels"].tolist()]
+    assert out.item_labels.tolist() == expect
+    # 损失 = 三层 NTP + 0.7 · 全目录交叉熵均值（逐行手算 lse − z_y）
+    rows = [(out.item_logits[i, t].tolist(), y) for i, r in enumerate(expect) for t, y in enumerate(r) if y >= 0]
+    item_ce = sum(math.log(sum(math.exp(v) for v in z)) - z[y] for z, y in rows) / len(rows)
+    sem = ntp_loss(out.l1_logits, out.l2_logits, out.l3_logits, x["labels"])
+    assert out.loss.item() == pytest.approx(sem.item() + 0.7 * item_ce, abs=1e-5)
+    out.loss.backward()
+    assert m.item_head.out.weight.grad.abs().sum() > 0
+    # 元组输出多出 item_logits / item_labels 两项；没有 labels 时 item_labels 为 None
+    assert m(encoder_semantic_ids=x["encoder_semantic_ids"]).item_labels is None
+
+
+def test_item_head_off_changes_nothing_and_on_keeps_other_init():
+    assert tiny().item_head is None and tiny()(**batch()).item_logits is None
+    torch.manual_seed(5)
+    off = tiny().state_dict()
+    torch.manual_seed(5)
+    on = tiny(num_items=4).state_dict()
+    assert set(on) - set(off) == {"item_head.out.weight", "item_head.out.bias", "item_head.triples"}
+    assert all(torch.equal(off[k], on[k]) for k in off)  # 物品头最后注册：其余参数的初始化不变
+
+
+def test_item_scores_sum_and_item_only_flow_through_score_items():
+    x = item_batch(td=1)
+    enc = {"encoder_semantic_ids": x["encoder_semantic_ids"]}
+    items = CAT[torch.tensor([[0, 2, 5], [1, 1, 3], [4, 0, 2]])]  # [B, M, 3]
+    idx = torch.tensor([[0, 2, 5], [1, 1, 3], [4, 0, 2]])
+    m = item_model("sum")
+    states = m.prediction_states(**enc)
+    lp_item = torch.log_softmax(m.item_head(states), -1).gather(1, idx)
+    m.item_head = None  # 同一模型去掉物品头 = 纯语义分
+    sem = m.item_log_probs(states, items)
+    m = item_model("sum")
+    assert torch.allclose(m.item_log_probs(states, items), sem + lp_item, atol=1e-5)
+    assert torch.allclose(m.score_items(items, **enc), sem + lp_item, atol=1e-5)
+    lp = m.level_log_probs(states, items)  # 物品项并在最后一列（DPO 按列求和）
+    assert torch.allclose(lp.sum(-1), sem + lp_item, atol=1e-5)
+    m = item_model("item")
+    assert torch.allclose(m.score_items(items, **enc), lp_item, atol=1e-5)
+    assert torch.equal(m.level_log_probs(states, items)[..., :2], torch.zeros(3, 3, 2))
+    with pytest.raises(ValueError, match=r"item triple \[1, 1, 1\] is not in the item head's catalogue"):
+        m.item_log_probs(states, torch.tensor([[1, 1, 1]] * 3))
+
+
+def test_item_head_catalogue_is_saved_and_checked(tmp_path):
+    m = item_model()
+    x = item_batch()
+    m.save_pretrained(tmp_path)
+    loaded = UGTForGenerativeRecommendation.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.item_head.triples, CAT)  # 检查点自带目录
+    a, b = m(**x), loaded(**x)
+    assert torch.equal(a.item_logits, b.item_logits) and torch.equal(a.loss, b.loss)
+    unset = tiny(num_items=len(CAT))
+    with pytest.raises(ValueError, match="catalogue is not set"):
+        unset(**x)
+    with pytest.raises(ValueError, match=r"expected triples of shape \(6, 3\)"):
+        unset.set_item_catalogue(CAT[:3])
+    with pytest.raises(ValueError, match="duplicate"):
+        unset.set_item_catalogue(torch.cat([CAT[:5], CAT[:1]]))
+    with pytest.raises(ValueError, match=r"L3\) outside"):
+        unset.set_item_catalogue(CAT + torch.tensor([0, 0, 10]))
+    with pytest.raises(ValueError, match="no item head"):
+        tiny().set_item_catalogue(CAT)
+    bad = dict(x, labels=x["labels"].clone())
+    bad["labels"][1, 0] = torch.tensor([1, 1, 1])
+    with pytest.raises(ValueError, match=r"labels contain the triple \[1, 1, 1\]"):
+        m(**bad)
+    for field, value, msg in (("num_items", -1, "num_items"), ("item_scoring", "max", "item_scoring"),
+                              ("item_loss_weight", -1.0, "item_loss_weight")):
+        with pytest.raises(ValueError, match=msg):
+            UGTConfig(vocab_sizes=V, **{field: value})

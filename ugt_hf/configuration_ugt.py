@@ -51,6 +51,14 @@ class UGTConfig(PretrainedConfig):
         0 表示不用。
     transition_scale (`float`, 默认 10.0): 宽记忆项的乘子 s（偏置 = s·w，w 初值 0）。Adam 每步对 w 的更新约为学习率，
         所以 s 等于这张表的有效学习率倍数：稀疏的转移对一轮只见几次，与深层共用学习率时几乎学不动。
+    num_items (`int`, 默认 0): >0 时在语义 ID 头旁边再加一个物品级输出层（每个物品一个自由的输出向量 + 偏置，
+        logits = h·W^T + b，对全目录 softmax，即 SASRec 的全量 CE）。模型把目录三元组存成持久 buffer
+        （`set_item_catalogue`），labels 的三元组在模型内换成物品下标，保存的检查点自带目录。0 表示不用，
+        其余数值逐位与不开时相同。训练配置里可写 "auto"，由 `training.stages.build_model` 填数据的目录大小。
+    item_loss_weight (`float`, 默认 1.0): 物品头全目录交叉熵的权重（与三层 NTP 加在一起，同一个 token 平均口径）。
+    item_scoring (`str`, 默认 "sum"): 开了物品头时物品的分数。"sum" = log p_sem(item) + log softmax_item(item)
+        （专家乘积；两项都是归一化的 log 概率、都 <= 0，所以束搜索在最后一层加上物品项后，前缀分仍是物品分的上界，
+        精确性证书照常成立）；"item" = 只用物品头（全目录稠密打分，精确 top-K，不再束搜索）。
     tie_word_embeddings (`bool`, 默认 True): 各层输出头与该层的 ID 嵌入共享权重。
     initializer_range (`float`, 默认 0.02): HF 约定的正态初始化标准差。
     semantic_pad_id (`int`, 默认 0): padding/BOS 位置上的语义 ID 取值（由 token_type 屏蔽，不参与嵌入）。
@@ -91,6 +99,9 @@ class UGTConfig(PretrainedConfig):
     bos_context: str = "none"
     transition_buckets: int = 0
     transition_scale: float = 10.0
+    num_items: int = 0
+    item_loss_weight: float = 1.0
+    item_scoring: str = "sum"
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
     semantic_pad_id: int = 0
@@ -137,6 +148,15 @@ class UGTConfig(PretrainedConfig):
                 raise ValueError(f"UGTConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.node_embedding_buckets > 0 and self.node_embedding_dim < 1:
             raise ValueError(f"UGTConfig.node_embedding_dim must be >= 1, got {self.node_embedding_dim}")
+        if isinstance(self.num_items, bool) or not isinstance(self.num_items, int) or self.num_items < 0:
+            raise ValueError(
+                f"UGTConfig.num_items must be an int >= 0 (0 = no item head), got {self.num_items!r}; "
+                "'auto' is resolved by training.stages.build_model from the data's catalogue"
+            )
+        if not self.item_loss_weight >= 0:
+            raise ValueError(f"UGTConfig.item_loss_weight must be >= 0, got {self.item_loss_weight}")
+        if self.item_scoring not in ("sum", "item"):
+            raise ValueError(f"UGTConfig.item_scoring must be 'sum' or 'item', got {self.item_scoring!r}")
         if not self.transition_scale > 0:
             raise ValueError(f"UGTConfig.transition_scale must be > 0, got {self.transition_scale}")
         for name in ("num_encoder_layers", "num_decoder_layers", "ffn_dim", "max_position_embeddings"):

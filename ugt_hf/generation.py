@@ -12,6 +12,10 @@
 
 穷举打分（`exhaustive_scores`）对目录中每个物品算 log p(l1) + log p(l2|l1) + log p(l3|l1,l2)，用于校验。
 两种方法共用同一归一化（各层在整个词表上 softmax），因此分数可以直接比较。
+
+模型开了物品头（`UGTConfig.num_items` > 0）时：item_scoring="sum" 在最后一层再加 log softmax_item(item)
+（也 <= 0，上面的证书不变）；"item" 只用物品头，束搜索与穷举都直接在全目录上取 top-K（精确）。
+目录必须与模型保存的目录逐行相同（物品下标要对得上），否则报错而不是悄悄错位。
 """
 
 from __future__ import annotations
@@ -245,6 +249,8 @@ def beam_search(
     if num_beams < top_k:
         raise ValueError(f"num_beams ({num_beams}) must be >= top_k ({top_k})")
     mask = catalogue.exclusion_mask(exclude, states.shape[0])
+    if _item_head_scoring(model) == "item":  # 只用物品头：全目录稠密打分，精确 top-K
+        return exhaustive_topk(model, states, catalogue, top_k=top_k, exclude=mask, previous_items=previous_items)
     vmax = max(model.config.vocab_sizes) if hasattr(model, "config") else max(catalogue.vocab_sizes)
     batch_size = max(1, min(batch_size, max_elements // (num_beams * vmax)))
     outs = []
@@ -265,6 +271,26 @@ def _topk_with_bound(scores: torch.Tensor, k: int):
         return vals[:, :k_eff], idx[:, :k_eff], vals[:, k_eff]
     vals, idx = scores.topk(k_eff, dim=1)
     return vals, idx, scores.new_full((scores.shape[0],), NEG_INF)
+
+
+def _item_head_scoring(model) -> Optional[str]:
+    """模型的物品头打分方式（"sum" / "item"）；没有物品头的模型为 None。"""
+    if getattr(model, "item_head", None) is None:
+        return None
+    return getattr(model.config, "item_scoring", "sum")
+
+
+def _item_term(model, states: torch.Tensor, catalogue: ItemCatalogue) -> Optional[torch.Tensor]:
+    """物品头的 log softmax [N, num_items]（列 = 目录的 item_index）；没有物品头时 None。目录与模型不一致时报错。"""
+    if _item_head_scoring(model) is None:
+        return None
+    own = model.item_head.triples
+    if tuple(own.shape) != tuple(catalogue.triples.shape) or not torch.equal(own.cpu(), catalogue.triples):
+        raise ValueError(
+            f"catalogue {catalogue.source} ({catalogue.num_items} items) does not match the item head's catalogue "
+            f"({own.shape[0]} items, saved with the model): item indices would not line up"
+        )
+    return model.item_head_log_probs(states)
 
 
 def _prev_kw(prev: Optional[torch.Tensor], *lead: int) -> dict:
@@ -310,7 +336,11 @@ def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl,
     cand_item = children3[p2]  # [N, B2, C3]
     ok = (cand_item >= 0) & torch.isfinite(s2).unsqueeze(-1)
     cand_l3 = item_l3[cand_item.clamp(min=0)]
-    sc3 = (s2.unsqueeze(-1) + lp3.gather(2, cand_l3)).masked_fill(~ok, NEG_INF)
+    sc3 = s2.unsqueeze(-1) + lp3.gather(2, cand_l3)
+    item_lp = _item_term(model, states, catalogue)  # [N, num_items] 或 None
+    if item_lp is not None:  # 物品项 <= 0：前缀分仍是物品分的上界，证书不变
+        sc3 = sc3 + item_lp.gather(1, cand_item.clamp(min=0).reshape(n, -1)).view_as(cand_item)
+    sc3 = sc3.masked_fill(~ok, NEG_INF)
     if excl is not None:
         banned = excl.to(device).gather(1, cand_item.clamp(min=0).reshape(n, -1)).view_as(cand_item)
         sc3 = sc3.masked_fill(banned, NEG_INF)
@@ -338,7 +368,11 @@ def exhaustive_scores(
     """每个用户对目录中每个物品的 log p(item)：[N, num_items]（列 = item_index）。
 
     L2 头对每个出现过的 L1、L3 头对每个二层前缀各算一次完整 softmax；按块计算以控制内存（max_elements 个 logit）。
+    开了物品头时加上（"sum"）或只用（"item"）物品头的 log softmax。
     """
+    if _item_head_scoring(model) == "item":
+        return torch.cat([_item_term(model, states[i : i + batch_size], catalogue).cpu()
+                          for i in range(0, states.shape[0], batch_size)])
     device = states.device
     u1 = catalogue.level1_values.to(device)  # [U1]
     p2_l1 = catalogue.prefix2_l1.to(device)
@@ -374,7 +408,9 @@ def exhaustive_scores(
             sel = (item_p2 >= b0) & (item_p2 < b0 + pids.numel())
             idx = sel.nonzero(as_tuple=True)[0]
             lp3_item[:, idx] = lp3[:, item_p2[idx] - b0, items[idx, 2]]
-        out.append(lp1[:, items[:, 0]] + lp2[:, item_p2] + lp3_item)
+        score = lp1[:, items[:, 0]] + lp2[:, item_p2] + lp3_item
+        item_lp = _item_term(model, s, catalogue)
+        out.append(score if item_lp is None else score + item_lp.to(device))
     return torch.cat(out).cpu()
 
 

@@ -8,6 +8,8 @@
     辅助项：InfoNCE（`training.losses.ContrastiveLoss`）与 MoE（`moe_aux_loss`）单独给出，按 micro-batch 平均。
 
 层级权重只有一个名字：`level_weights`（L1/L2/L3，规格默认 0.5/0.3/0.2）。
+模型开了物品头（`UGTConfig.num_items`）时，NTP 再加一项全目录 softmax 的交叉熵（`ntp_loss_sums` 的 item_*），
+与三层 NTP 同一个除数，所以梯度累积的口径不变。
 
 `chunked_cross_entropy`：按行分块的交叉熵，前向只保存每行 logsumexp，反向逐块算 softmax − onehot，
 不物化完整的 log-softmax（L3 词表 16,384 × B×T 行时省一份 [N, V]）；由 `UGTConfig.loss_chunk_size` 选用。
@@ -214,12 +216,18 @@ class NTPSums:
 
     level_sums / num_correct / level_valid: 各 3 个 0 维张量；num_valid = L1 层的有效位置数
     （三层的 padding 位置相同，collator 保证）。
+    item_sum / item_valid / item_correct: 物品头（全目录 softmax）的同样三个量，没有物品头时为 None；
+    item_weight 是它在加权和里的系数（`UGTConfig.item_loss_weight`）。
     """
 
     level_sums: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     level_valid: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     num_correct: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     level_weights: Tuple[float, float, float] = DEFAULT_LEVEL_WEIGHTS
+    item_sum: Optional[torch.Tensor] = None
+    item_valid: Optional[torch.Tensor] = None
+    item_correct: Optional[torch.Tensor] = None
+    item_weight: float = 1.0
 
     @property
     def num_valid(self) -> torch.Tensor:
@@ -231,12 +239,23 @@ class NTPSums:
             return tuple(s / n.clamp(min=1).to(s.dtype) for s, n in zip(self.level_sums, self.level_valid))
         return tuple(s / denom.to(s.device) for s in self.level_sums)
 
+    def item_loss(self, denom: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """物品头的 item_sum / denom（denom 缺省为它自己的有效位置数）；没有物品头时 None。"""
+        if self.item_sum is None:
+            return None
+        if denom is None:
+            return self.item_sum / self.item_valid.clamp(min=1).to(self.item_sum.dtype)
+        return self.item_sum / denom.to(self.item_sum.device)
+
     def weighted(self, denom: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Σ_k w_k · (sum_k / denom)。先逐层除再加权：与旧 NextTokenPredictionLoss 运算顺序相同，数值逐位不变。"""
+        """Σ_k w_k · (sum_k / denom) [+ w_item · item_sum / denom]。先逐层除再加权：与旧 NextTokenPredictionLoss
+        运算顺序相同，没有物品头时数值逐位不变。"""
         total = None
         for w, level_loss in zip(self.level_weights, self.level_losses(denom)):
             weighted = w * level_loss
             total = weighted if total is None else total + weighted
+        if self.item_sum is not None:
+            total = total + self.item_weight * self.item_loss(denom)
         return total
 
     def metrics(self, denom: Optional[torch.Tensor] = None) -> MetricsDict:
@@ -247,14 +266,17 @@ class NTPSums:
         ):
             out[f"ntp_l{level}_loss"] = level_loss.detach()
             out[f"ntp_l{level}_acc"] = (c.float() / n.clamp(min=1).float()).detach()
+        if self.item_sum is not None:
+            out["ntp_item_loss"] = self.item_loss(denom).detach()
+            out["ntp_item_acc"] = (self.item_correct.float() / self.item_valid.clamp(min=1).float()).detach()
         out["ntp_loss"] = self.weighted(denom).detach()
         return out
 
 
-def _level_sum(level: int, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, label_smoothing: float,
-               chunk_size: Optional[int], inplace_backward: bool):
+def _level_sum(level: Union[int, str], logits: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+               label_smoothing: float, chunk_size: Optional[int], inplace_backward: bool):
     """一层的 (交叉熵之和, 有效数, 预测正确数)。logits: [B, T, V]；labels: [B, T]"""
-    name = f"l{level}"
+    name = level if isinstance(level, str) else f"l{level}"
     if not torch.is_tensor(logits) or logits.dim() < 2 or logits.shape[:-1] != labels.shape:
         shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits)
         raise ValueError(f"{name}_logits {shape} does not match labels {tuple(labels.shape)} (+ vocab dim)")
@@ -295,6 +317,9 @@ def ntp_loss_sums(
     label_smoothing: float = 0.0,
     chunk_size: Optional[int] = None,
     inplace_backward: bool = False,
+    item_logits: Optional[torch.Tensor] = None,
+    item_labels: Optional[torch.Tensor] = None,
+    item_weight: float = 1.0,
 ) -> NTPSums:
     """层次化 NTP 的求和形式：L = Σ_k w_k · CE_sum(L_k) / 除数（除数由调用方给 `NTPSums.weighted`）。
 
@@ -302,6 +327,8 @@ def ntp_loss_sums(
         l1_logits / l2_logits / l3_logits: [B, T, V1] / [B, T, V2] / [B, T, V3]
         labels: [B, T, 3]（或 (l1, l2, l3) 各 [B, T]），padding 为 ignore_index
         chunk_size: None 用 F.cross_entropy；给出时走 `chunked_cross_entropy`（数值相同、省一份 [N, V]）
+        item_logits / item_labels: 物品头的 [B, T, N] logits 与 [B, T] 物品下标（模型输出的同名字段）；
+            给出时再加一项 item_weight · CE_sum(物品) / 除数（同一个 token 平均口径）
     """
     level_labels = split_level_labels(labels)
     stats = [
@@ -309,14 +336,30 @@ def ntp_loss_sums(
         for level, (lg, lab) in enumerate(zip((l1_logits, l2_logits, l3_logits), level_labels), start=1)
     ]
     sums, valid, correct = zip(*stats)
-    return NTPSums(sums, valid, correct, tuple(float(w) for w in level_weights))
+    out = NTPSums(sums, valid, correct, tuple(float(w) for w in level_weights))
+    if (item_logits is None) != (item_labels is None):
+        raise ValueError("ntp_loss_sums: item_logits and item_labels must be given together")
+    if item_logits is not None:
+        if torch.is_tensor(labels) and tuple(item_labels.shape) != tuple(labels.shape[:-1]):
+            raise ValueError(f"item_labels {tuple(item_labels.shape)} do not match labels {tuple(labels.shape)}")
+        # 物品头的有效位置必须与三层 NTP 相同（同一个除数 N）
+        if bool(((item_labels != ignore_index) != (level_labels[0] != ignore_index)).any()):
+            raise ValueError("item_labels must be ignore_index exactly where labels are")
+        out.item_sum, out.item_valid, out.item_correct = _level_sum(
+            "item", item_logits, item_labels, ignore_index, float(label_smoothing), chunk_size, inplace_backward)
+        out.item_weight = float(item_weight)
+    return out
 
 
 def ntp_loss(l1_logits, l2_logits, l3_logits, labels: LevelLabels,
-             level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS, chunk_size: Optional[int] = None) -> torch.Tensor:
-    """均值形式的加权 NTP（每层对自己的有效位置求平均）；模型输出的 `loss`。labels: [B, T, 3]"""
+             level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS, chunk_size: Optional[int] = None,
+             item_logits: Optional[torch.Tensor] = None, item_labels: Optional[torch.Tensor] = None,
+             item_weight: float = 1.0) -> torch.Tensor:
+    """均值形式的加权 NTP（每层对自己的有效位置求平均）；模型输出的 `loss`。labels: [B, T, 3]
+    给出物品头的 item_logits / item_labels 时再加 item_weight · 物品交叉熵均值。"""
     return ntp_loss_sums(l1_logits, l2_logits, l3_logits, labels, level_weights=level_weights,
-                         chunk_size=chunk_size).weighted()
+                         chunk_size=chunk_size, item_logits=item_logits, item_labels=item_labels,
+                         item_weight=item_weight).weighted()
 
 
 def weighted_item_nll(level_log_probs: torch.Tensor, level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS

@@ -13,6 +13,9 @@
 - 输出头：log p(item) = log p(l1) + log p(l2 | l1) + log p(l3 | l1, l2)。L2 头看到解码器状态与 L1 的 ID 嵌入，
   L3 头再加上 L2 的嵌入；训练时用 labels 里的前缀（teacher forcing），推理时由束搜索
   （`generation.py`）调用 `level1_logits/level2_logits/level3_logits` 逐层给出前缀。
+- 可选的物品头（`UGTConfig.num_items` > 0）：每个物品一个自由输出向量，对全目录 softmax（SASRec 的全量 CE）；
+  物品分 = log p_sem(item) + log softmax_item(item)（item_scoring="sum"）或只用物品头（"item"）。
+  目录三元组是持久 buffer（`set_item_catalogue`），检查点自带目录，labels 的三元组在模型内换成物品下标。
 - 注意力统一用 `F.scaled_dot_product_attention`。
 
 push_to_hub：与任何 HF 模型相同（`model.push_to_hub(repo)`、`tokenizer.push_to_hub(repo)`），
@@ -33,6 +36,7 @@ from transformers.utils import ModelOutput
 
 from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.interfaces import IGNORE_INDEX, SPECIAL_TOKEN_TYPE, GenerativeRecOutput
+from ugt_hf.item_keys import pack_triples
 from ugt_hf.loss_utils import load_balancing_loss, moe_aux_loss, ntp_loss, router_z_loss
 
 IdsLike = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -44,11 +48,15 @@ class UGTOutput(GenerativeRecOutput):
 
     decoder_hidden_states: [B, Td, D]
     moe_balance_loss / router_z_loss: 标量（无 MoE 时为 None）
+    item_logits: [B, Td, num_items] 物品头的 logits；item_labels: [B, Td] labels 对应的物品下标（-100 = 忽略）。
+        没开物品头时都是 None（to_tuple() 跳过 None，元组输出与不开时相同）。
     """
 
     decoder_hidden_states: Optional[torch.Tensor] = None
     moe_balance_loss: Optional[torch.Tensor] = None
     router_z_loss: Optional[torch.Tensor] = None
+    item_logits: Optional[torch.Tensor] = None
+    item_labels: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -344,6 +352,26 @@ class UGTTransitionBias(nn.Module):
         return self.scale * self.table.weight[:, 0][idx]
 
 
+class UGTItemHead(nn.Module):
+    """物品头（见 UGTConfig.num_items）：logits = h · W^T + b，W 是每个物品一行的自由输出向量。
+
+    triples：[num_items, 3] 持久 buffer，第 i 行 = 物品 i 的 (l1, l2, l3)（与 items.parquet 的 item_index 一致），
+    随检查点保存，所以加载后的模型不需要外部目录就能把三元组换成物品下标。
+    """
+
+    def __init__(self, config: UGTConfig):
+        super().__init__()
+        # nn.Linear 构造时的默认初始化会消耗全局随机数，使 post_init 里所有参数的初始化错位；
+        # 它本来就会被 _init_weights 覆盖，所以在独立的 RNG 状态里构造（开物品头不改变其余参数的初值）
+        with torch.random.fork_rng(devices=[]):
+            self.out = nn.Linear(config.d_model, config.num_items)
+        self.register_buffer("triples", torch.zeros(config.num_items, 3, dtype=torch.long))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """states: [..., D] -> [..., num_items]"""
+        return self.out(states)
+
+
 # ---------------------------------------------------------------------------
 # PreTrainedModel
 # ---------------------------------------------------------------------------
@@ -373,7 +401,7 @@ class UGTModel(UGTPreTrainedModel):
     """
 
     # 从带头模型的检查点加载骨干时，头部的键是预期之内的多余键
-    _keys_to_ignore_on_load_unexpected = [r"^heads\.", r"^transition\.", r"^item_proj\."]
+    _keys_to_ignore_on_load_unexpected = [r"^heads\.", r"^transition\.", r"^item_proj\.", r"^item_head\."]
 
     def __init__(self, config: UGTConfig):
         super().__init__(config)
@@ -594,6 +622,8 @@ class UGTForGenerativeRecommendation(UGTModel):
         self.heads = UGTHierarchicalHeads(config)
         self.transition = UGTTransitionBias(config) if config.transition_buckets > 0 else None
         self.item_proj = nn.Linear(config.d_model, config.d_model)
+        # 物品头最后注册：开启时前面所有参数的初始化随机数不变，不开时模型与之前完全相同
+        self.item_head = UGTItemHead(config) if config.num_items > 0 else None
         # 本模型不走 HF generate()（束搜索在 generation.py），但 TRL 的 DPOTrainer 会无条件写
         # model.generation_config.pad_token_id，所以给一个空的 GenerationConfig（can_generate() 为 False，不会被保存）
         self.generation_config = GenerationConfig()
@@ -650,6 +680,8 @@ class UGTForGenerativeRecommendation(UGTModel):
         states: [B, D]；item_triples: [B, M, 3]；previous_items: [B, 3]（开了 transition_buckets 时必需）
         -> [B, M, 3]；return_logits 时再给出三层 logits（L1 [B, V1]，M 个物品共用；L2 [B, M, V2]；L3 [B, M, V3]）。
         `item_log_probs` 与 DPO 的融合前向都用它（物品打分只写这一处）。
+        开了物品头时最后一列 = log p(l3 | l1, l2) + log softmax_item(item)（item_scoring="sum"），
+        或三列为 [0, 0, log softmax_item(item)]（"item"）；物品必须在目录里。
         """
         triples = item_triples.to(states.device).long()
         b, m, _ = triples.shape
@@ -663,13 +695,72 @@ class UGTForGenerativeRecommendation(UGTModel):
         lp2 = torch.log_softmax(logits2.float(), dim=-1).gather(2, l2.unsqueeze(-1)).squeeze(-1)
         logits3 = self.level3_logits(s, l1, l2, prev_m)  # [B, M, V3]
         lp3 = torch.log_softmax(logits3.float(), dim=-1).gather(2, l3.unsqueeze(-1)).squeeze(-1)
+        if self.item_head is not None:
+            # 物品项并进最后一列：行和 = 束搜索 / 穷举打分用的物品分，DPO 按列求和得到同一个 log p
+            lp_item = self.item_head_log_probs(states).gather(1, self.item_indices(triples, strict=True))  # [B, M]
+            if self.config.item_scoring == "sum":
+                lp3 = lp3 + lp_item
+            else:  # "item"：只用物品头，语义层不计分
+                lp1, lp2, lp3 = torch.zeros_like(lp1), torch.zeros_like(lp2), lp_item
         out = torch.stack([lp1, lp2, lp3], dim=-1)  # [B, M, 3]
         return (out, (logits1, logits2, logits3)) if return_logits else out
 
+    # ---- 物品头 ----
+
+    def _catalogue_keys(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """目录三元组的 (升序键, 对应的物品下标)；目录没设置（全 0 的 buffer）或有重复时报错。"""
+        if self.item_head is None:
+            raise ValueError("this model has no item head (UGTConfig.num_items = 0)")
+        keys = pack_triples(self.item_head.triples.long(), self.config.vocab_sizes)
+        sorted_keys, order = torch.sort(keys)
+        if sorted_keys.numel() > 1 and bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
+            raise ValueError("the item head's catalogue is not set or has duplicate triples: call "
+                             "model.set_item_catalogue(triples [num_items, 3]) (training.stages.build_model does)")
+        return sorted_keys, order
+
+    def set_item_catalogue(self, triples) -> None:
+        """写入物品头的目录：triples [num_items, 3]（或 generation.ItemCatalogue），第 i 行 = 物品 i。"""
+        if self.item_head is None:
+            raise ValueError("set_item_catalogue: this model has no item head (UGTConfig.num_items = 0)")
+        t = torch.as_tensor(getattr(triples, "triples", triples)).long()
+        n = self.config.num_items
+        if tuple(t.shape) != (n, 3):
+            raise ValueError(f"set_item_catalogue: expected triples of shape ({n}, 3) (UGTConfig.num_items), "
+                             f"got {tuple(t.shape)}")
+        for level, vocab in enumerate(self.config.vocab_sizes):
+            if int(t[:, level].min()) < 0 or int(t[:, level].max()) >= vocab:
+                raise ValueError(f"set_item_catalogue: triples[:, {level}] (L{level + 1}) outside [0, {vocab})")
+        with torch.no_grad():
+            self.item_head.triples.copy_(t.to(self.item_head.triples.device))
+        self._catalogue_keys()  # 重复的三元组在这里就报错
+
+    def item_indices(self, triples: torch.Tensor, strict: bool = False) -> torch.Tensor:
+        """三元组 [..., 3] -> 物品头的下标 [...]；不在目录里的为 -1（strict 时报错）。"""
+        sorted_keys, order = self._catalogue_keys()
+        t = torch.as_tensor(triples).long().to(sorted_keys.device)
+        inside = (t >= 0).all(-1)
+        for level, vocab in enumerate(self.config.vocab_sizes):
+            inside = inside & (t[..., level] < vocab)
+        keys = pack_triples(t.clamp(min=0), self.config.vocab_sizes)
+        pos = torch.searchsorted(sorted_keys, keys.reshape(-1)).clamp(max=sorted_keys.numel() - 1).view_as(keys)
+        found = inside & (sorted_keys[pos] == keys)
+        if strict and not bool(found.all()):
+            bad = t[~found][0].tolist()
+            raise ValueError(f"item triple {bad} is not in the item head's catalogue (UGTConfig.num_items = "
+                             f"{self.config.num_items}); the model can only score catalogue items")
+        return torch.where(found, order[pos], torch.full_like(keys, -1))
+
+    def item_head_log_probs(self, states: torch.Tensor) -> torch.Tensor:
+        """物品头在全目录上的 log softmax：states [..., D] -> [..., num_items]（float32）。"""
+        if self.item_head is None:
+            raise ValueError("this model has no item head (UGTConfig.num_items = 0)")
+        return torch.log_softmax(self.item_head(states).float(), dim=-1)
+
     def item_log_probs(self, states: torch.Tensor, item_triples: torch.Tensor,
                        previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """给定状态下物品的 log p(item) = 三层 log p 之和。states: [B, D]；item_triples: [B, M, 3] 或 [B, 3]
-        -> [B, M] 或 [B]；previous_items: [B, 3]（开了 transition_buckets 时必需）。"""
+        """给定状态下物品的 log p(item) = 三层 log p 之和（开了物品头时含物品项，见 `level_log_probs`）。
+        states: [B, D]；item_triples: [B, M, 3] 或 [B, 3] -> [B, M] 或 [B]；
+        previous_items: [B, 3]（开了 transition_buckets 时必需）。"""
         squeeze = item_triples.dim() == 2
         triples = item_triples.unsqueeze(1) if squeeze else item_triples  # [B, M, 3]
         lp = self.level_log_probs(states, triples, previous_items)  # [B, M, 3]
@@ -822,9 +913,22 @@ class UGTForGenerativeRecommendation(UGTModel):
             self._check_ids(target, torch.ones_like(target[..., 0]), "target_item_ids")
         item_repr = self.item_representation(target.to(hidden.device)) if target is not None else None
 
+        item_logits = item_labels = None
+        if self.item_head is not None:
+            item_logits = self.item_head(hidden)  # [B, Td, num_items]
+            if labels_t is not None:
+                valid = labels_t[..., 0] != IGNORE_INDEX
+                idx = self.item_indices(prefix)
+                if bool((valid & (idx < 0)).any()):
+                    bad = prefix[valid & (idx < 0)][0].tolist()
+                    raise ValueError(f"labels contain the triple {bad}, which is not in the item head's catalogue")
+                item_labels = torch.where(valid, idx, torch.full_like(idx, IGNORE_INDEX))
+
         loss = None
         if labels_t is not None:
-            loss = ntp_loss(l1_logits, l2_logits, l3_logits, labels_t, chunk_size=self.config.loss_chunk_size)
+            loss = ntp_loss(l1_logits, l2_logits, l3_logits, labels_t, chunk_size=self.config.loss_chunk_size,
+                            item_logits=item_logits, item_labels=item_labels,
+                            item_weight=self.config.item_loss_weight)
 
         out = UGTOutput(
             loss=loss,
@@ -837,6 +941,8 @@ class UGTForGenerativeRecommendation(UGTModel):
             decoder_hidden_states=hidden,
             moe_balance_loss=balance,
             router_z_loss=z,
+            item_logits=item_logits,
+            item_labels=item_labels,
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return out if return_dict else out.to_tuple()
@@ -874,6 +980,7 @@ class UGTForGenerativeRecommendation(UGTModel):
 
 __all__ = [
     "UGTForGenerativeRecommendation",
+    "UGTItemHead",
     "UGTModel",
     "UGTModelOutput",
     "UGTPreTrainedModel",

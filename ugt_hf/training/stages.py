@@ -81,13 +81,28 @@ def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendati
                 f"模型 {args.pretrained_model_path} 的 vocab_sizes {model.config.vocab_sizes} 与数据 {vocab} 不一致",
                 field="pretrained_model_path",
             )
+        if model.item_head is not None and not torch.equal(model.item_head.triples.cpu(), data.catalogue().triples):
+            # 物品头的下标按保存时的目录排列；换了目录时打分会悄悄错位
+            raise ConfigError(f"模型 {args.pretrained_model_path} 物品头的目录与数据的 items.parquet 不一致",
+                              field="pretrained_model_path")
         return model
     kwargs = _model_config_kwargs(args.model_config)
     kwargs.setdefault("max_position_embeddings",
                       max(int(train_args.encoder_max_length), int(train_args.decoder_max_length), 64))
     kwargs["vocab_sizes"] = vocab
     kwargs.setdefault("semantic_pad_id", data.semantic_pad_id)
-    return UGTForGenerativeRecommendation(UGTConfig(**kwargs))
+    # 物品头：num_items 写 "auto" 时取数据的目录大小（配置不随数据集改）；给了具体数值则必须与目录一致
+    num_items = kwargs.get("num_items", 0)
+    catalogue = data.catalogue() if num_items else None
+    if num_items == "auto":
+        kwargs["num_items"] = num_items = catalogue.num_items
+    if num_items and int(num_items) != catalogue.num_items:
+        raise ConfigError(f"num_items={num_items} 与数据目录的物品数 {catalogue.num_items} 不一致（可写 \"auto\"）",
+                          field="model_config")
+    model = UGTForGenerativeRecommendation(UGTConfig(**kwargs))
+    if model.item_head is not None:
+        model.set_item_catalogue(catalogue.triples)
+    return model
 
 
 def _recommend_dataset(data: DataDir, split_or_path, args) -> RecommendDataset:

@@ -277,6 +277,8 @@ class UGTTrainer(Trainer):
     ):
         """L = NTP_sum / N + λ1·InfoNCE / M + λ3·MoE / M（torchtitan 的组合方式）。
 
+        模型有物品头时 NTP_sum 再加 item_loss_weight · 物品 CE_sum（loss_utils.ntp_loss_sums 的 item_*）。
+
         梯度累积：一个优化步由 M 个 micro-batch 组成，整批有效标签位置数为 N = num_items_in_batch。
         NTP 是 token 平均：本 micro-batch 贡献 Σ_k w_k·CE_sum_k / N，M 个之和就是把它们拼成一个大批次时的均值，
         与 micro-batch 的切法和各序列长度无关（batch 8×1 与 2×4 得到相同梯度）。
@@ -301,6 +303,11 @@ class UGTTrainer(Trainer):
         if num_items_in_batch is not None:
             n_total = torch.as_tensor(num_items_in_batch, device=n_local.device).reshape(-1)[0]
         if self.loss_fn is not None:
+            if get_output(outputs, "item_logits") is not None and not getattr(self, "_warned_item_head", False):
+                # 自定义损失自己决定是否用物品头的 item_logits / item_labels；提示一次，避免静默丢掉这一项
+                logger.warning("the model has an item head (num_items > 0) but a custom loss_fn is used: its "
+                               "item_logits/item_labels are only trained if loss_fn uses them")
+                self._warned_item_head = True
             loss, comps, share = self._custom_loss(outputs, labels, n_local, n_total, accum)
         else:
             loss, comps, share = self._composed_loss(outputs, labels, n_local, n_total, accum)
@@ -328,9 +335,19 @@ class UGTTrainer(Trainer):
         for k, lg in enumerate(logits, start=1):
             if lg is None:
                 raise ValueError(f"UGTTrainer: model output is missing required field 'l{k}_logits'")
-        chunk_size = getattr(getattr(self.model, "config", None), "loss_chunk_size", None)
+        config = getattr(self.model, "config", None)
+        chunk_size = getattr(config, "loss_chunk_size", None)
+        # 物品头（UGTConfig.num_items > 0）的全目录交叉熵与三层 NTP 同一个除数 N
+        item_kw = {}
+        item_logits = get_output(outputs, "item_logits")
+        if item_logits is not None:
+            item_labels = get_output(outputs, "item_labels")
+            if item_labels is None:
+                raise ValueError("UGTTrainer: model output has item_logits but no item_labels (forward got labels?)")
+            item_kw = {"item_logits": item_logits, "item_labels": item_labels,
+                       "item_weight": float(getattr(config, "item_loss_weight", 1.0))}
         sums = ntp_loss_sums(*logits, labels, level_weights=self.level_weights, label_smoothing=self.label_smoothing,
-                             chunk_size=chunk_size)
+                             chunk_size=chunk_size, **item_kw)
         comps = sums.metrics()  # 日志：本 micro-batch 的均值
         dtype = sums.level_sums[0].dtype
         share = self._ntp_share(n_local, n_total, dtype, accum)
