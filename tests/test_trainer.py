@@ -349,3 +349,35 @@ def test_contrastive_and_moe_are_logged_and_lamb_is_used(tmp_path):
         assert key in log
     expected = log["ntp_loss"] + 0.1 * log["contrastive_loss"] + 0.01 * log["moe_balance_loss"]
     assert log["loss"] == pytest.approx(expected, rel=1e-5)  # 分量的平均口径与 HF 的 loss 一致
+
+
+def test_early_stopping_patience_stops_when_the_metric_stalls(tmp_path):
+    """early_stopping_patience 装上 HF 的 EarlyStoppingCallback：指标不再上升时提前停，最佳一轮仍被取回。"""
+    codes = torch.tensor([[a, b, c] for a in range(w.VOCAB[0]) for b in range(w.VOCAB[1]) for c in range(w.VOCAB[2])])
+    eval_samples = w.make_samples(12, seed=7, eval_format=True)
+    args = w.make_args(tmp_path, max_steps=12, eval_strategy="steps", eval_steps=2, save_steps=2,
+                       save_total_limit=1, metric_for_best_model="recall@10", greater_is_better=True,
+                       load_best_model_at_end=True, per_device_eval_batch_size=12, early_stopping_patience=1)
+
+    def constant_ranker(model, batch, k=10):  # 与模型无关的固定排序：指标永远持平
+        return torch.arange(k).expand(batch["labels"].shape[0], k)
+
+    torch.manual_seed(0)
+    trainer = UGTTrainer(model=w.TinyRecModel(), args=args, data_collator=w.collate, train_dataset=w.make_samples(),
+                         eval_dataset=eval_samples, ranker=constant_ranker, item_codes=codes, k_values=(10,))
+    stoppers = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+    assert [c.early_stopping_patience for c in stoppers] == [1]
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_recall@10" in h]
+    assert len(evals) == 2 and trainer.state.global_step == 4  # 第 2 次评估没有提升 -> 停，而不是训满 12 步
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+
+
+def test_early_stopping_patience_needs_the_best_model_settings(tmp_path):
+    from ugt_hf.argparsing import ConfigError
+
+    with pytest.raises(ConfigError, match="early_stopping_patience"):
+        w.make_args(tmp_path, early_stopping_patience=1)
+    with pytest.raises(ConfigError, match="positive integer"):
+        w.make_args(tmp_path, eval_strategy="steps", save_strategy="steps", metric_for_best_model="recall@10",
+                    load_best_model_at_end=True, early_stopping_patience=0)

@@ -161,6 +161,9 @@ class _UGTFields:
     eval_k_values: Optional[List[int]] = arg(help="排序指标的 K", factory=lambda: [5, 10, 20])
     torch_num_threads: Optional[int] = arg(None, "CPU 上 torch 的线程数；None = 不改（多进程共用少量核时设 1）")
     max_consecutive_nonfinite: int = arg(10, "连续多少个优化步出现非有限 loss/梯度范数后停止")
+    early_stopping_patience: Optional[int] = arg(
+        None, "stop when metric_for_best_model has not improved for this many evaluations (needs "
+              "load_best_model_at_end and metric_for_best_model); None = train all max_epochs")
     logging_steps: float = arg(100, "每多少优化步记录一次日志")
     save_steps: float = arg(1000, "每多少优化步保存一次检查点")
     eval_steps: Optional[float] = arg(500, "每多少优化步评估一次")
@@ -208,6 +211,13 @@ class _UGTFields:
             raise ConfigError(f"未知的优化器 '{self.optimizer_type}'，可选：{', '.join(OPTIMIZER_TYPES)}{hint}",
                               field="optimizer_type")
         self.optimizer_type = name
+        if self.early_stopping_patience is not None:
+            if int(self.early_stopping_patience) != self.early_stopping_patience or self.early_stopping_patience < 1:
+                raise ConfigError(f"must be a positive integer, got {self.early_stopping_patience!r}",
+                                  field="early_stopping_patience")
+            if not (self.load_best_model_at_end and self.metric_for_best_model):
+                raise ConfigError("needs load_best_model_at_end: true and metric_for_best_model (early stopping "
+                                  "keeps the best evaluation)", field="early_stopping_patience")
 
     def _resolve_scheduler(self) -> None:
         kwargs = self.lr_scheduler_kwargs

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 
@@ -176,6 +176,10 @@ class UGTTrainer(Trainer):
             callbacks.append(self.shutdown_callback)
         elif graceful_shutdown:
             self.shutdown_callback = next(c for c in callbacks if isinstance(c, GracefulShutdownCallback))
+        patience = getattr(args, "early_stopping_patience", None)
+        if patience and not any(isinstance(c, EarlyStoppingCallback) for c in callbacks):
+            # 早停由 HF 的回调完成：最佳轮由验证指标挑，轮数上限只是预算
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(patience)))
 
         # 评估：ranker + 目标映射（ItemCatalogue，全包唯一的三元组 <-> 物品 id 换算）+ 默认 compute_metrics
         if item_codes is not None:
