@@ -8,12 +8,15 @@ import pytest
 
 from ugt_hf.data import schema
 from ugt_hf.data.artifacts import (
+    DATASET_CARD_FILE,
     AtomicDir,
     build_preference_pairs,
     build_recommend_blocks,
+    dataset_card_configs,
     normalise,
     recommend_table,
     training_prefixes,
+    write_dataset_card,
     write_jsonl,
 )
 from ugt_hf.data.readers import Interactions
@@ -163,3 +166,70 @@ def test_normalise_accepts_ids_beyond_int64():
     seqs = normalise(_inter([(big, "1", 1), (big, "2", 2), ("7", "1", 3), ("7", "2", 4)]))
     assert seqs.user_ids == sorted([big, "7"])
     assert seqs.item_ids == ["1", "2"]
+
+
+# ---------------------------------------------------------------- 数据集卡
+def _front_matter(folder):
+    yaml = pytest.importorskip("yaml")
+    text = open(os.path.join(folder, DATASET_CARD_FILE), encoding="utf-8").read()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_prepared_folder_loads_with_datasets_load_dataset(tmp_path):
+    """prepare 写的 README.md 声明 configs：load_dataset(folder) 给出 train/validation/test 记录，
+    "preference" 给出偏好对，"items" 给出物品表（没有它时 preference_* 被归进 train，列名不合而失败）。"""
+    datasets = pytest.importorskip("datasets")
+    from ugt_hf.data.datadir import DataDir
+    from ugt_hf.data.prepare import prepare
+    from ugt_hf.data.validation import resolve_data_files
+
+    out = str(tmp_path / "syn")
+    meta = prepare(out, source="synthetic", num_users=60, num_items=40, events_per_user=8, num_clusters=4,
+                   progress=False, log=lambda *a: None)
+    splits = meta["splits"]
+    assert splits["preference_train"] > 0 and splits["preference_test"] > 0
+    front = _front_matter(out)
+    default = next(c for c in front["configs"] if c["config_name"] == "default")
+    assert default["default"] is True
+    assert [f["path"] for f in default["data_files"]] == ["train.parquet", "valid.parquet", "test.parquet"]
+    cache = str(tmp_path / "cache")
+    ds = datasets.load_dataset(out, cache_dir=cache)
+    assert {k: len(v) for k, v in ds.items()} == {"train": splits["train"], "validation": splits["valid"],
+                                                  "test": splits["test"]}
+    assert set(ds["train"].column_names) == set(schema.RECOMMEND_FIELDS)
+    pairs = datasets.load_dataset(out, "preference", cache_dir=cache)
+    assert {k: len(v) for k, v in pairs.items()} == {"train": splits["preference_train"],
+                                                     "test": splits["preference_test"]}
+    assert set(schema.PREFERENCE_FIELDS) <= set(pairs["train"].column_names)
+    items = datasets.load_dataset(out, "items", split="train", cache_dir=cache)
+    assert len(items) == meta["num_items"] and items.column_names == list(schema.ITEMS_COLUMNS)
+    # 本包自己的读取不受 README.md 影响
+    data = DataDir(out)
+    assert data.missing_files() == [] and data.num_records("valid") == splits["valid"]
+    assert not any(f.endswith(".md") for f in resolve_data_files(out))
+    # 旧目录（没有卡）再跑一次 prepare：已是最新，只补上卡，meta.json 不动
+    os.remove(os.path.join(out, DATASET_CARD_FILE))
+    mtime = os.path.getmtime(os.path.join(out, schema.META_FILE))
+    prepare(out, source="synthetic", num_users=60, num_items=40, events_per_user=8, num_clusters=4,
+            progress=False, log=lambda *a: None)
+    assert _front_matter(out) == front and os.path.getmtime(os.path.join(out, schema.META_FILE)) == mtime
+
+
+def test_dataset_card_lists_only_existing_non_empty_files(tmp_path):
+    """只有 JSONL 的切分用 JSONL；0 行的切分与不存在的文件不列出；已有的 README.md 在 overwrite=False 时保留。"""
+    from _tiny_artifacts import hand_made_data_dir
+
+    folder = hand_made_data_dir(tmp_path / "hand")
+    meta = json.loads((folder / "meta.json").read_text())
+    configs = {c["config_name"]: c["data_files"] for c in dataset_card_configs(str(folder), meta)}
+    assert configs["preference"] == [{"split": "train", "path": "preference_train.jsonl"}]
+    assert configs["items"] == [{"split": "train", "path": "items.parquet"}]
+    assert [f["split"] for f in configs["default"]] == ["train", "validation", "test"]
+    (folder / "preference_train.jsonl").unlink()
+    assert "preference" not in {c["config_name"] for c in dataset_card_configs(str(folder), meta)}
+    (folder / DATASET_CARD_FILE).write_text("# mine\n")
+    assert write_dataset_card(str(folder), meta, overwrite=False) is None
+    assert (folder / DATASET_CARD_FILE).read_text() == "# mine\n"
+    write_dataset_card(str(folder), meta)
+    assert "preference" not in {c["config_name"] for c in _front_matter(folder)["configs"]}

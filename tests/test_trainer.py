@@ -229,6 +229,57 @@ def test_pickled_training_args_are_never_written_nor_loaded(tmp_path):
     assert not os.path.exists(marker)
 
 
+def test_saves_write_a_model_card_with_what_the_trainer_knows(tmp_path):
+    """save_model（检查点也经过 `_save`）写 README.md：最近一次 / 最佳那步的验证指标、最佳指标、run 名、目标函数、
+    数据集（目录名 + meta.json 的规模，不写绝对路径）；create_model_card（push_to_hub 用）写 output_dir。"""
+    from ugt_hf.configuration_ugt import UGTConfig
+    from ugt_hf.generation import ItemCatalogue
+    from ugt_hf.model_card import read_front_matter
+    from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
+
+    data = tmp_path / "beauty_prepared"
+    data.mkdir()
+    (data / "meta.json").write_text('{"source": "amazon", "num_users": 12, "num_items": 34}')
+
+    class _Data(list):
+        data_path = str(data / "train.parquet")
+
+    cfg = UGTConfig(vocab_sizes=[4, 4, 4], d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+                    ffn_dim=32, num_experts=1, num_experts_per_tok=1)
+    args = w.make_args(tmp_path / "out", metric_for_best_model="recall@10", lambda_contrastive=0.1,
+                       run_name="stage2-run")
+    codes = torch.tensor([[a, b, c] for a in range(4) for b in range(4) for c in range(2)])  # 32 个物品
+    trainer = UGTTrainer(model=UGTForGenerativeRecommendation(cfg), args=args, train_dataset=_Data(),
+                         catalogue=ItemCatalogue(codes, [4, 4, 4]), k_values=(10,))
+    trainer.state.log_history = [
+        {"loss": 3.0, "step": 2},
+        {"eval_loss": 2.5, "eval_recall@10": 0.4, "eval_runtime": 0.1, "epoch": 1.0, "step": 2},
+        {"eval_loss": 2.4, "eval_recall@10": 0.3, "eval_runtime": 0.1, "epoch": 2.0, "step": 4},
+    ]
+    trainer.state.global_step, trainer.state.epoch = 4, 2.0
+    trainer.state.best_metric, trainer.state.best_global_step = 0.4, 2
+    trainer.save_model(str(tmp_path / "saved"))
+    card = (tmp_path / "saved" / "README.md").read_text(encoding="utf-8")
+    result = read_front_matter(card)["model-index"][0]["results"][0]
+    assert result["metrics"] == [{"type": "loss", "name": "loss", "value": 2.4},
+                                 {"type": "recall@10", "name": "recall@10", "value": 0.3}]  # 最近一次评估
+    assert result["dataset"] == {"name": "beauty_prepared", "type": "beauty_prepared", "split": "validation"}
+    assert "runtime" not in card and str(tmp_path) not in card
+    assert "- best validation: eval_recall@10 = 0.4000 at step 2" in card
+    assert "- run name: stage2-run" in card and "InfoNCE (lambda_contrastive=0.1)" in card
+    assert "- num_items: 34" in card and "- source: amazon" in card
+    assert "import ugt_hf" in card and not (tmp_path / "saved" / "training_args.bin").exists()
+    assert "ranked over the full catalogue (32 items)" in card and "beam width 10, top-10" in card
+    # 结束时加载了最佳模型：之后保存的卡取最佳那一步的指标
+    trainer._card_best_loaded = True
+    trainer.create_model_card(model_name="owner/ugt-beauty", tags=["extra-tag"])
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    front = read_front_matter(card)
+    assert front["model-index"][0]["name"] == "owner/ugt-beauty" and "extra-tag" in front["tags"]
+    assert {m["name"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}["recall@10"] == 0.4
+    assert 'AutoModel.from_pretrained("owner/ugt-beauty")' in card
+
+
 # ---------------------------------------------------------------- 非有限
 class _NaNAtCalls(nn.Module):
     """包装 TinyRecModel：第 bad_calls 次 forward 时 logits 变 NaN。"""

@@ -2,7 +2,8 @@
 
 `import ugt_hf` 即把 UGT 注册到 AutoConfig / AutoModel / AutoTokenizer 与 "generative-recommendation"
 pipeline（见 auto.py），之后 `AutoModel.from_pretrained(dir)`、`pipeline("generative-recommendation", ...)`
-无需 remote code。
+无需 remote code。没 import 时 transformers 只报 “model type `ugt` ... does not recognize this architecture”；
+所以 save_pretrained / 训练器写的模型卡（README.md，见 model_card.py）开头就写明先 `import ugt_hf`。
 """
 
 __version__ = "0.1.0"

@@ -20,10 +20,12 @@
 
 push_to_hub：与任何 HF 模型相同（`model.push_to_hub(repo)`、`tokenizer.push_to_hub(repo)`），
 `import ugt_hf` 会注册 AutoConfig/AutoModel/AutoTokenizer，因此加载端无需 remote code。
+`save_pretrained` 另写 README.md 模型卡（`ugt_hf.model_card`），写明加载前先 `import ugt_hf`。
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -38,6 +40,7 @@ from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.interfaces import IGNORE_INDEX, SPECIAL_TOKEN_TYPE, GenerativeRecOutput
 from ugt_hf.item_keys import pack_triples
 from ugt_hf.loss_utils import load_balancing_loss, moe_aux_loss, ntp_loss, router_z_loss
+from ugt_hf.model_card import write_model_card
 
 IdsLike = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -384,6 +387,23 @@ class UGTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["UGTEncoderLayer", "UGTDecoderLayer"]
     _supports_sdpa = True
     supports_gradient_checkpointing = False
+
+    def save_pretrained(self, save_directory, *args, model_card: Union[None, bool, str] = None, **kwargs):
+        """HF 的 save_pretrained，再写 README.md 模型卡（transformers 不知道 `ugt` 类型，卡里写明先 `import ugt_hf`）。
+
+        model_card：None = 默认卡（已有的 README.md 不是本包生成的就保留）；str = 写这段文本（调用方已渲染好的卡）；
+        False = 不写。注意 push_to_hub=True 时 HF 上传的是它自己生成的卡，本地随后才换成我们的。
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        is_main = kwargs.get("is_main_process", args[0] if args else True)
+        folder = os.fspath(save_directory)
+        if model_card is False or not is_main or not os.path.isdir(folder):
+            return
+        if isinstance(model_card, str):
+            write_model_card(folder, text=model_card, force=True)
+        else:
+            name = os.path.basename(os.path.normpath(folder)) or None
+            write_model_card(folder, self.config, model_name=name, num_parameters=self.num_parameters() or None)
 
     @torch.no_grad()
     def _init_weights(self, module):

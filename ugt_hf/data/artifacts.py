@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from ..interfaces import ITEM_TOKEN_TYPE, SPECIAL_TOKEN_TYPE
 from . import schema
@@ -450,3 +451,95 @@ class AtomicDir:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         return False
+
+
+# ---------------------------------------------------------------- 数据集卡
+
+
+DATASET_CARD_FILE = "README.md"
+# 产物目录的切分名 -> HF 的切分名（HF 约定用 validation）
+HF_SPLIT_NAMES = {"train": "train", "valid": "validation", "test": "test",
+                  "preference_train": "train", "preference_test": "test"}
+
+
+def _split_file(folder: str, name: str) -> Optional[str]:
+    """切分 name 的数据文件名（优先 Parquet：有类型、读得快；没有时用 JSONL）。"""
+    for ext in ("parquet", "jsonl"):
+        if os.path.isfile(os.path.join(folder, f"{name}.{ext}")):
+            return f"{name}.{ext}"
+    return None
+
+
+def dataset_card_configs(folder: str, meta: Optional[Dict] = None) -> List[Dict]:
+    """数据集卡 YAML 的 `configs:`（HF “Manual configuration”）。
+
+    没有它时 `datasets.load_dataset(folder)` 按文件名猜切分，把 preference_* 也归进 train，列名对不上就失败。
+    default = train/validation/test 记录；preference = 偏好对（有时）；items = 物品表。行数为 0 的切分不列出。
+    """
+    counts = (meta or {}).get("splits") or {}
+    configs = []
+    for config_name, names in (("default", schema.SPLITS), ("preference", schema.PREFERENCE_SPLITS)):
+        files = []
+        for name in names:
+            path = _split_file(folder, name)
+            if path is not None and counts.get(name, 1) > 0:
+                files.append({"split": HF_SPLIT_NAMES[name], "path": path})
+        if files:
+            entry = {"config_name": config_name, "data_files": files}
+            if config_name == "default":
+                entry["default"] = True
+            configs.append(entry)
+    if os.path.isfile(os.path.join(folder, schema.ITEMS_FILE)):
+        configs.append({"config_name": "items", "data_files": [{"split": "train", "path": schema.ITEMS_FILE}]})
+    return configs
+
+
+def dataset_card(folder: str, meta: Optional[Dict] = None) -> str:
+    """产物目录的 README.md：YAML 头（configs、tags）+ 简短说明（文件、规模、加载方法）。"""
+    meta = meta or {}
+    configs = dataset_card_configs(folder, meta)
+    front = {"configs": configs, "tags": ["recommendation", "sequential-recommendation", "semantic-ids", "ugt"]}
+    names = {c["config_name"] for c in configs}
+    splits = meta.get("splits") or {}
+    lines = [
+        "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
+        "",
+        "# UGT prepared data",
+        "",
+        "Written by `ugt prepare` (ugt-hf): next-item recommendation records whose items are 3-level semantic IDs "
+        "`(l1, l2, l3)`, leave-one-out split per user (last item = test target, second to last = validation "
+        "target, the rest = training prefix). `meta.json` holds the counts, vocabulary sizes, options and the full "
+        "protocol.",
+        "",
+        f"- source: `{meta.get('source')}`, users: {meta.get('num_users')}, items: {meta.get('num_items')}, "
+        f"interactions: {meta.get('num_interactions')}, vocab_sizes: {meta.get('vocab_sizes')}",
+        "- rows: " + ", ".join(f"{k}={v}" for k, v in splits.items()),
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        'records = load_dataset("path/to/folder")  # train / validation / test',
+    ]
+    if "preference" in names:
+        lines.append('pairs = load_dataset("path/to/folder", "preference")  # chosen / rejected pairs (stage 3)')
+    if "items" in names:
+        lines.append('items = load_dataset("path/to/folder", "items", split="train")  # item_id -> (l1, l2, l3)')
+    lines += [
+        "```",
+        "",
+        "For training use the folder as `--data_dir` (or `ugt_hf.data.DataDir(folder)`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_dataset_card(folder: str, meta: Optional[Dict] = None, overwrite: bool = True) -> Optional[str]:
+    """写 folder/README.md（overwrite=False 且已存在时不动它）；先写临时文件再改名。"""
+    path = os.path.join(folder, DATASET_CARD_FILE)
+    if not overwrite and os.path.exists(path):
+        return None
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dataset_card(folder, meta))
+    os.replace(tmp, path)
+    return path

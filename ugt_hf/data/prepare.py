@@ -34,6 +34,7 @@ from .artifacts import (
     preference_table,
     recommend_table,
     training_prefixes,
+    write_dataset_card,
     write_table,
 )
 from .datadir import read_meta
@@ -192,7 +193,9 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
     state = _existing_state(out, checksum["sha256"], content)
     if state == "up_to_date" and not force:
         log(f"[prepare] {out} is up to date (same inputs and options): nothing to do")
-        return read_meta(out)
+        meta = read_meta(out)
+        write_dataset_card(out, meta, overwrite=False)  # 早先版本写的目录没有数据集卡：补上（不改动其余文件）
+        return meta
     if state in ("different", "foreign") and not force:
         if state == "different":
             why = "was prepared from other inputs/options"
@@ -312,6 +315,8 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
         }
         with open(os.path.join(tmp, schema.META_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False, indent=2)
+        # README.md 的 configs：datasets.load_dataset(out) 才分得清记录、偏好对与物品表
+        write_dataset_card(tmp, meta)
     _summary(out, meta, log)
     return meta
 

@@ -38,7 +38,9 @@ from ..data.collator import PreferenceCollator
 from ..generation import prediction_previous_items
 from ..interfaces import NUM_LEVELS, SEMANTIC_PAD_ID
 from ..loss_utils import moe_aux_loss, weighted_item_nll
+from . import checkpointing as ckpt
 from .losses import ContrastiveLoss, level_weights_from
+from .trainer import write_trainer_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +218,9 @@ class UGTDPOTrainer(DPOTrainer):
             )
         if getattr(model, "generation_config", None) is None:
             model.generation_config = GenerationConfig()
+        self._card_data_path = getattr(train_dataset, "data_path", None)  # 转成 HF Dataset 后就不知道来源了
+        self._card_protocol = ("Evaluation during this stage: DPO loss and TRL rewards/* on held-out preference "
+                               "pairs." if eval_dataset is not None else None)
         train_dataset = _as_hf_dataset(train_dataset)
         if isinstance(eval_dataset, dict):
             eval_dataset = {k: _as_hf_dataset(v) for k, v in eval_dataset.items()}
@@ -280,8 +285,57 @@ class UGTDPOTrainer(DPOTrainer):
         return loss.detach(), None, None
 
     def _save_checkpoint(self, model, trial):
-        # TRL 在这里写 model card（需要 hub 元数据）；离线环境下直接用 Trainer 的保存逻辑
+        # TRL 在这里往 output_dir 写它自己的卡；我们的卡由 `_save` 写进每个检查点，直接用 Trainer 的保存逻辑
         return super(DPOTrainer, self)._save_checkpoint(model, trial)
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        """同 UGTTrainer：HF `_save` 用 torch.save 写的 training_args.bin（pickle）删掉，改写 JSON；再写模型卡。
+        检查点（`_save_checkpoint` -> save_model）与最终的 save_model 都经过这里。"""
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            ckpt.drop_pickled_args(output_dir)
+            ckpt.write_args_json(self.args, output_dir)
+            self._write_card(output_dir)
+
+    def create_model_card(self, model_name: Optional[str] = None, dataset_name: Optional[str] = None,
+                          tags=None, **kwargs) -> None:
+        """替代 TRL 的卡（push_to_hub 会调用）：写 output_dir/README.md，总是覆盖。"""
+        if not self.is_world_process_zero():
+            return
+        self._write_card(self.args.output_dir, force=True, model_name=model_name, dataset=dataset_name or None,
+                         tags=tags, license=kwargs.get("license"))
+
+    def _write_card(self, folder: str, force: bool = False, **kwargs) -> None:
+        rewards = {}
+        for entry in reversed(self.state.log_history):
+            rewards = {k: v for k, v in entry.items() if k.startswith("rewards/")}
+            if rewards:
+                break
+        write_trainer_model_card(self, folder, force=force, train_metrics=rewards, **kwargs)
+
+    def _card_objective(self) -> str:
+        loss_type = getattr(self.args, "loss_type", "sigmoid")
+        if isinstance(loss_type, (list, tuple)):
+            loss_type = "+".join(str(x) for x in loss_type)
+        ref = "reference-free" if self.reference_free else "frozen reference"
+        parts = ["NTP (chosen item)", f"DPO (TRL, loss_type={loss_type}, beta={self.beta:g}, {ref}, "
+                                       f"lambda_preference={self.lambda_preference:g})"]
+        if self.lambda_contrastive > 0:
+            parts.append(f"InfoNCE (lambda_contrastive={self.lambda_contrastive:g})")
+        if self.lambda_moe_balance > 0:
+            parts.append(f"MoE balance (lambda_moe_balance={self.lambda_moe_balance:g})")
+        return " + ".join(parts)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        ckpt.verify_checkpoint_files(resume_from_checkpoint)  # 加载前拒绝不安全的 pickle（同 UGTTrainer）
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if self.state.best_model_checkpoint is not None:
+            ckpt.verify_checkpoint_files(self.state.best_model_checkpoint)
+        super()._load_best_model()
+        self._card_best_loaded = True
 
 
 @torch.no_grad()

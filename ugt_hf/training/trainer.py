@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ from ..generation import ItemCatalogue, recommend
 from ..interfaces import IGNORE_INDEX, MODEL_INPUT_KEYS, NUM_LEVELS, SEMANTIC_PAD_ID, get_output
 from ..loss_utils import ntp_loss_sums
 from ..metrics import make_compute_metrics
+from ..model_card import write_model_card
 from . import checkpointing as ckpt
 from .callbacks import (
     DEFAULT_MAX_CONSECUTIVE_NONFINITE,
@@ -189,11 +191,14 @@ class UGTTrainer(Trainer):
         if k_values is None:
             k_values = getattr(args, "eval_k_values", None) or (5, 10, 20, 50)
         self.k_values = tuple(int(k) for k in k_values)
-        if ranker is None and catalogue is not None:
+        default_ranker = ranker is None and catalogue is not None
+        if default_ranker:
             top_k = max(self.k_values)
             ranker = make_beam_search_ranker(catalogue, num_beams=max(int(num_beams or 0), top_k), top_k=top_k,
                                              exclude_history=exclude_history)
         self.ranker = ranker
+        self._card_protocol = _ranking_protocol(self.item_catalogue if default_ranker else None, ranker, num_beams,
+                                                self.k_values, exclude_history)
         if kwargs.get("compute_metrics") is None and self.ranker is not None:
             num_items = self.item_catalogue.num_items if self.item_catalogue is not None else None
             kwargs["compute_metrics"] = make_compute_metrics(self.k_values, num_items=num_items)
@@ -639,12 +644,23 @@ class UGTTrainer(Trainer):
             self._push_from_checkpoint(final_dir)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
-        """HF 的 `_save` 末尾会 torch.save(args)（pickle）；删掉它并写 JSON。`save_model()` 单独调用时同样生效。"""
+        """HF 的 `_save` 末尾会 torch.save(args)（pickle）；删掉它并写 JSON，再写模型卡（训练器知道的指标与数据）。
+        `save_model()` 单独调用时同样生效；检查点也经过这里。"""
         super()._save(output_dir, state_dict=state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
             ckpt.drop_pickled_args(output_dir)
             ckpt.write_args_json(self.args, output_dir)
+            write_trainer_model_card(self, output_dir)
+
+    def create_model_card(self, model_name: Optional[str] = None, dataset=None, tags=None, license=None,
+                          **kwargs) -> None:
+        """替代 HF 的 TrainingSummary 卡（push_to_hub 会调用）：写 output_dir/README.md，总是覆盖。
+        HF 其余参数（language、tasks、dataset_tags ...）对推荐模型没有意义，忽略。"""
+        if not self.is_world_process_zero():
+            return
+        write_trainer_model_card(self, self.args.output_dir, force=True, model_name=model_name, dataset=dataset,
+                                 tags=tags, license=license)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         ckpt.verify_checkpoint_files(resume_from_checkpoint)
@@ -654,6 +670,125 @@ class UGTTrainer(Trainer):
         if self.state.best_model_checkpoint is not None:
             ckpt.verify_checkpoint_files(self.state.best_model_checkpoint)
         super()._load_best_model()
+        self._card_best_loaded = True  # 之后保存的是最佳检查点：卡片取那一步的验证指标
+
+    def _card_objective(self) -> str:
+        parts = ["NTP (hierarchical next-token prediction)"]
+        if self.lambda_contrastive > 0:
+            parts.append(f"InfoNCE (lambda_contrastive={self.lambda_contrastive:g})")
+        if self.lambda_moe_balance > 0:
+            parts.append(f"MoE balance (lambda_moe_balance={self.lambda_moe_balance:g})")
+        return " + ".join(parts)
+
+
+# ---------------------------------------------------------------------- 模型卡
+# HF 日志里不是指标的 eval_* 键；TRL 的 LM 诊断量（token 数、熵、logits/*）对物品推荐没有意义，也不进卡片
+_NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time",
+                "num_tokens", "entropy", "mean_token_accuracy")
+_NOT_METRIC_PREFIXES = ("logits/",)
+
+
+def _logged_metrics(entry: Mapping[str, Any], prefix: str) -> Dict[str, float]:
+    out = {}
+    for key, value in entry.items():
+        name = key[len(prefix):] if key.startswith(prefix) else None
+        if not name or name in _NOT_METRICS or name.startswith(_NOT_METRIC_PREFIXES):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def card_eval_metrics(state, best: bool = False) -> Dict[str, float]:
+    """log_history 里的验证指标（去掉 eval_ 前缀）：最近一次评估；best 时取 best_global_step 那次（没有则取最近）。"""
+    history = list(getattr(state, "log_history", None) or [])
+    if best and getattr(state, "best_global_step", None):
+        for entry in reversed(history):
+            if entry.get("step") == state.best_global_step:
+                found = _logged_metrics(entry, "eval_")
+                if found:
+                    return found
+    for entry in reversed(history):
+        found = _logged_metrics(entry, "eval_")
+        if found:
+            return found
+    return {}
+
+
+def card_dataset(data_path, split: Optional[str] = "validation") -> Optional[Dict[str, Any]]:
+    """数据集的卡片信息：目录名（不写绝对路径）+ 旁边 meta.json（`ugt prepare` 产物）里的规模与来源。"""
+    if isinstance(data_path, (list, tuple)):
+        data_path = data_path[0] if data_path else None
+    if not isinstance(data_path, (str, os.PathLike)):
+        return None
+    path = os.fspath(data_path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    name = os.path.basename(os.path.normpath(folder)) if folder else os.path.basename(path)
+    info: Dict[str, Any] = {"name": name or path, "split": split}
+    meta_path = os.path.join(folder, "meta.json")
+    if folder and os.path.isfile(meta_path):
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            meta = {}
+        for key in ("source", "num_users", "num_items", "num_interactions"):
+            if meta.get(key) is not None:
+                info[key] = meta[key]
+    return info
+
+
+def _ranking_protocol(catalogue, ranker, num_beams, k_values, exclude_history: bool) -> Optional[str]:
+    if ranker is None:
+        return None
+    if catalogue is None:
+        return f"Validation ranking metrics from a custom ranker, K = {', '.join(str(k) for k in k_values)}."
+    top_k = max(k_values)
+    beams = max(int(num_beams or 0), top_k)
+    history = "removed from" if exclude_history else "kept in"
+    return (f"Validation during training: each validation user's next item, ranked over the full catalogue "
+            f"({catalogue.num_items:,} items) by beam search constrained to existing semantic IDs (beam width "
+            f"{beams}, top-{top_k}); items already in the history are {history} the ranking. "
+            f"Metrics at K = {', '.join(str(k) for k in k_values)}.")
+
+
+def write_trainer_model_card(trainer, folder: str, force: bool = False, model_name: Optional[str] = None,
+                             dataset=None, tags=None, license=None, stage: Optional[str] = None,
+                             objective: Optional[str] = None, train_metrics: Optional[Mapping[str, Any]] = None,
+                             protocol: Optional[str] = None) -> Optional[str]:
+    """用训练器知道的东西写 folder/README.md：验证指标（最近一次，或加载了最佳模型时最佳那一步）、最佳指标、
+    run 名、目标函数、数据集。UGTTrainer 与 UGTDPOTrainer 共用。"""
+    args, state = trainer.args, trainer.state
+    model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    run = getattr(args, "run_name", None)
+    stage = stage or run or "validation"
+    metrics = card_eval_metrics(state, best=getattr(trainer, "_card_best_loaded", False))
+    if dataset is None:
+        source = getattr(trainer, "_card_data_path", None) or getattr(trainer.train_dataset, "data_path", None)
+        dataset = card_dataset(source)
+    training: Dict[str, Any] = {"run name": run, "objective": objective or trainer._card_objective()}
+    if state.global_step:
+        training["trained"] = f"{state.global_step} steps, {float(state.epoch or 0):.2f} epochs"
+    best_name = getattr(args, "metric_for_best_model", None)
+    if state.best_metric is not None and best_name:
+        key = best_name if best_name.startswith("eval_") else f"eval_{best_name}"
+        where = f" at step {state.best_global_step}" if getattr(state, "best_global_step", None) else ""
+        training["best validation"] = f"{key} = {state.best_metric:.4f}{where}"
+    for key, value in (train_metrics or {}).items():
+        training[f"last training log {key}"] = f"{value:.4f}" if isinstance(value, float) else value
+    if isinstance(tags, str):
+        tags = [tags]
+    # ZeRO-3 下参数是分片占位（numel 0），数不出来时不写
+    num_parameters = (model.num_parameters() or None) if hasattr(model, "num_parameters") else None
+    return write_model_card(folder, config, force=force, metrics={stage: metrics} if metrics else None,
+                            dataset=dataset, protocol=protocol or getattr(trainer, "_card_protocol", None),
+                            model_name=model_name or os.path.basename(os.path.normpath(folder)) or None,
+                            training=training, tags=list(tags or ()), license=license,
+                            num_parameters=num_parameters)
+
 
 def _loggable(comps: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     """日志用的分量：0 维张量；total_loss 不重复记（HF 的 "loss" 就是它）。"""
