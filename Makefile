@@ -24,7 +24,7 @@ test-slow: $(STAMP)
 
 # 合成数据上的完整流程：准备 → 阶段 1→2→3 → 测试评估，打印指标表（报告与图在 runs/demo/）
 demo: $(STAMP)
-	$(PYTHON) -m ugt_hf.cli pipeline --data runs/demo_data --config recipes/configs/demo_pipeline.yaml --out runs/demo
+	$(PYTHON) -m ugt_hf.cli pipeline --data runs/demo_data --prepare true --config recipes/configs/demo_pipeline.yaml --out runs/demo
 
 clean:
 	rm -rf $(STAMP) runs/demo runs/demo_data

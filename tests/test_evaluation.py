@@ -1,5 +1,7 @@
 """evaluation.py：全目录 beam search 排序评估与流行度基线（与手算一致）。"""
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -10,6 +12,7 @@ from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.data.datadir import DataDir
 from ugt_hf.evaluation import (
     evaluate_ranking,
+    format_table,
     main,
     popularity_baseline,
     ranking_metrics,
@@ -68,6 +71,47 @@ def test_evaluate_ranking_returns_only_catalogue_items_and_respects_exclusion(tm
     assert main(["--model", str(tmp_path / "m"), "--data", str(d), "--split", "valid", "--k_values", "5",
                  "--num_beams", "10", "--max_samples", "20", "--popularity"]) == 0
     assert main(["--model", str(tmp_path / "missing"), "--data", str(d)]) == 2
+
+
+def test_evaluate_cli_prints_table_or_json(tmp_path, capsys):
+    """默认打印对齐的表（4 位小数、num_users 是整数）；--json 给机器读的完整精度。"""
+    d = tiny_data_dir()
+    _model(DataDir(d).meta).save_pretrained(tmp_path / "m")
+    argv = ["--model", str(tmp_path / "m"), "--data", str(d), "--split", "valid", "--k_values", "5",
+            "--num_beams", "10", "--max_samples", "20", "--popularity"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["metric", "model", "popularity"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["num_users"][0] == "20" and rows["exclude_history"] == ["false", "false"]
+    assert all(len(v.split(".")[1]) == 4 for v in rows["recall@5"])
+    assert len({len(line) for line in lines}) == 1  # 列对齐：每行一样长
+    assert main(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["num_users"] == 20 and f"{out['model']['recall@5']:.4f}" == rows["recall@5"][0]
+
+
+def test_format_table_handles_missing_cells():
+    text = format_table({"model": {"recall@5": 0.123456789, "num_users": 2000.0},
+                         "transition": {"recall@5": 0.5, "mrr": 1 / 3}})
+    assert text.splitlines()[1].split() == ["recall@5", "0.1235", "0.5000"]
+    assert text.splitlines()[2].split() == ["num_users", "2000", "-"]
+    assert text.splitlines()[3].split() == ["mrr", "-", "0.3333"]
+
+
+def test_evaluate_missing_model_folder_names_it_and_close_names(tmp_path, capsys, monkeypatch):
+    """`ugt evaluate --model run/best_modl`：说目录不存在并建议 best_model，而不是 Hub 的 repo id 错误。"""
+    d = tiny_data_dir()
+    _model(DataDir(d).meta).save_pretrained(tmp_path / "run" / "best_model")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--model", "run/best_modl", "--data", str(d)]) == 2
+    out = capsys.readouterr().out
+    assert "model folder run/best_modl does not exist (did you mean 'run/best_model'?)" in out
+    assert "Repo id" not in out and "Traceback" not in out
+    assert main(["--model", "run", "--data", str(d)]) == 2  # 运行目录本身：提示其中的 best_model
+    assert "without config.json" in capsys.readouterr().out
+    assert main(["--model", "run/best_model", "--data", "dta"]) == 2
+    assert "data folder dta does not exist" in capsys.readouterr().out
 
 
 def test_missing_meta_is_clear_error(tmp_path):

@@ -88,6 +88,25 @@ def test_s3rec_bad_inputs(tmp_path):
         read_s3rec(_write(tmp_path / "g.txt", "1 99999999999999999999\n"))
 
 
+def test_s3rec_rejects_event_logs_with_a_hint(tmp_path):
+    """MovieLens u.data（制表符分隔的 user item rating timestamp）按 S3-Rec 读会把时间戳当物品：必须报错，
+    指出文件:行号并建议 --source ml-100k；skip_bad_lines 也不放过（格式错了不是坏行）。"""
+    udata = _write(tmp_path / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    for skip in (False, True):
+        with pytest.raises(DataFormatError, match=r"u.data:1: tab-separated .*--source ml-100k"):
+            read_s3rec(udata, skip_bad_lines=skip)
+    # 同样的事件改成空格分隔：多数行恰好 4 个整数且第 4 个像 unix 时间 -> 报第一处这样的行
+    spaced = _write(tmp_path / "events.txt", "1 2 3\n196 242 3 881250949\n186 302 3 891717742\n")
+    with pytest.raises(DataFormatError, match=r"events.txt:2: 2 of the first 3 lines look like 'user item rating "
+                                              r"timestamp'.*--source ml-100k.*csv"):
+        read_s3rec(spaced)
+    with pytest.raises(DataFormatError, match=r"r.dat:1: expected 'user item.*--source ml-1m"):
+        read_s3rec(_write(tmp_path / "r.dat", "1::1193::5::978300760\n"))
+    # 合法序列里个别 4 个 token 的行不受影响
+    inter = read_s3rec(_write(tmp_path / "ok.txt", "1 5 3 5 9\n2 7 8 900000000\n3 4 4\n"))
+    assert inter.item.tolist()[-4:] == ["8", "900000000", "4", "4"]
+
+
 def test_s3rec_and_pairs_skip_bad_lines_count_and_summarise(tmp_path):
     inter = read_s3rec(_write(tmp_path / "b.txt", "1 5 3\n" + "x 1\n" * 7 + "2 7 8\n"), skip_bad_lines=True)
     assert inter.user.tolist() == ["1", "1", "2", "2"]

@@ -21,6 +21,8 @@ from ugt_hf.training.stages import (
     _model_config_kwargs,
     _recommend_dataset,
     build_model,
+    check_model_source,
+    main,
     preference_data,
     resolve_data,
     self_generated_pairs,
@@ -116,3 +118,38 @@ def test_self_generated_pairs_reject_model_candidates(tmp_path):
         r = tuple(p["rejected_item"][k] for k in ("l1_id", "l2_id", "l3_id"))
         assert c != r and r in valid and c in valid
         assert len(p["user_sequence"]["encoder_l1_ids"]) >= 1
+
+
+def test_stage_two_and_three_need_pretrained_or_from_scratch(tmp_path):
+    """阶段 2/3 不给 --pretrained 不再悄悄从头训练：报错指出 --pretrained 与 from_scratch；阶段 1 不受影响。"""
+    check_model_source(1, ModelArguments())
+    for stage in (2, 3):
+        with pytest.raises(ConfigError, match=r"--pretrained.*from_scratch: true") as err:
+            check_model_source(stage, ModelArguments())
+        assert err.value.field == "pretrained_model_path" and f"stage{stage - 1}/best_model" in str(err.value)
+        check_model_source(stage, ModelArguments(from_scratch=True))
+    with pytest.raises(ConfigError, match="contradicts"):
+        check_model_source(2, ModelArguments(from_scratch=True, pretrained_model_path=str(tmp_path)))
+    # 命令行入口：一行错误、退出码 2，不开始训练、不写输出目录
+    out = tmp_path / "s2"
+    assert main(2, ["--data_dir", str(tiny_data_dir()), "--output_dir", str(out), "--fp16", "false"]) == 2
+    assert not out.exists()
+
+
+def test_missing_local_model_folder_is_named_with_close_names(tmp_path):
+    """写错的本地模型目录：说目录不存在并给出相近名字，而不是 Hub 的 "Repo id must be in the form …"。"""
+    model = build_model(_args(tmp_path).model, _args(tmp_path).training, DataDir(tiny_data_dir()))
+    model.save_pretrained(tmp_path / "run" / "stage1" / "best_model")
+    good = str(tmp_path / "run" / "stage1" / "best_model")
+    check_model_source(2, ModelArguments(pretrained_model_path=good))
+    with pytest.raises(ConfigError, match=r"--pretrained: model folder .*best_mode does not exist \(did you mean "
+                                          r"'.*stage1/best_model'") as err:
+        check_model_source(2, ModelArguments(pretrained_model_path=good[:-1]))
+    assert err.value.field == "pretrained_model_path"
+    # 阶段目录本身不是模型：提示其中的 best_model
+    with pytest.raises(ConfigError, match=r"without config.json.*stage1/best_model"):
+        check_model_source(2, ModelArguments(pretrained_model_path=str(tmp_path / "run" / "stage1")))
+    with pytest.raises(ConfigError, match=r"--reference_model_path: model folder .* does not exist") as err:
+        check_model_source(3, ModelArguments(pretrained_model_path=good,
+                                             reference_model_path=str(tmp_path / "run" / "stage2" / "best_model")))
+    assert err.value.field == "reference_model_path"

@@ -7,7 +7,7 @@ import pytest
 from _pipeline_fixtures import write_tiny_pipeline
 
 from ugt_hf.training.arguments import ConfigError
-from ugt_hf.workflow import load_pipeline_config, run_pipeline
+from ugt_hf.workflow import ensure_prepared, load_pipeline_config, main, run_pipeline
 
 
 def _losses(run_dir, stage):
@@ -59,3 +59,25 @@ def test_resume_pipeline_from_stage_two_needs_previous_stage(tmp_path):
     cfg = write_tiny_pipeline(tmp_path)
     with pytest.raises(ConfigError, match="stage1"):
         run_pipeline(tmp_path / "data", cfg, tmp_path / "run", stages=(2, 3), log=lambda *a: None)
+
+
+def test_cli_missing_data_folder_needs_prepare_flag(tmp_path, capsys):
+    """`ugt pipeline --data runs/dmeo_data`（写错）：不再悄悄准备新数据集；报出目录、相近名字与 --prepare。"""
+    cfg = write_tiny_pipeline(tmp_path)
+    (tmp_path / "demo_data").mkdir()
+    typo, run = tmp_path / "dmeo_data", tmp_path / "run"
+    assert main(["--data", str(typo), "--config", str(cfg), "--out", str(run)]) == 2
+    out = capsys.readouterr().out
+    assert f"--data {typo} does not exist (did you mean '{tmp_path / 'demo_data'}'?);" in out
+    assert "pass --prepare true" in out and "Traceback" not in out
+    assert not typo.exists() and not run.exists()
+    # 已存在但没准备过的目录同样要 --prepare
+    with pytest.raises(ConfigError, match="is not a prepared data folder.*--prepare true"):
+        ensure_prepared(tmp_path / "demo_data", {"source": "synthetic"}, allow_prepare=False)
+    # --prepare true 但流水线配置没有 prepare 段
+    with pytest.raises(ConfigError, match="no prepare: section"):
+        ensure_prepared(typo, None, allow_prepare=True)
+    # --prepare true：按 prepare 段准备（--stages 2,3 随后因缺阶段 1 停下，准备好的数据留着）
+    assert main(["--data", str(typo), "--prepare", "true", "--config", str(cfg), "--out", str(run),
+                 "--stages", "2,3"]) == 2
+    assert "stage1" in capsys.readouterr().out and (typo / "meta.json").is_file()

@@ -12,11 +12,13 @@ from typing import List, Optional
 
 # 子命令 -> "模块:函数"；函数签名 main(argv: list[str]) -> int
 SUBCOMMANDS = {
-    "prepare": ("ugt_hf.data.prepare", "main", "原始交互日志 -> 语义 ID -> 数据产物目录"),
-    "train": ("ugt_hf.cli", "train_main", "训练一个阶段：ugt train --stage N --config FILE [--key value ...]"),
-    "evaluate": ("ugt_hf.evaluation", "main", "全目录排序评估：ugt evaluate --model DIR --data DIR [--split test]"),
-    "pipeline": ("ugt_hf.workflow", "main", "准备（如需要）→ 阶段 1→2→3 → 测试评估与报告"),
-    "report": ("ugt_hf.report", "main", "根据运行目录重画报告与图：ugt report RUN"),
+    "prepare": ("ugt_hf.data.prepare", "main", "raw interaction log -> semantic IDs -> artifact folder"),
+    "train": ("ugt_hf.cli", "train_main", "train one stage: ugt train --stage N --config FILE [--key value ...]"),
+    "evaluate": ("ugt_hf.evaluation", "main",
+                 "full-catalogue ranking: ugt evaluate --model DIR --data DIR [--split test] [--json]"),
+    "pipeline": ("ugt_hf.workflow", "main",
+                 "[prepare with --prepare true] -> stages 1, 2, 3 -> test evaluation and report"),
+    "report": ("ugt_hf.report", "main", "redraw the report and plots of a run folder: ugt report RUN"),
 }
 
 

@@ -7,15 +7,17 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import os
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .argparsing import arg, parse_args
+from .argparsing import ConfigError, arg, parse_args
 from .data.collator import DataCollator
 from .data.datadir import DataDir
 from .data.datasets import RecommendDataset
@@ -27,6 +29,61 @@ from .modeling_ugt import UGTForGenerativeRecommendation
 DEFAULT_K_VALUES = (5, 10, 20)
 
 DataDirLike = Union[str, Path, DataDir]
+MODEL_DIR_NAME = "best_model"  # 与 training.stages.BEST_MODEL_DIR 相同；这里不导入训练层
+
+
+# ---------------------------------------------------------------------------------------------------------- 路径
+def looks_local(value) -> bool:
+    """像本地路径而非 Hub 仓库名（`org/name`）：以 . / ~ 开头、含反斜杠、多于一个 /，或上级目录在本地存在。
+    这样写错的本地目录得到“目录不存在”，而不是 Hub 的“Repo id must be in the form …”。"""
+    text = str(value)
+    if text.startswith((".", "/", "~")) or "\\" in text or (os.sep != "/" and os.sep in text):
+        return True
+    if text.count("/") > 1:
+        return True
+    return "/" in text and Path(text).parent.is_dir()
+
+
+def close_paths(path) -> List[str]:
+    """path 不存在时：从最深的已存在祖先目录里，找与下一级名字相近的条目（difflib），返回完整路径。"""
+    path = Path(path).expanduser()
+    parts = path.parts
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = Path(*parts[:depth]) if depth else Path(".")
+        if parent.is_dir():
+            names = sorted(p.name for p in parent.iterdir())
+            return [str(parent / n) if depth else n for n in difflib.get_close_matches(parts[depth], names, n=3)]
+    return []
+
+
+def close_hint(path) -> str:
+    """相近名字的提示 ` (did you mean 'a' or 'b'?)`；没有相近名字时为空串。"""
+    close = close_paths(path)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def missing_path_message(path, what: str = "folder") -> str:
+    """“X does not exist”加上相近的已有名字（若有）。"""
+    return f"{what} {path} does not exist{close_hint(path)}"
+
+
+def check_model_dir(value, flag: str, field: Optional[str] = None) -> None:
+    """本地模型目录必须存在且含 config.json；不像本地路径的值留给 from_pretrained（Hub）。
+    给的是运行/阶段目录时提示其中的 best_model。"""
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return
+        inner = [str(p.parent) for p in sorted(path.glob(f"*{MODEL_DIR_NAME}/config.json"))
+                 + sorted(path.glob(f"*/{MODEL_DIR_NAME}/config.json"))]
+        hint = f"; did you mean {' or '.join(repr(c) for c in inner[:3])}?" if inner else ""
+        raise ConfigError(f"{flag} {value} is a folder without config.json, not a saved model (expected a "
+                          f"save_pretrained directory such as RUN/stage1/{MODEL_DIR_NAME}){hint}", field=field)
+    if path.exists():
+        raise ConfigError(f"{flag} {value} is a file; expected a saved model folder (save_pretrained directory)",
+                          field=field)
+    if looks_local(value):
+        raise ConfigError(f"{flag}: {missing_path_message(value, 'model folder')}", field=field)
 
 
 def _target_indices(labels: torch.Tensor, catalogue: ItemCatalogue) -> torch.Tensor:
@@ -208,26 +265,63 @@ def transition_baseline(
     return metrics
 
 
+_INTEGER_METRICS = ("num_users",)
+_FLAG_METRICS = ("exclude_history",)
+
+
+def format_table(results: Dict[str, Dict[str, float]]) -> str:
+    """`ugt evaluate` 的默认输出：指标为行、模型/基线为列，4 位小数，计数写成整数，开关写 true/false。"""
+    columns = list(results)
+    rows: List[str] = []
+    for metrics in results.values():
+        rows += [k for k in metrics if k not in rows]
+
+    def cell(key: str, value) -> str:
+        if value is None:
+            return "-"
+        if key in _INTEGER_METRICS:
+            return str(int(round(value)))
+        if key in _FLAG_METRICS:
+            return "true" if value else "false"
+        return f"{value:.4f}"
+
+    table = [["metric"] + columns] + [[k] + [cell(k, results[c].get(k)) for c in columns] for k in rows]
+    width = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join([r[0].ljust(width[0])] + [v.rjust(w) for v, w in zip(r[1:], width[1:])])
+                     for r in table)
+
+
+@dataclasses.dataclass
+class EvaluateArguments:
+    """`ugt evaluate` 的命令行（共用的 HfArgumentParser 解析）。"""
+
+    model: str = arg(dataclasses.MISSING, "save_pretrained model directory (e.g. RUN/stage3/best_model)")
+    data: str = arg(dataclasses.MISSING, "artifact directory written by `ugt prepare`")
+    split: str = arg("test", "split to rank", choices=["valid", "test"])
+    k_values: str = arg("5,10,20", "cut-offs K, comma-separated")
+    num_beams: int = arg(20, "constrained beam search width")
+    exclude_history: bool = arg(False, "never recommend the user's history items")
+    batch_size: int = arg(256, "evaluation batch size")
+    max_samples: Optional[int] = arg(None, "evaluate at most this many samples (default: all)")
+    popularity: bool = arg(False, "also report the popularity baseline")
+    transition: bool = arg(False, "also report the first-order transition baseline (successors of the last item)")
+    json: bool = arg(False, "print the metrics as JSON (full precision) instead of the aligned table")
+
+
 def main(argv=None) -> int:
-    """`ugt evaluate --model DIR --data DIR [--split test] [--num_beams 20] [--exclude_history]`。"""
-    @dataclasses.dataclass
-    class EvaluateArguments:
-        """`ugt evaluate` 的命令行（共用的 HfArgumentParser 解析）。"""
-
-        model: str = arg(dataclasses.MISSING, "save_pretrained model directory (e.g. RUN/stage3/best_model)")
-        data: str = arg(dataclasses.MISSING, "artifact directory written by `ugt prepare`")
-        split: str = arg("test", "split to rank", choices=["valid", "test"])
-        k_values: str = arg("5,10,20", "cut-offs K, comma-separated")
-        num_beams: int = arg(20, "constrained beam search width")
-        exclude_history: bool = arg(False, "never recommend the user's history items")
-        batch_size: int = arg(256, "evaluation batch size")
-        max_samples: Optional[int] = arg(None, "evaluate at most this many samples (default: all)")
-        popularity: bool = arg(False, "also report the popularity baseline")
-        transition: bool = arg(False, "also report the first-order transition baseline (successors of the last item)")
-
+    """`ugt evaluate --model DIR --data DIR [--split test] [--num_beams 20] [--exclude_history] [--json]`。"""
     try:
         (ns,) = parse_args([EvaluateArguments], argv, prog="ugt evaluate", config_flag=False)
-        model = UGTForGenerativeRecommendation.from_pretrained(ns.model).eval()
+        check_model_dir(ns.model, "--model")
+        if not Path(ns.data).is_dir():
+            raise ConfigError(f"--data: {missing_path_message(ns.data, 'data folder')} "
+                              "(the artifact folder written by `ugt prepare`)")
+        try:
+            model = UGTForGenerativeRecommendation.from_pretrained(ns.model).eval()
+        except OSError as e:  # 不像本地路径的值交给了 Hub：也说明本地没有这个目录
+            raise ConfigError(f"--model: cannot load {ns.model!r}: no local folder of that name "
+                              f"({missing_path_message(ns.model, 'folder')}) and not loadable from the Hub "
+                              f"({str(e).splitlines()[0]})") from None
         ks = [int(k) for k in ns.k_values.split(",")]
         out = {"model": evaluate_ranking(model, ns.data, ns.split, ks, ns.num_beams, ns.exclude_history,
                                          ns.batch_size, ns.max_samples)}
@@ -238,5 +332,5 @@ def main(argv=None) -> int:
     except (FileNotFoundError, OSError, ValueError) as e:  # ConfigError 是 ValueError
         print(f"ugt evaluate: {e}")
         return 2
-    print(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2) if ns.json else format_table(out))
     return 0

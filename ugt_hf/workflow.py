@@ -2,7 +2,8 @@
 
 流水线配置（YAML）：
     dataset: beauty                      # 报告里的名字
-    prepare: {source: s3rec, input: ...} # 数据目录不存在时用这些参数准备（同 `ugt prepare` 的选项）
+    prepare: {source: s3rec, input: ...} # 数据目录尚未准备时用这些参数准备（同 `ugt prepare` 的选项）；
+                                         # 命令行还须给 --prepare true（写错的 --data 不会悄悄新建数据集）
     stages:                              # 每个阶段的配置文件（与 recipes/stage{n}.py 用的是同一批文件）
       1: recipes/configs/beauty_stage1.yaml
       2: recipes/configs/beauty_stage2.yaml
@@ -27,7 +28,7 @@ import torch
 from .argparsing import ConfigError, arg, load_yaml_config, parse_args
 from .data.datadir import DataDir
 from .data.prepare import prepare
-from .evaluation import evaluate_ranking, popularity_baseline, transition_baseline
+from .evaluation import close_hint, evaluate_ranking, popularity_baseline, transition_baseline
 from .modeling_ugt import UGTForGenerativeRecommendation
 from .report import REPORT_MD, RESULTS_FILE, write_report
 from .training.stages import BEST_MODEL_DIR, run_stage
@@ -75,13 +76,21 @@ def load_pipeline_config(path) -> Dict[str, Any]:
     return raw
 
 
-def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print) -> dict:
-    """数据目录已有 meta.json 就直接用；否则按配置的 prepare 选项准备（重复运行是 no-op）。"""
+def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print, allow_prepare: bool = True) -> dict:
+    """数据目录已有 meta.json 就直接用（有 prepare 段时交给 prepare 核对，重复运行是 no-op）；否则按 prepare 段准备，
+    但只在 allow_prepare 时：`ugt pipeline` 要求显式 --prepare true，写错的 --data 才不会悄悄准备出一个新数据集。"""
     data = DataDir(data_dir)
-    if data.meta_path.is_file() and not prepare_opts:
+    prepared = data.meta_path.is_file()
+    if prepared and not prepare_opts:
         return data.meta
+    if not prepared and not allow_prepare:
+        state = ("is not a prepared data folder (no meta.json)" if Path(data_dir).is_dir()
+                 else "does not exist" + close_hint(data_dir))
+        raise ConfigError(f"--data {data_dir} {state}; to prepare a new data set there from the config's prepare: "
+                          "section, pass --prepare true", field="data")
     if not prepare_opts:
-        raise ConfigError(f"{data_dir} 不是准备好的数据目录，且流水线配置没有 prepare 段", field="prepare")
+        raise ConfigError(f"{data_dir} is not a prepared data folder and the pipeline config has no prepare: "
+                          "section (add one, or pass --data a folder written by `ugt prepare`)", field="prepare")
     threads = torch.get_num_threads()
     try:
         return prepare(str(data_dir), **dict(prepare_opts), log=log)
@@ -91,14 +100,16 @@ def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print) -> 
 
 def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 3),
                  extra_args: Sequence[str] = (), log=print,
-                 prepare_overrides: Optional[dict] = None) -> Dict[str, Any]:
-    """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。"""
+                 prepare_overrides: Optional[dict] = None, allow_prepare: bool = True) -> Dict[str, Any]:
+    """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。
+    allow_prepare：data_dir 尚未准备时是否按 prepare 段准备；Python 调用方（测试、benchmarks）给的是算出来的路径，
+    默认允许；命令行默认不允许（见 PipelineArguments.prepare）。"""
     t_start = time.perf_counter()
     cfg = load_pipeline_config(config_path)
     data_dir, run_dir = Path(data_dir), Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     prepare_opts = {**(cfg.get("prepare") or {}), **(prepare_overrides or {})} or None
-    ensure_prepared(data_dir, prepare_opts, log=log)
+    ensure_prepared(data_dir, prepare_opts, log=log, allow_prepare=allow_prepare)
+    run_dir.mkdir(parents=True, exist_ok=True)  # 数据有误时不留下空的运行目录
     ev = {"split": "test", "k_values": [5, 10, 20], "num_beams": 20, "exclude_history": False, "batch_size": 256,
           **cfg["evaluation"]}
     catalogue = DataDir(data_dir).catalogue()
@@ -152,10 +163,12 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
 class PipelineArguments:
     """`ugt pipeline` 的命令行；其余 `--key value` 原样转给每个阶段（覆盖阶段配置）。"""
 
-    data: str = arg(dataclasses.MISSING, "data artifact directory (prepared from the config if missing)")
+    data: str = arg(dataclasses.MISSING, "data artifact directory written by `ugt prepare` (see --prepare)")
     config: str = arg(dataclasses.MISSING, "pipeline YAML (see recipes/configs/*_pipeline.yaml)")
     out: str = arg(dataclasses.MISSING, "run directory: stage checkpoints, results.json, report.md, PNG plots")
     stages: str = arg("1,2,3", "stages to run, comma-separated")
+    prepare: bool = arg(False, "if --data is not a prepared data folder yet, prepare it there from the config's "
+                               "prepare: section (without this flag a missing --data folder is an error)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -163,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ns, extra = parse_args([PipelineArguments], argv, prog="ugt pipeline", config_flag=False,
                                allow_remaining=True)
         stages = [int(s) for s in ns.stages.split(",")]
-        run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra)
+        run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra, allow_prepare=ns.prepare)
     except ConfigError as e:
         print(f"ugt pipeline: {e}")
         return 2

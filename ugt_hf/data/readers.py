@@ -336,16 +336,48 @@ def read_ml1m(path: str, encoding: str = "latin-1", skip_bad_lines: bool = False
 # ---------------------------------------------------------------- S3-Rec / pairs
 
 
+_UNIX_TIME_MIN = 10 ** 8  # 1973-03-03：比它大的第 4 列几乎只能是 unix 时间戳，不是物品 id
+_FORMAT_PROBE_LINES = 1000
+_OTHER_SOURCES_HINT = "use --source ml-100k for MovieLens u.data, or --source pairs / csv for other event logs"
+
+
+def _check_s3rec_shape(text: str, path: str) -> None:
+    """S3-Rec 是空格分隔、一行一个用户的 `user item item ...`。事件日志（如 MovieLens u.data：
+    `user\titem\trating\ttimestamp`）按它读也“能解析”，时间戳会变成物品、退出码 0，所以读前先看文件形状：
+    含制表符，或抽样行里多数恰好 4 个整数且第 4 个像 unix 时间戳，就报错并指出第一处这样的行。"""
+    probed, event_like, first_event = 0, 0, None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if "\t" in line:
+            raise DataFormatError(_bad(path, lineno, "tab-separated fields, but S3-Rec files are space-separated "
+                                       f"'user item item ...' (one user per line); {_OTHER_SOURCES_HINT}"))
+        parts = line.split()
+        if len(parts) == 4 and all(p.isdigit() for p in parts) and int(parts[3]) > _UNIX_TIME_MIN:
+            event_like += 1
+            first_event = first_event or lineno
+        probed += 1
+        if probed == _FORMAT_PROBE_LINES:
+            break
+    if event_like * 2 > probed:
+        raise DataFormatError(_bad(path, first_event, f"{event_like} of the first {probed} lines look like "
+                                   "'user item rating timestamp' events (4th field is a unix time), not S3-Rec "
+                                   f"'user item item ...' sequences; {_OTHER_SOURCES_HINT}"))
+
+
 def read_s3rec(path: str, encoding: str = "utf-8", skip_bad_lines: bool = False) -> Interactions:
     """S3-Rec/SASRec 文本格式：每行 `user item item ...`（按时间排序）；时间戳 = 行内顺序。"""
     text = _read_text(path, encoding)
+    _check_s3rec_shape(text, path)  # 格式错了不是坏行：skip_bad_lines 也不放过
     stats: Dict[str, int] = {}
     warnings: List[str] = []
 
     def parse(lineno: int, line: str) -> np.ndarray:
         parts = line.split()
         if len(parts) < 2:
-            raise DataFormatError(_bad(path, lineno, f"expected 'user item [item ...]', got {line[:80]!r}"))
+            hint = ("; '::'-separated lines are MovieLens ratings.dat: use --source ml-1m" if "::" in line
+                    else "")
+            raise DataFormatError(_bad(path, lineno, f"expected 'user item [item ...]', got {line[:80]!r}{hint}"))
         try:
             return np.array(parts, dtype=np.int64)
         except (ValueError, OverflowError):

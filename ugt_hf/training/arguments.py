@@ -68,9 +68,16 @@ class PrecisionFallbackWarning(UserWarning):
 class ModelArguments:
     """模型从哪里来。"""
 
-    model_config: Union[dict, str, None] = arg(None, "从头训练时的 UGTConfig 参数（映射、JSON 或 config.json 路径）")
-    pretrained_model_path: Optional[str] = arg(None, "上一阶段/预训练模型目录", aliases=["--pretrained"])
-    reference_model_path: Optional[str] = arg(None, "DPO 参考模型目录（冻结）")
+    model_config: Union[dict, str, None] = arg(
+        None, "UGTConfig parameters when training a new model (mapping, JSON string or config.json path)")
+    pretrained_model_path: Optional[str] = arg(
+        None, "model folder of the previous stage (save_pretrained directory); required for stages 2 and 3 "
+              "unless from_scratch is true", aliases=["--pretrained"])
+    reference_model_path: Optional[str] = arg(None, "frozen DPO reference model folder (stage 3)")
+    # 阶段 2/3 不给 --pretrained 时必须显式写它：否则悄悄从头训练、退出码 0，错误看不出来
+    from_scratch: bool = arg(
+        False, "stages 2/3: train a new model from model_config instead of continuing from --pretrained "
+               "(without it, a stage 2/3 run without --pretrained is an error)")
 
 
 @dataclass

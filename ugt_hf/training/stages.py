@@ -23,6 +23,7 @@ from ..configuration_ugt import UGTConfig
 from ..data.collator import DataCollator
 from ..data.datadir import DataDir
 from ..data.datasets import RecommendDataset
+from ..evaluation import check_model_dir
 from ..generation import recommend
 from ..interfaces import SEMANTIC_PAD_ID
 from ..modeling_ugt import UGTForGenerativeRecommendation
@@ -208,6 +209,25 @@ def preference_data(args: StageArguments, model, data: DataDir, catalogue):
 
 
 # --------------------------------------------------------------------------------------------------------- 阶段
+def check_model_source(stage: int, args) -> None:
+    """args：ModelArguments（或兼有其字段的规格配置）。阶段 2/3 接着上一阶段训练：不给 --pretrained 时
+    悄悄从头训练是最常见的错，所以必须显式写 from_scratch: true；本地路径必须存在（不交给 Hub 解析）。"""
+    pretrained = args.pretrained_model_path
+    from_scratch = bool(getattr(args, "from_scratch", False))
+    if stage > 1 and not pretrained and not from_scratch:
+        raise ConfigError(f"stage {stage} continues from the previous stage's model, but --pretrained is not set: "
+                          f"pass --pretrained RUN/stage{stage - 1}/best_model (`ugt pipeline` does this), "
+                          "or set from_scratch: true to train a new model from model_config",
+                          field="pretrained_model_path")
+    if pretrained and from_scratch:
+        raise ConfigError(f"from_scratch: true contradicts --pretrained {pretrained}; keep only one",
+                          field="from_scratch")
+    if pretrained:
+        check_model_dir(pretrained, "--pretrained", field="pretrained_model_path")
+    if stage == 3 and args.reference_model_path:
+        check_model_dir(args.reference_model_path, "--reference_model_path", field="reference_model_path")
+
+
 def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Dict[str, Any]:
     """运行一个阶段；返回摘要（也写到 output_dir/stage_summary.json）。
 
@@ -220,6 +240,7 @@ def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Di
     elif not isinstance(args, StageArguments):
         args = StageArguments(args, args, args, args)
     targs, evargs = args.training, args.evaluation
+    check_model_source(stage, args.model)
     if targs.torch_num_threads:
         torch.set_num_threads(int(targs.torch_num_threads))
     set_seed(targs.seed)
