@@ -1,5 +1,6 @@
 """端到端测试共用：小合成数据 + 小模型的三阶段配置（写到 tmp 目录）。"""
 
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -34,3 +35,20 @@ def write_tiny_pipeline(tmp: Path, stage3_extra=None) -> Path:
     path = tmp / "pipeline.yaml"
     path.write_text(yaml.safe_dump(pipe))
     return path
+
+
+def pickled_files(folder):
+    """folder 里所有 pickle：原始 pickle（协议头 0x80 开头）或 torch.save 的 zip（内含 data.pkl）。"""
+    out = []
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            head = f.read(1)
+        if head == b"\x80":
+            out.append(path)
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if any(n.endswith("data.pkl") for n in z.namelist()):
+                    out.append(path)
+    return out

@@ -1,11 +1,10 @@
 """dpo_trainer.py：偏好批次、层次化物品打分与 TRL DPOTrainer 的对接、总损失公式、留出偏好准确率。"""
 
 import random
-import zipfile
-from pathlib import Path
 
 import pytest
 import torch
+from _pipeline_fixtures import pickled_files
 
 from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.model_card import read_front_matter
@@ -175,23 +174,6 @@ def test_precomputed_reference_log_probs_match_live_reference(tmp_path):
     assert any("rewards/margins" in e for e in trainer.state.log_history)
 
 
-def _pickled_files(folder):
-    """folder 里所有 pickle：原始 pickle（协议头 0x80 开头）或 torch.save 的 zip（内含 data.pkl）。"""
-    out = []
-    for path in sorted(Path(folder).rglob("*")):
-        if not path.is_file():
-            continue
-        with open(path, "rb") as f:
-            head = f.read(1)
-        if head == b"\x80":
-            out.append(path)
-        elif zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                if any(n.endswith("data.pkl") for n in z.namelist()):
-                    out.append(path)
-    return out
-
-
 def test_dpo_saves_hold_no_pickle_and_a_model_card(tmp_path):
     """阶段 3 也不写 pickle：HF `_save` 的 training_args.bin 在检查点与最终保存里都没有，改成 training_args.json；
     最终保存一个 pickle 都没有，检查点里只有 HF 的优化器/调度器/RNG 状态（weights_only 可加载的 zip）。"""
@@ -203,13 +185,13 @@ def test_dpo_saves_hold_no_pickle_and_a_model_card(tmp_path):
     out, final = tmp_path / "out", tmp_path / "final"
     trainer.save_model(str(final))
     assert not list(out.rglob("training_args.bin")) and not list(final.rglob("training_args.bin"))
-    assert _pickled_files(final) == []
+    assert pickled_files(final) == []
     assert (final / "training_args.json").is_file() and (final / "model.safetensors").is_file()
     ckpts = sorted(out.glob("checkpoint-*"))
     assert ckpts
     for c in ckpts:
         assert (c / "training_args.json").is_file() and (c / "README.md").is_file()
-        assert {p.name for p in _pickled_files(c)} <= {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
+        assert {p.name for p in pickled_files(c)} <= {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
         verify_checkpoint_files(str(c))
     card = (final / "README.md").read_text(encoding="utf-8")
     front = read_front_matter(card)
