@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import re
 import sys
 import types
@@ -310,3 +311,60 @@ def parse_config(config_cls: type, argv: Optional[Sequence[str]] = None,
                  yaml_file: Optional[Union[str, Path]] = None):
     """单个配置类的 parse_args（规格配置类与 UGTTrainingArguments 都可用）。"""
     return parse_args([config_cls], argv, yaml_file)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------- 路径
+BEST_MODEL_DIR = "best_model"  # 每个阶段保存最佳模型的子目录（training.stages 从这里取）
+
+
+def looks_local(value) -> bool:
+    """像本地路径而非 Hub 仓库名（`org/name`）：以 . / ~ 开头、含反斜杠、多于一个 /，或上级目录在本地存在。
+    这样写错的本地目录得到“目录不存在”，而不是 Hub 的“Repo id must be in the form …”。"""
+    text = str(value)
+    if text.startswith((".", "/", "~")) or "\\" in text or (os.sep != "/" and os.sep in text):
+        return True
+    if text.count("/") > 1:
+        return True
+    return "/" in text and Path(text).parent.is_dir()
+
+
+def close_paths(path) -> List[str]:
+    """path 不存在时：从最深的已存在祖先目录里，找与下一级名字相近的条目（difflib），返回完整路径。"""
+    path = Path(path).expanduser()
+    parts = path.parts
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = Path(*parts[:depth]) if depth else Path(".")
+        if parent.is_dir():
+            names = sorted(p.name for p in parent.iterdir())
+            return [str(parent / n) if depth else n for n in difflib.get_close_matches(parts[depth], names, n=3)]
+    return []
+
+
+def close_hint(path) -> str:
+    """相近名字的提示 ` (did you mean 'a' or 'b'?)`；没有相近名字时为空串。"""
+    close = close_paths(path)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def missing_path_message(path, what: str = "folder") -> str:
+    """“X does not exist”加上相近的已有名字（若有）。"""
+    return f"{what} {path} does not exist{close_hint(path)}"
+
+
+def check_model_dir(value, flag: str, field: Optional[str] = None) -> None:
+    """本地模型目录必须存在且含 config.json；不像本地路径的值留给 from_pretrained（Hub）。
+    给的是运行/阶段目录时提示其中的 best_model。"""
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return
+        inner = [str(p.parent) for p in sorted(path.glob(f"*{BEST_MODEL_DIR}/config.json"))
+                 + sorted(path.glob(f"*/{BEST_MODEL_DIR}/config.json"))]
+        hint = f"; did you mean {' or '.join(repr(c) for c in inner[:3])}?" if inner else ""
+        raise ConfigError(f"{flag} {value} is a folder without config.json, not a saved model (expected a "
+                          f"save_pretrained directory such as RUN/stage1/{BEST_MODEL_DIR}){hint}", field=field)
+    if path.exists():
+        raise ConfigError(f"{flag} {value} is a file; expected a saved model folder (save_pretrained directory)",
+                          field=field)
+    if looks_local(value):
+        raise ConfigError(f"{flag}: {missing_path_message(value, 'model folder')}", field=field)

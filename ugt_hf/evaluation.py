@@ -7,9 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -17,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .argparsing import ConfigError, arg, parse_args
+from .argparsing import ConfigError, arg, check_model_dir, missing_path_message, parse_args
 from .data.collator import DataCollator
 from .data.datadir import DataDir
 from .data.datasets import RecommendDataset
@@ -29,63 +27,6 @@ from .modeling_ugt import UGTForGenerativeRecommendation
 DEFAULT_K_VALUES = (5, 10, 20)
 
 DataDirLike = Union[str, Path, DataDir]
-MODEL_DIR_NAME = "best_model"  # 与 training.stages.BEST_MODEL_DIR 相同；这里不导入训练层
-
-
-# ---------------------------------------------------------------------------------------------------------- 路径
-def looks_local(value) -> bool:
-    """像本地路径而非 Hub 仓库名（`org/name`）：以 . / ~ 开头、含反斜杠、多于一个 /，或上级目录在本地存在。
-    这样写错的本地目录得到“目录不存在”，而不是 Hub 的“Repo id must be in the form …”。"""
-    text = str(value)
-    if text.startswith((".", "/", "~")) or "\\" in text or (os.sep != "/" and os.sep in text):
-        return True
-    if text.count("/") > 1:
-        return True
-    return "/" in text and Path(text).parent.is_dir()
-
-
-def close_paths(path) -> List[str]:
-    """path 不存在时：从最深的已存在祖先目录里，找与下一级名字相近的条目（difflib），返回完整路径。"""
-    path = Path(path).expanduser()
-    parts = path.parts
-    for depth in range(len(parts) - 1, -1, -1):
-        parent = Path(*parts[:depth]) if depth else Path(".")
-        if parent.is_dir():
-            names = sorted(p.name for p in parent.iterdir())
-            return [str(parent / n) if depth else n for n in difflib.get_close_matches(parts[depth], names, n=3)]
-    return []
-
-
-def close_hint(path) -> str:
-    """相近名字的提示 ` (did you mean 'a' or 'b'?)`；没有相近名字时为空串。"""
-    close = close_paths(path)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-
-
-def missing_path_message(path, what: str = "folder") -> str:
-    """“X does not exist”加上相近的已有名字（若有）。"""
-    return f"{what} {path} does not exist{close_hint(path)}"
-
-
-def check_model_dir(value, flag: str, field: Optional[str] = None) -> None:
-    """本地模型目录必须存在且含 config.json；不像本地路径的值留给 from_pretrained（Hub）。
-    给的是运行/阶段目录时提示其中的 best_model。"""
-    path = Path(str(value)).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return
-        inner = [str(p.parent) for p in sorted(path.glob(f"*{MODEL_DIR_NAME}/config.json"))
-                 + sorted(path.glob(f"*/{MODEL_DIR_NAME}/config.json"))]
-        hint = f"; did you mean {' or '.join(repr(c) for c in inner[:3])}?" if inner else ""
-        raise ConfigError(f"{flag} {value} is a folder without config.json, not a saved model (expected a "
-                          f"save_pretrained directory such as RUN/stage1/{MODEL_DIR_NAME}){hint}", field=field)
-    if path.exists():
-        raise ConfigError(f"{flag} {value} is a file; expected a saved model folder (save_pretrained directory)",
-                          field=field)
-    if looks_local(value):
-        raise ConfigError(f"{flag}: {missing_path_message(value, 'model folder')}", field=field)
-
-
 def _target_indices(labels: torch.Tensor, catalogue: ItemCatalogue) -> torch.Tensor:
     """labels [B, Td, 3] 的第 0 位（评估样本只有这一位）-> 物品下标 [B]，不在目录里为 -1。"""
     first = labels[:, 0, :]  # [B, 3]

@@ -25,10 +25,10 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from .argparsing import ConfigError, arg, load_yaml_config, parse_args
+from .argparsing import ConfigError, arg, close_hint, load_yaml_config, parse_args
 from .data.datadir import DataDir
 from .data.prepare import prepare
-from .evaluation import close_hint, evaluate_ranking, popularity_baseline, transition_baseline
+from .evaluation import evaluate_ranking, popularity_baseline, transition_baseline
 from .modeling_ugt import UGTForGenerativeRecommendation
 from .report import REPORT_MD, RESULTS_FILE, write_report
 from .training.stages import BEST_MODEL_DIR, run_stage

@@ -40,7 +40,7 @@ from ..interfaces import NUM_LEVELS, SEMANTIC_PAD_ID
 from ..loss_utils import moe_aux_loss, weighted_item_nll
 from . import checkpointing as ckpt
 from .losses import ContrastiveLoss, level_weights_from
-from .trainer import write_trainer_model_card
+from .trainer import auxiliary_objectives, write_trainer_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -321,11 +321,7 @@ class UGTDPOTrainer(DPOTrainer):
         ref = "reference-free" if self.reference_free else "frozen reference"
         parts = ["NTP (chosen item)", f"DPO (TRL, loss_type={loss_type}, beta={self.beta:g}, {ref}, "
                                        f"lambda_preference={self.lambda_preference:g})"]
-        if self.lambda_contrastive > 0:
-            parts.append(f"InfoNCE (lambda_contrastive={self.lambda_contrastive:g})")
-        if self.lambda_moe_balance > 0:
-            parts.append(f"MoE balance (lambda_moe_balance={self.lambda_moe_balance:g})")
-        return " + ".join(parts)
+        return " + ".join(parts + auxiliary_objectives(self))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         ckpt.verify_checkpoint_files(resume_from_checkpoint)  # 加载前拒绝不安全的 pickle（同 UGTTrainer）

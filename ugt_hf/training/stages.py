@@ -19,11 +19,11 @@ import torch
 from torch.utils.data import Subset
 from transformers import set_seed
 
+from ..argparsing import BEST_MODEL_DIR, check_model_dir
 from ..configuration_ugt import UGTConfig
 from ..data.collator import DataCollator
 from ..data.datadir import DataDir
 from ..data.datasets import RecommendDataset
-from ..evaluation import check_model_dir
 from ..generation import recommend
 from ..interfaces import SEMANTIC_PAD_ID
 from ..modeling_ugt import UGTForGenerativeRecommendation
@@ -33,7 +33,6 @@ from .trainer import UGTTrainer
 
 logger = logging.getLogger(__name__)
 
-BEST_MODEL_DIR = "best_model"
 STAGE_SUMMARY_FILE = "stage_summary.json"
 
 

@@ -673,15 +673,20 @@ class UGTTrainer(Trainer):
         self._card_best_loaded = True  # 之后保存的是最佳检查点：卡片取那一步的验证指标
 
     def _card_objective(self) -> str:
-        parts = ["NTP (hierarchical next-token prediction)"]
-        if self.lambda_contrastive > 0:
-            parts.append(f"InfoNCE (lambda_contrastive={self.lambda_contrastive:g})")
-        if self.lambda_moe_balance > 0:
-            parts.append(f"MoE balance (lambda_moe_balance={self.lambda_moe_balance:g})")
-        return " + ".join(parts)
+        return " + ".join(["NTP (hierarchical next-token prediction)", *auxiliary_objectives(self)])
 
 
 # ---------------------------------------------------------------------- 模型卡
+def auxiliary_objectives(trainer) -> List[str]:
+    """模型卡里的附加损失项（两个训练器共用）：λ>0 的 InfoNCE 与 MoE 负载均衡。"""
+    parts = []
+    if trainer.lambda_contrastive > 0:
+        parts.append(f"InfoNCE (lambda_contrastive={trainer.lambda_contrastive:g})")
+    if trainer.lambda_moe_balance > 0:
+        parts.append(f"MoE balance (lambda_moe_balance={trainer.lambda_moe_balance:g})")
+    return parts
+
+
 # HF 日志里不是指标的 eval_* 键；TRL 的 LM 诊断量（token 数、熵、logits/*）对物品推荐没有意义，也不进卡片
 _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time",
                 "num_tokens", "entropy", "mean_token_accuracy")
