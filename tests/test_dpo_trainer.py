@@ -44,6 +44,35 @@ def _pairs(n=48, seed=0):
     return out
 
 
+def _with_negatives(pairs, k=3, seed=0):
+    """每条偏好记录补成 K 个负样本（第一个就是 rejected_item）；负样本都在 L1=2 的格子里（被计划压低的一类）。"""
+    rng = random.Random(seed)
+    item = lambda i: dict(zip(("l1_id", "l2_id", "l3_id"), TRIPLES[i]))  # noqa: E731
+    out = []
+    for p in pairs:
+        extra = [item(rng.randrange(12, 18)) for _ in range(k - 1)]
+        out.append(dict(p, rejected_items=[p["rejected_item"]] + extra))
+    return out
+
+
+def _rec_records(n=32, seed=0):
+    """推荐数据的原始记录（统一损失的 L_ntp 用）：历史 1–4 个物品，下一个物品随机。"""
+    rng = random.Random(seed)
+    out = []
+    for u in range(n):
+        hist = [rng.randrange(len(TRIPLES)) for _ in range(rng.randint(1, 4))]
+        target = TRIPLES[rng.randrange(len(TRIPLES))]
+        rec = {"user_id": str(u), "encoder_positions": list(range(len(hist))),
+               "encoder_token_types": [1] * len(hist), "encoder_mask": [1] * len(hist),
+               "decoder_l1_ids": [0], "decoder_l2_ids": [0], "decoder_l3_ids": [0], "decoder_positions": [0],
+               "decoder_token_types": [0], "decoder_mask": [1],
+               "labels_l1": [target[0]], "labels_l2": [target[1]], "labels_l3": [target[2]]}
+        for lvl in range(3):
+            rec[f"encoder_l{lvl + 1}_ids"] = [TRIPLES[i][lvl] for i in hist]
+        out.append(rec)
+    return out
+
+
 def _model(seed=0, **kw):
     torch.manual_seed(seed)
     cfg = UGTConfig(vocab_sizes=list(V), d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
@@ -200,3 +229,131 @@ def test_dpo_saves_hold_no_pickle_and_a_model_card(tmp_path):
     assert "DPO (TRL, loss_type=" in card and "beta=0.5" in card
     assert "last training log rewards/accuracies" in card  # TRL 记录的最近一次 rewards/*
     assert "| rewards/margins |" in card  # 验证时的 eval_rewards/* 进指标表
+
+
+def test_collator_stacks_k_negatives_after_the_chosen_rows():
+    pairs = _with_negatives([_record(0, [1, 2], 0, 17), _record(1, [3], 5, 12)], k=3)
+    batch = UGTPreferencePairCollator(vocab_sizes=V)(pairs)
+    rows = [TRIPLES[0], TRIPLES[5], TRIPLES[17], TRIPLES[12]]  # chosen ×2，第一个负样本 ×2
+    for j in (1, 2):  # 其余负样本按序号一组一组排在后面：[chosen; rej_1; rej_2; rej_3]
+        rows += [tuple(pairs[b]["rejected_items"][j][f"l{k}_id"] for k in (1, 2, 3)) for b in (0, 1)]
+    assert torch.equal(batch["input_ids"], torch.tensor([[0, *r] for r in rows]))
+    assert batch["encoder_semantic_ids"].shape[0] == 2
+    bad = [pairs[0], dict(pairs[1], rejected_items=pairs[1]["rejected_items"][:2])]
+    with pytest.raises(ValueError, match="same number of negatives"):
+        UGTPreferencePairCollator(vocab_sizes=V)(bad)
+
+
+def test_softmax_dpo_does_not_push_down_a_prefix_shared_with_every_negative(tmp_path):
+    """chosen (0,1,0) 与三个负样本都在 L1=0 的格子里：S-DPO 只依赖 r_j − r_c，共享的 L1 项逐位相消，
+    L1 logits（同一用户状态，各行相同）收到的梯度之和为 0，即共享前缀既不被压低也不被抬高；
+    换成 L1 不同的负样本时不为 0（检查本身能失败）。"""
+    model = _model()
+    args = _args(tmp_path, preference_negatives=3, dpo_reference_free=True)
+    grads = []
+
+    def keep_grad(module, inputs, out):  # 返回 None：不替换前向输出
+        out.register_hook(grads.append)
+
+    model.heads.out1.register_forward_hook(keep_grad)
+
+    item = lambda t: dict(zip(("l1_id", "l2_id", "l3_id"), t))  # noqa: E731
+
+    def record(negatives):
+        return dict(_record(0, [3, 4], 2, 0), chosen_item=item((0, 1, 0)), rejected_item=item(negatives[0]),
+                    rejected_items=[item(t) for t in negatives])
+
+    trainer = UGTDPOTrainer(model=model, args=args, train_dataset=[record([(0, 0, 0)] * 3)],
+                            processing_class=_tokenizer())
+
+    def l1_grad(negatives):
+        rec = record(negatives)
+        grads.clear()
+        trainer._softmax_dpo_loss(trainer.model, trainer.data_collator([rec])).backward()
+        (g,) = grads  # [4, V1]：chosen 与三个负样本各一行
+        return g.sum(0).abs().max().item()
+
+    assert l1_grad([(0, 2, 1), (0, 0, 1), (0, 1, 1)]) < 1e-7
+    assert l1_grad([(2, 2, 1), (1, 0, 1), (0, 1, 1)]) > 1e-4
+
+
+def test_softmax_dpo_with_three_negatives_learns_a_planted_preference_on_held_out_pairs(tmp_path):
+    """计划的偏好（chosen 在 L1=0、负样本在 L1=2）：S-DPO（K=3）加推荐数据上的 NTP 训练后，
+    留出偏好对（另一个种子）的成对准确率远高于随机，推荐数据上的 NTP 损失不变坏（≤ 2%）。"""
+    train, held = _with_negatives(_pairs(48, seed=0)), _pairs(48, seed=7)
+    rec = _rec_records(64)
+    model = _model()
+    ntp_before = _ntp_on(model, rec)
+    before = pairwise_preference_accuracy(model, held)["preference_accuracy"]
+    args = _args(tmp_path, preference_negatives=3, max_epochs=4)
+    trainer = UGTDPOTrainer(model=model, args=args, train_dataset=train, processing_class=_tokenizer(),
+                            ntp_dataset=rec)
+    trainer.train()
+    after = pairwise_preference_accuracy(trainer.model, held)["preference_accuracy"]
+    assert after > max(before + 0.2, 0.8), (before, after)
+    assert _ntp_on(trainer.model, rec) <= 1.02 * ntp_before
+    logged = [e for e in trainer.state.log_history if "loss" in e][-1]
+    for key in ("rewards/accuracies", "rewards/margins", "ntp_loss", "dpo_loss", "logps_delta/rejected_l1"):
+        assert key in logged, key
+    assert logged["logps_delta/rejected_l1"] < 0  # 被压低的是负样本的 L1 格子
+
+
+def _ntp_on(model, records):
+    from ugt_hf.data.collator import DataCollator
+    from ugt_hf.interfaces import MODEL_INPUT_KEYS
+    from ugt_hf.training.losses import next_item_ntp_loss
+
+    batch = DataCollator()(records)
+    model.eval()
+    with torch.no_grad():
+        out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS})
+        return next_item_ntp_loss(out, batch["labels"])[0].item()
+
+
+def test_unified_loss_uses_next_item_ntp_on_recommendation_data(tmp_path):
+    """λ2 = 0 时训练损失就是推荐数据批次上的 next-item NTP（与阶段 1/2 同一个函数），批次由
+    (seed, global_step, micro-batch 序号) 决定：同一位置重抽得到同一批。"""
+    from ugt_hf.training.losses import level_weights_from, next_item_ntp_loss
+
+    rec = _rec_records(40)
+    model = _model()
+    args = _args(tmp_path, lambda_preference=0.0, lambda_moe_balance=0.0, ntp_batch_size=16, dpo_reference_free=True)
+    trainer = UGTDPOTrainer(model=model, args=args, train_dataset=_pairs(8), processing_class=_tokenizer(),
+                            ntp_dataset=rec)
+    model.train()
+    torch.manual_seed(0)
+    first = trainer._next_ntp_batch()
+    trainer._ntp_draw = (-1, 0)
+    again = trainer._next_ntp_batch()
+    assert all(torch.equal(v, again[k]) for k, v in first.items())
+    assert first["labels"].shape[0] == 16
+    assert not torch.equal(first["labels"], trainer._next_ntp_batch()["labels"])  # 同一步的第二个 micro-batch
+    trainer._ntp_draw = (-1, 0)
+    model.eval()  # 关掉 dropout 以便逐位比较；训练态标志单独设
+    model.training = True
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, trainer.data_collator(_pairs(8)))
+        expected, _ = next_item_ntp_loss(model(**first), first["labels"], level_weights_from(args))
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_a_stalled_preference_term_warns_once_at_mid_stage(caplog):
+    from transformers import TrainerControl, TrainerState
+
+    from ugt_hf.training.dpo_trainer import PreferenceStallCallback
+
+    def run(margins, accuracies):
+        cb, state = PreferenceStallCallback(), TrainerState(max_steps=10)
+        caplog.clear()
+        for step in range(1, 11):
+            state.global_step = step
+            logs = {"rewards/margins": margins, "rewards/accuracies": accuracies}
+            cb.on_log(None, state, TrainerControl(), logs=logs)
+            cb.on_step_end(None, state, TrainerControl())
+        return [r.getMessage() for r in caplog.records if "has not moved" in r.getMessage()]
+
+    with caplog.at_level("WARNING", logger="ugt_hf.training.dpo_trainer"):
+        stalled = run(1e-4, 0.50)
+        moving = run(0.3, 0.71)
+    assert len(stalled) == 1 and "step 5 of 10" in stalled[0] and "lambda_preference" in stalled[0]
+    assert moving == []

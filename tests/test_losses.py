@@ -10,7 +10,7 @@ from _loss_fixtures import IGN, L1, L2, L3, ce, hand_level, small_inputs  # noqa
 
 from ugt_hf.loss_utils import chunked_cross_entropy, moe_aux_loss, ntp_loss, ntp_loss_sums, weighted_item_nll
 from ugt_hf.spec.loss import NextTokenPredictionLoss  # 规格名：loss_utils.ntp_loss_sums 的外壳
-from ugt_hf.training.losses import ContrastiveLoss
+from ugt_hf.training.losses import ContrastiveLoss, next_item_ntp_loss, softmax_dpo_loss
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
@@ -261,3 +261,27 @@ def test_ntp_sums_item_head_term_hand_computed_and_off_is_unchanged():
         ntp_loss_sums(l1, l2, l3, lab, item_logits=item_logits, item_labels=torch.tensor([[1, IGN, IGN]]))
     with pytest.raises(ValueError, match="given together"):
         ntp_loss_sums(l1, l2, l3, lab, item_logits=item_logits)
+
+
+def test_softmax_dpo_one_positive_three_negatives_hand_computed():
+    # r_c = 0.5，三个负样本 r = 0.2 / -0.3 / 0.9：L = log(1 + Σ_j e^{r_j − r_c})（= −log σ(−log Σ e^{r_j − r_c})）
+    chosen = torch.tensor([0.5])
+    rejected = torch.tensor([[0.2], [-0.3], [0.9]])
+    expected = math.log(1 + math.exp(-0.3) + math.exp(-0.8) + math.exp(0.4))
+    assert softmax_dpo_loss(chosen, rejected).item() == pytest.approx(expected, abs=1e-6)
+    # K = 1 就是 DPO 的 sigmoid 损失
+    c, r = torch.tensor([0.3, -1.0]), torch.tensor([[0.1, 0.4]])
+    assert softmax_dpo_loss(c, r).item() == pytest.approx(float(-F.logsigmoid(c - r[0]).mean()), abs=1e-6)
+    with pytest.raises(ValueError, match=r"\[K, B\]"):
+        softmax_dpo_loss(c, torch.zeros(3))
+
+
+def test_next_item_ntp_loss_is_the_stage_1_objective():
+    *logits, lab = small_inputs()
+    out = {"l1_logits": logits[0], "l2_logits": logits[1], "l3_logits": logits[2]}
+    loss, comps = next_item_ntp_loss(out, lab, (0.5, 0.3, 0.2))
+    expected = ntp_loss_sums(*logits, lab, level_weights=(0.5, 0.3, 0.2)).weighted()
+    assert torch.equal(loss, expected)
+    assert comps["ntp_loss"].item() == pytest.approx(loss.item())
+    with pytest.raises(ValueError, match="l2_logits"):
+        next_item_ntp_loss({"l1_logits": logits[0]}, lab)

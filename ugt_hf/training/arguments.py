@@ -291,6 +291,12 @@ class UGTDPOConfig(_UGTFields, DPOConfig):
 
     beta: float = arg(0.1, "DPO 温度 β（规格名 dpo_beta），必须 > 0", aliases=["--dpo_beta"])
     dpo_beta = property(lambda self: self.beta)
+    preference_negatives: int = arg(
+        1, "rejected items per prompt: self-generated pairs take the K highest-ranked candidates that are not the "
+           "target; K > 1 trains the softmax-DPO (S-DPO) objective, which equals loss_type sigmoid at K = 1")
+    ntp_batch_size: Optional[int] = arg(
+        None, "recommendation samples per step for stage 3's next-item NTP term L_ntp (drawn from the train split "
+              "beside each preference batch); default: per_device_train_batch_size")
 
 
 class StageArguments(NamedTuple):

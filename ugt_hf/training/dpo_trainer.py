@@ -16,7 +16,9 @@ TRL 的 DPOTrainer 把一条偏好样本看成 “prompt + completion 的 token 
 语义 ID 的 padding 值是 `UGTConfig.semantic_pad_id`；TRL/HF 写进 `config.pad_token_id` 的 tokenizer pad id
 不影响模型，所以 tokenizer 直接作为 `processing_class`，不需要事后还原。
 
-总损失按规格：L = L_ntp(chosen) + λ2·L_DPO(TRL) + λ1·L_contrastive + λ3·L_moe。
+总损失按规格：L = L_ntp + λ2·L_DPO(TRL) + λ1·L_contrastive + λ3·L_moe。L_ntp 与阶段 1/2 是同一个 next-item NTP，
+算在推荐数据（`ntp_dataset`，训练集）上：每个优化步从中抽一个批次与偏好对批次一起前向。只在 chosen 物品上做 NTP
+会把模型拉向偏好对里的少数物品（ML-100K 上测得 Recall@10 −35%），所以那只是没有推荐数据时的退路。
 """
 
 from __future__ import annotations
@@ -29,17 +31,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from datasets import Dataset
-from transformers import GenerationConfig
+from transformers import GenerationConfig, TrainerCallback
 from transformers.utils import ModelOutput
 from trl import DPOTrainer
 
 from ..compat import ORIGINAL_ADD_FUSED_LM_HEAD, trl_fused_lm_head
-from ..data.collator import PreferenceCollator
+from ..data.collator import DataCollator, PreferenceCollator
 from ..generation import prediction_previous_items
-from ..interfaces import NUM_LEVELS, SEMANTIC_PAD_ID
+from ..interfaces import MODEL_INPUT_KEYS, NUM_LEVELS, SEMANTIC_PAD_ID
 from ..loss_utils import moe_aux_loss, weighted_item_nll
 from . import checkpointing as ckpt
-from .losses import ContrastiveLoss, level_weights_from
+from .losses import ContrastiveLoss, level_weights_from, next_item_ntp_loss, softmax_dpo_loss
 from .trainer import auxiliary_objectives, write_trainer_model_card
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ class UGTPreferencePairCollator:
 
     输出：
         encoder_*        [B, Te(,3)]   每个用户一份（chosen 与 rejected 共享，前向里只编码一次）
-        input_ids        [2B, 4]       [0, l1, l2, l3]，前 B 行 chosen、后 B 行 rejected（TRL 的约定）
+        input_ids        [2B, 4]       [0, l1, l2, l3]，前 B 行 chosen、后 B 行 rejected（TRL 的约定）；
+                                       记录带 K 个 `rejected_items` 时为 [(K+1)B, 4]（S-DPO，见 preference_negatives）
         completion_mask  [2B, 4]       [0, 1, 1, 1]：只有三层 ID 计入 log-prob
         attention_mask   [2B, 4]       全 1（TRL 只用它统计 token 数）
         preference_score [B]
@@ -68,10 +71,12 @@ class UGTPreferencePairCollator:
 
     def __call__(self, features: List[Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
         refs = {k: [f[k] for f in features] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in features[0]}
-        stripped = [{k: v for k, v in f.items() if k not in refs} for f in features]
+        extra = _extra_negatives(features)  # [K-1, B, 3] 或 None（每个 prompt 只有一个 rejected）
+        stripped = [{k: v for k, v in f.items() if k not in refs and k != "rejected_items"} for f in features]
         batch = self.base(stripped)
         chosen, rejected = batch.pop("chosen_ids"), batch.pop("rejected_ids")  # [B, 3]
-        items = torch.cat([chosen, rejected], dim=0)  # [2B, 3]
+        # [chosen; rejected_1; ...; rejected_K]：K = 1 时正是 TRL 的 [chosen; rejected]
+        items = torch.cat([chosen, rejected] + ([] if extra is None else list(extra)), dim=0)  # [(K+1)B, 3]
         prompt = torch.zeros(items.shape[0], 1, dtype=torch.long)
         batch["input_ids"] = torch.cat([prompt, items], dim=1)  # [2B, 4]
         mask = torch.ones_like(batch["input_ids"])
@@ -82,6 +87,22 @@ class UGTPreferencePairCollator:
         for k, v in refs.items():
             batch[k] = torch.as_tensor(v, dtype=torch.float32)
         return batch
+
+
+def _extra_negatives(features: Sequence[Mapping[str, Any]]) -> Optional[torch.Tensor]:
+    """多负样本记录的 `rejected_items`（K 个物品，第一个就是 `rejected_item`）-> 其余 K−1 个 [K-1, B, 3]。"""
+    if "rejected_items" not in features[0] or features[0]["rejected_items"] is None:
+        return None
+    rows = []
+    for i, f in enumerate(features):
+        items = f.get("rejected_items") or []
+        if len(items) != len(features[0]["rejected_items"]):
+            raise ValueError(f"preference batch sample {i}: rejected_items has {len(items)} items, the first sample "
+                             f"{len(features[0]['rejected_items'])}; every record needs the same number of negatives")
+        rows.append([[int(it["l1_id"]), int(it["l2_id"]), int(it["l3_id"])] for it in items[1:]])
+    if not rows[0]:
+        return None
+    return torch.tensor(rows, dtype=torch.long).transpose(0, 1)  # [K-1, B, 3]
 
 
 @dataclass
@@ -175,6 +196,31 @@ def add_ugt_fused_head(model, *args, reference_free: bool = False, **kwargs) -> 
 
 
 
+class PreferenceStallCallback(TrainerCallback):
+    """到阶段中点时 DPO 项还没动（rewards/margins 接近 0、accuracies 接近 0.5）就警告一次：
+    Beauty 上测到过整段 dpo_loss ≈ ln 2、margins ~1e-4，阶段 3 白跑；用户能调的是 λ2、β、学习率与负样本。"""
+
+    def __init__(self, margin_tol: float = 1e-2, accuracy_tol: float = 0.05):
+        self.margin_tol, self.accuracy_tol = margin_tol, accuracy_tol
+        self.last: Dict[str, float] = {}
+        self.warned = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "rewards/margins" in logs and "rewards/accuracies" in logs:
+            self.last = {"margins": float(logs["rewards/margins"]), "accuracies": float(logs["rewards/accuracies"])}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.warned or not self.last or state.max_steps <= 1 or state.global_step < state.max_steps // 2:
+            return
+        self.warned = True
+        margins, accuracies = self.last["margins"], self.last["accuracies"]
+        if abs(margins) < self.margin_tol and abs(accuracies - 0.5) < self.accuracy_tol:
+            logger.warning(
+                "stage 3: the preference term has not moved by mid-stage (step %d of %d: rewards/margins=%.2g, "
+                "rewards/accuracies=%.3f); raise lambda_preference, dpo_beta or learning_rate, or use harder "
+                "pairs (preference_negatives > 1)", state.global_step, state.max_steps, margins, accuracies)
+
+
 def _as_hf_dataset(dataset):
     """PreferenceDataset（有 .hf_dataset）、记录列表或 HF Dataset -> HF Dataset（TRL 只接受它）。"""
     if dataset is None or isinstance(dataset, Dataset):
@@ -197,7 +243,7 @@ class UGTDPOTrainer(DPOTrainer):
 
     def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
-                 optimizers=(None, None), **kwargs):
+                 optimizers=(None, None), ntp_dataset=None, **kwargs):
         if args is None:
             raise ValueError("UGTDPOTrainer needs args (a Stage3Config)")
         if processing_class is None:
@@ -231,11 +277,27 @@ class UGTDPOTrainer(DPOTrainer):
         self.lambda_moe_balance = float(getattr(args, "lambda_moe_balance", 0.0))
         self.level_weights = level_weights_from(args)
         self.contrastive = ContrastiveLoss(temperature=getattr(args, "contrastive_temperature", 0.07))
+        # 统一损失的 L_ntp：推荐数据上的 next-item NTP（见模块说明）；没有时退回 chosen 物品的 NTP
+        self.ntp_dataset = ntp_dataset if ntp_dataset is not None and len(ntp_dataset) > 0 else None
+        bs = getattr(args, "ntp_batch_size", None)
+        self.ntp_batch_size = int(bs) if bs else int(args.per_device_train_batch_size)
+        self.ntp_collator = DataCollator(semantic_pad_id=getattr(model.config, "semantic_pad_id", SEMANTIC_PAD_ID))
+        self._ntp_draw = (-1, 0)  # (global_step, 本步已抽的 micro-batch 数)
+        self.num_negatives = int(getattr(args, "preference_negatives", 1) or 1)
+        if self.num_negatives > 1:
+            loss_types = args.loss_type if isinstance(args.loss_type, (list, tuple)) else [args.loss_type]
+            if list(loss_types) != ["sigmoid"] or args.precompute_ref_log_probs:
+                raise ValueError(f"preference_negatives={self.num_negatives} uses the softmax-DPO objective (S-DPO), "
+                                 "which generalises loss_type sigmoid with a live reference model: set loss_type: "
+                                 f"sigmoid and precompute_ref_log_probs: false (got loss_type={loss_types}, "
+                                 f"precompute_ref_log_probs={args.precompute_ref_log_probs}), "
+                                 "or preference_negatives: 1")
         with trl_fused_lm_head(add_ugt_fused_head):
             super().__init__(model=model, ref_model=ref_model, args=args, data_collator=data_collator,
                              train_dataset=train_dataset, eval_dataset=eval_dataset,
                              processing_class=processing_class, compute_metrics=compute_metrics,
                              callbacks=callbacks, optimizers=optimizers, **kwargs)
+        self.add_callback(PreferenceStallCallback())
 
     # 我们的数据已经是语义 ID 记录，不需要 TRL 的文本分词 / 加 EOS
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -243,21 +305,93 @@ class UGTDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["user_id", "user_sequence", "chosen_item", "rejected_item", "preference_score",
-                                       "ref_chosen_logps", "ref_rejected_logps"]
+            self._signature_columns = ["user_id", "user_sequence", "chosen_item", "rejected_item", "rejected_items",
+                                       "preference_score", "ref_chosen_logps", "ref_rejected_logps"]
+
+    def _next_ntp_batch(self) -> Dict[str, torch.Tensor]:
+        """推荐数据的一个批次：下标由 (seed, global_step, micro-batch 序号, 进程号) 决定的生成器有放回抽取，
+        与偏好对的采样器互不干扰，从检查点续训时逐位重现（不依赖一个会丢失位置的迭代器）。"""
+        step = int(self.state.global_step)
+        draw = self._ntp_draw[1] if self._ntp_draw[0] == step else 0
+        self._ntp_draw = (step, draw + 1)
+        seed = ((int(self.args.seed) * 1_000_003 + step) * 1_009 + draw) * 131 + int(self.args.process_index)
+        gen = torch.Generator().manual_seed(seed % (2 ** 63))
+        idx = torch.randint(len(self.ntp_dataset), (self.ntp_batch_size,), generator=gen).tolist()
+        batch = self.ntp_collator([self.ntp_dataset[i] for i in idx])
+        device = self.accelerator.device
+        return {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+
+    def _ntp_term(self, model, log_probs: torch.Tensor, mode: str) -> torch.Tensor:
+        """训练时：推荐数据上的 next-item NTP（同阶段 1/2）；评估（留出偏好对）或没有推荐数据时：chosen 物品的 NTP。"""
+        if mode == "train" and self.ntp_dataset is not None:
+            batch = self._next_ntp_batch()
+            outputs = model(**batch)  # 打过补丁的 forward：fused_lm_head=False 走模型原本的前向
+            config = self.accelerator.unwrap_model(model).config
+            ntp, comps = next_item_ntp_loss(outputs, batch["labels"], self.level_weights,
+                                            label_smoothing=float(getattr(self.args, "label_smoothing", 0.0) or 0.0),
+                                            chunk_size=getattr(config, "loss_chunk_size", None),
+                                            item_weight=float(getattr(config, "item_loss_weight", 1.0)))
+            for key in ("ntp_item_loss",):
+                if key in comps:
+                    self._metrics[mode][key].append(self.accelerator.gather(comps[key]).mean().item())
+            return ntp
+        b = log_probs.shape[0] // (self.num_negatives + 1)
+        return weighted_item_nll(log_probs[:b], self.level_weights).mean()  # chosen 物品的加权 NTP
+
+    def _softmax_dpo_loss(self, model, inputs) -> torch.Tensor:
+        """K 个负样本的 S-DPO（losses.softmax_dpo_loss）。rewards/* 与 TRL 同名；accuracies：chosen 高于全部负样本。"""
+        mode = "train" if self.model.training else "eval"
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        logps = model(**model_kwargs, labels=labels, fused_lm_head=True).log_probs.sum(-1)  # [(K+1)B]
+        with torch.no_grad():
+            if self.reference_free:
+                ref_logps = torch.zeros_like(logps)
+            else:
+                ref_logps = self.ref_model(**model_kwargs, labels=labels, fused_lm_head=True).log_probs.sum(-1)
+        rewards = self.beta * (logps - ref_logps).view(-1, inputs["encoder_semantic_ids"].shape[0])  # [K+1, B]
+        chosen, rejected = rewards[0], rewards[1:]
+        loss = softmax_dpo_loss(chosen, rejected)
+        gather = self.accelerator.gather
+        metrics = self._metrics[mode]
+        metrics["rewards/chosen"].append(gather(chosen.detach()).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected.detach().mean(0)).mean().item())
+        metrics["rewards/accuracies"].append(gather((chosen > rejected.max(0).values).float().detach()).mean().item())
+        metrics["rewards/margins"].append(gather((chosen - rejected.mean(0)).detach()).mean().item())
+        metrics["logps/chosen"].append(gather(logps.detach().view_as(rewards)[0]).mean().item())
+        metrics["logps/rejected"].append(gather(logps.detach().view_as(rewards)[1:].mean(0)).mean().item())
+        return loss
+
+    def _log_level_movement(self, log_probs: torch.Tensor, mode: str) -> None:
+        """每层 log-prob 相对参考模型的移动（chosen / rejected 各三层）：看出 DPO 推的是哪一层。"""
+        ref = getattr(self.ref_model, "_ugt_last_fused", None) if self.ref_model is not None else None
+        if ref is None or self.reference_free:
+            return
+        self.ref_model._ugt_last_fused = None
+        delta = (log_probs.detach() - ref["log_probs"].detach()).float()  # [(K+1)B, 3]
+        b = delta.shape[0] // (self.num_negatives + 1)
+        for name, rows in (("chosen", delta[:b]), ("rejected", delta[b:])):
+            per_level = self.accelerator.gather(rows.mean(0, keepdim=True)).mean(0)  # [3]
+            for k in range(NUM_LEVELS):
+                self._metrics[mode][f"logps_delta/{name}_l{k + 1}"].append(per_level[k].item())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """L = L_ntp(chosen) + λ2·L_DPO + λ1·L_contrastive + λ3·L_moe；L_DPO 是 TRL 的（含其 loss_weights）。"""
-        dpo_loss = super().compute_loss(model, inputs, return_outputs=False)
+        """L = L_ntp + λ2·L_DPO + λ1·L_contrastive + λ3·L_moe；L_DPO 是 TRL 的（含其 loss_weights），
+        L_ntp 见 `_ntp_term`。"""
+        if self.num_negatives > 1:
+            dpo_loss = self._softmax_dpo_loss(model, inputs)
+        else:
+            dpo_loss = super().compute_loss(model, inputs, return_outputs=False)
         unwrapped = self.accelerator.unwrap_model(model)
         last = getattr(unwrapped, "_ugt_last_fused", None)
         if last is None:
             raise RuntimeError("UGT fused forward did not run: is the model patched by UGTDPOTrainer?")
         unwrapped._ugt_last_fused = None
         mode = "train" if self.model.training else "eval"
-        log_probs = last["log_probs"]  # [2B, 3]
-        b = log_probs.shape[0] // 2
-        ntp = weighted_item_nll(log_probs[:b], self.level_weights).mean()  # chosen 物品的加权 NTP
+        log_probs = last["log_probs"]  # [(K+1)B, 3]
+        b = log_probs.shape[0] // (self.num_negatives + 1)
+        self._log_level_movement(log_probs, mode)
+        ntp = self._ntp_term(model, log_probs, mode)
         loss = ntp + self.lambda_preference * dpo_loss
         self._metrics[mode]["ntp_loss"].append(self.accelerator.gather(ntp.detach()).mean().item())
         self._metrics[mode]["dpo_loss"].append(self.accelerator.gather(dpo_loss.detach()).mean().item())
@@ -351,15 +485,15 @@ def pairwise_preference_accuracy(model, dataset, batch_size: int = 256, collator
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collator(rows)
         enc = {k: batch[k].to(device) for k in _ENCODER_KEYS if k in batch}
-        items = batch["input_ids"][:, 1:].to(device)  # [2B, 3]
-        b = items.shape[0] // 2
+        items = batch["input_ids"][:, 1:].to(device)  # [(K+1)B, 3]；成对准确率用第一个负样本
+        b = batch["encoder_semantic_ids"].shape[0]
         states = model.prediction_states(**enc)  # [B, D]
         kw = {}
         prev = prediction_previous_items(model, enc)
         if prev is not None:
             kw["previous_items"] = prev
         lp_c = model.item_log_probs(states, items[:b], **kw)  # [B]
-        lp_r = model.item_log_probs(states, items[b:], **kw)
+        lp_r = model.item_log_probs(states, items[b:2 * b], **kw)
         correct += int((lp_c > lp_r).sum())
         total += b
         margin_sum += float((lp_c - lp_r).sum())

@@ -17,13 +17,53 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ugt_hf.interfaces import get_output
 from ugt_hf.loss_utils import (
     DEFAULT_LEVEL_WEIGHTS,
+    ntp_loss_sums,
 )
 
 logger = logging.getLogger(__name__)
 
 MetricsDict = Dict[str, torch.Tensor]
+
+
+def next_item_ntp_loss(outputs: Any, labels: torch.Tensor, level_weights=DEFAULT_LEVEL_WEIGHTS,
+                       label_smoothing: float = 0.0, chunk_size: Optional[int] = None,
+                       item_weight: float = 1.0) -> Tuple[torch.Tensor, MetricsDict]:
+    """阶段 1/2 的 next-item NTP（有效位置上的 token 均值；模型有物品头时加 item_weight·物品 CE）。
+
+    阶段 3 的统一损失 L_ntp 用它在推荐数据上算同一个目标，而不是只在 chosen 物品上做 NTP：
+    后者只拟合偏好对里的少数物品，ML-100K 上测得 Recall@10 掉 35%。
+    outputs：模型输出（l{1,2,3}_logits [B, Td, Vk]，可选 item_logits [B, Td, N] / item_labels [B, Td]）；
+    labels [B, Td, 3]。返回 (loss, 日志指标)。
+    """
+    logits = [get_output(outputs, f"l{k}_logits") for k in (1, 2, 3)]
+    for k, lg in enumerate(logits, start=1):
+        if lg is None:
+            raise ValueError(f"next_item_ntp_loss: model output is missing required field 'l{k}_logits'")
+    item_kw = {}
+    if get_output(outputs, "item_logits") is not None:
+        item_kw = {"item_logits": get_output(outputs, "item_logits"),
+                   "item_labels": get_output(outputs, "item_labels"), "item_weight": float(item_weight)}
+    sums = ntp_loss_sums(*logits, labels, level_weights=level_weights, label_smoothing=label_smoothing,
+                         chunk_size=chunk_size, **item_kw)
+    return sums.weighted(), sums.metrics()
+
+
+def softmax_dpo_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """多负样本的 softmax-DPO（S-DPO，Chen et al. 2024）：L = −log σ(−log Σ_j exp(r_j − r_c))，批内取均值。
+
+    chosen_rewards [B]，rejected_rewards [K, B]，r = β·(log π − log π_ref)（物品三层 log-prob 之和）。
+    K = 1 时就是 DPO 的 sigmoid 损失 −log σ(r_c − r_1)。损失只依赖差 r_j − r_c：chosen 与某个负样本共享的
+    语义 ID 前缀（同一 L1/L2 格子）在这个差里逐位相消，梯度为 0，所以共享前缀不会被压低（即 RAD-DPO 的
+    前缀感知 stop-gradient，不需要额外掩码）。
+    """
+    if rejected_rewards.dim() != 2 or rejected_rewards.shape[1] != chosen_rewards.shape[0]:
+        raise ValueError(f"softmax_dpo_loss: rejected_rewards must be [K, B] for chosen_rewards [B], got "
+                         f"{tuple(rejected_rewards.shape)} and {tuple(chosen_rewards.shape)}")
+    gap = torch.logsumexp(rejected_rewards - chosen_rewards.unsqueeze(0), dim=0)  # [B]
+    return -F.logsigmoid(-gap).mean()
 
 
 def level_weights_from(config: Any) -> Tuple[float, float, float]:
@@ -105,4 +145,4 @@ class ContrastiveLoss(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-__all__ = ["ContrastiveLoss", "level_weights_from"]
+__all__ = ["ContrastiveLoss", "level_weights_from", "next_item_ntp_loss", "softmax_dpo_loss"]

@@ -134,9 +134,12 @@ def _seq_from_encoder(enc_ids: torch.Tensor, mask: torch.Tensor) -> Dict[str, Li
 
 @torch.inference_mode()
 def self_generated_pairs(model, dataset: RecommendDataset, catalogue, max_pairs: Optional[int] = None,
-                         num_beams: int = 20, batch_size: int = 256, seed: int = 0) -> List[Dict[str, Any]]:
+                         num_beams: int = 20, batch_size: int = 256, seed: int = 0,
+                         num_negatives: int = 1) -> List[Dict[str, Any]]:
     """没有评分时的偏好对（OneRec 式）：chosen = 用户真实的下一个物品，rejected = 模型自己 beam 候选里
-    排名最高、但用户没有选的物品。对齐把模型“错误地最自信”的候选压下去。"""
+    排名最高、但用户没有选的物品。对齐把模型“错误地最自信”的候选压下去。
+    num_negatives = K > 1 时取前 K 个这样的候选（`rejected_items`，第一个同 `rejected_item`），给 S-DPO 用；
+    候选不足 K 个的样本跳过（每条记录的负样本数相同，批次才能拼成 [(K+1)B, 3]）。"""
     n = len(dataset)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)[: (max_pairs or n)]
@@ -158,17 +161,22 @@ def self_generated_pairs(model, dataset: RecommendDataset, catalogue, max_pairs:
             for row in range(len(idx)):
                 chosen = labels[row]
                 differs = (cand[row] != chosen).any(-1) & (cand[row] >= 0).all(-1)
-                if not bool(differs.any()):
+                negatives = differs.nonzero()[:, 0][:num_negatives]
+                if len(negatives) < num_negatives or len(negatives) == 0:
                     continue
-                rejected = cand[row][int(differs.nonzero()[0])]
-                pairs.append({
+                rejected = cand[row][int(negatives[0])]
+                record = {
                     "user_id": str(samples[row].get("user_id", idx[row])),
                     "user_sequence": _seq_from_encoder(batch["encoder_semantic_ids"][row],
                                                        batch["encoder_attention_mask"][row]),
                     "chosen_item": dict(zip(("l1_id", "l2_id", "l3_id"), chosen.tolist())),
                     "rejected_item": dict(zip(("l1_id", "l2_id", "l3_id"), rejected.tolist())),
                     "preference_score": 1.0,
-                })
+                }
+                if num_negatives > 1:
+                    record["rejected_items"] = [dict(zip(("l1_id", "l2_id", "l3_id"), cand[row][int(j)].tolist()))
+                                                for j in negatives]
+                pairs.append(record)
     finally:
         model.train(was_training)
     return pairs
@@ -185,7 +193,11 @@ def preference_data(args: StageArguments, model, data: DataDir, catalogue):
         held_path = args.data.eval_data_path
         held = data.preference_dataset(held_path, max_encoder_length=length) if held_path else None
         return data.preference_dataset(args.data.train_data_path, max_encoder_length=length), held, "file"
+    num_negatives = int(getattr(args.training, "preference_negatives", 1) or 1)
     has_pairs = data.num_records("preference_train") > 0
+    if num_negatives > 1 and (source == "ratings" or (source == "auto" and has_pairs) or args.data.train_data_path):
+        raise ConfigError(f"preference_negatives={num_negatives} needs self-generated pairs (preference_source: "
+                          "self); rating and file pairs have one rejected item each", field="preference_negatives")
     if source == "ratings" and not has_pairs:
         raise ConfigError(f"{data} 没有评分偏好对（meta.json splits.preference_train = 0）",
                           field="preference_source")
@@ -199,7 +211,7 @@ def preference_data(args: StageArguments, model, data: DataDir, catalogue):
     train_ds = _recommend_dataset(data, args.data.train_data_path or "train", args.training)
     records = self_generated_pairs(model, train_ds, catalogue,
                                    max_pairs=args.data.max_preference_pairs, num_beams=args.evaluation.num_beams,
-                                   seed=seed)
+                                   seed=seed, num_negatives=num_negatives)
     if not records:
         raise RuntimeError("self-generated preference pairs: the model's beam candidates never differ from the target")
     random.Random(seed).shuffle(records)
@@ -272,9 +284,11 @@ def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Di
         ref_model = None
         if args.model.reference_model_path and not targs.dpo_reference_free:
             ref_model = UGTForGenerativeRecommendation.from_pretrained(args.model.reference_model_path).eval()
+        # 统一损失的 L_ntp 与阶段 1/2 相同：训练集上的 next-item NTP（与偏好对批次交替抽样，见 UGTDPOTrainer）
+        ntp_ds = _recommend_dataset(data, "train", targs) if data.num_records("train") > 0 else None
         trainer = UGTDPOTrainer(model=model, ref_model=ref_model, args=targs, train_dataset=train_pairs,
                                 eval_dataset=held_pairs if targs.eval_strategy != "no" else None,
-                                processing_class=tokenizer)
+                                processing_class=tokenizer, ntp_dataset=ntp_ds)
 
     train_output = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     summary["train_seconds"] = time.perf_counter() - t0
