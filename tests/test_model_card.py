@@ -122,3 +122,25 @@ def test_non_numeric_metrics_are_dropped(value):
     text = mc.render_model_card(_config(), metrics={"recall@10": 0.5, "odd": value}, dataset="d")
     values = mc.read_front_matter(text)["model-index"][0]["results"][0]["metrics"]
     assert [m["type"] for m in values] == ["recall@10"]
+
+
+def test_retarget_card_points_a_local_card_at_the_hub_repo():
+    """push_to_hub 用：本地卡（训练器写的，带指标）的标题、model-index 名、加载示例换成 repo id，
+    tags 并入，其余不动。"""
+    text = mc.render_model_card(_config(), metrics=METRICS, dataset="beauty", model_name="best_model",
+                                tags=["stage-3"])
+    out = mc.retarget_card(text, "owner/ugt", tags=["stage-3", "new"])
+    front = mc.read_front_matter(out)
+    assert front["model-index"][0]["name"] == "owner/ugt"
+    assert front["tags"][-2:] == ["stage-3", "new"] and front["tags"].count("stage-3") == 1
+    assert out.count("# owner/ugt\n") == 1 and "# best_model" not in out
+    assert 'AutoModel.from_pretrained("owner/ugt")' in out and 'model="owner/ugt")' in out
+    assert mc.LOCAL_PLACEHOLDER not in out and mc.GENERATED_MARKER in out
+    assert out.split(mc.GENERATED_MARKER, 1)[1].count("| recall@10 | 0.1000 | 0.1250 |") == 1
+    # 已经指向另一个 repo id 的卡（trainer.create_model_card(model_name="a/b")）同样改过来
+    again = mc.retarget_card(mc.render_model_card(_config(), model_name="a/b"), "owner/ugt")
+    assert 'from_pretrained("owner/ugt")' in again and '"a/b"' not in again
+    # 手写、没有 YAML 头的卡：只补 tags 与 library_name，正文原样
+    plain = mc.add_tags("# mine\n\ntext\n", ["x"])
+    assert mc.read_front_matter(plain) == {"tags": ["x"], "library_name": "ugt-hf"}
+    assert plain.endswith("# mine\n\ntext\n")

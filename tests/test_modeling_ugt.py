@@ -599,3 +599,126 @@ def test_item_head_catalogue_is_saved_and_checked(tmp_path):
                               ("item_loss_weight", -1.0, "item_loss_weight")):
         with pytest.raises(ValueError, match=msg):
             UGTConfig(vocab_sizes=V, **{field: value})
+
+
+# ---------------------------------------------------------------------------
+# push_to_hub：上传的 README.md 是本包的模型卡（不联网：HfApi 的调用换成记录上传内容的假实现）
+
+
+class _FakeHub:
+    """记下 push_to_hub 对 Hub 的调用；upload_folder 时把临时目录里的文件内容拷出来（调用返回后目录就删了）。"""
+
+    def __init__(self, monkeypatch, remote_card=None):
+        from huggingface_hub import HfApi
+
+        self.calls, self.files, self.remote_card = [], {}, remote_card
+        hub = self
+
+        class _Url:
+            def __init__(self, repo_id):
+                self.repo_id = repo_id
+
+        def create_repo(api, repo_id, **kw):
+            hub.calls.append(("create_repo", repo_id, kw))
+            return _Url(repo_id)
+
+        def file_exists(api, repo_id, filename, **kw):
+            return filename == "README.md" and hub.remote_card is not None
+
+        def hf_hub_download(api, repo_id, filename, **kw):
+            path = hub.tmp / "remote_README.md"
+            path.write_text(hub.remote_card, encoding="utf-8")
+            return str(path)
+
+        def create_branch(api, **kw):
+            hub.calls.append(("create_branch", kw))
+
+        def upload_folder(api, *, repo_id, folder_path, **kw):
+            import os
+
+            hub.calls.append(("upload_folder", repo_id, kw))
+            for name in os.listdir(folder_path):
+                with open(os.path.join(folder_path, name), "rb") as f:
+                    hub.files[name] = f.read()
+            return "commit-info"
+
+        def no_network(*a, **kw):
+            raise AssertionError("push_to_hub must go through upload_folder")
+
+        for name, fn in (("create_repo", create_repo), ("file_exists", file_exists),
+                         ("hf_hub_download", hf_hub_download), ("create_branch", create_branch),
+                         ("upload_folder", upload_folder), ("create_commit", no_network)):
+            monkeypatch.setattr(HfApi, name, fn)
+
+    def readme(self):
+        return self.files["README.md"].decode("utf-8")
+
+
+def test_push_to_hub_uploads_our_card_with_the_stage_metrics(tmp_path, monkeypatch):
+    """从某阶段的 best_model 加载再 push：上传的是训练器写的那张卡（指标、数据、library_name、tags），
+    标题与加载示例指向 repo id；不是 transformers 的模板卡。"""
+    from ugt_hf.model_card import GENERATED_MARKER, read_front_matter, render_model_card
+
+    hub = _FakeHub(monkeypatch)
+    hub.tmp = tmp_path
+    model = tiny()
+    best = tmp_path / "stage2" / "best_model"
+    card = render_model_card(model.config, metrics={"stage2": {"recall@10": 0.25, "ndcg@10": 0.125}},
+                             baselines={"popularity": {"recall@10": 0.1}}, dataset="beauty",
+                             model_name="best_model")
+    model.save_pretrained(best, model_card=card)
+    loaded = UGTForGenerativeRecommendation.from_pretrained(best)
+    loaded.add_model_tags(["my-tag"])
+    assert loaded.push_to_hub("owner/ugt-beauty", tags=["extra"], revision="v1") == "commit-info"
+    assert ("create_repo", "owner/ugt-beauty", {"private": None, "token": None, "exist_ok": True}) in hub.calls
+    assert ("create_branch", {"repo_id": "owner/ugt-beauty", "branch": "v1", "token": None,
+                              "exist_ok": True}) in hub.calls
+    upload = [c for c in hub.calls if c[0] == "upload_folder"]
+    assert upload == [("upload_folder", "owner/ugt-beauty",
+                       {"commit_message": "Upload model", "commit_description": None, "token": None,
+                        "revision": "v1", "create_pr": False})]
+    assert {"config.json", "model.safetensors", "README.md"} <= set(hub.files)
+    text = hub.readme()
+    front = read_front_matter(text)
+    assert front["library_name"] == "ugt-hf" and front["metrics"] == ["recall", "ndcg"]
+    assert front["datasets"] == ["beauty"]
+    assert {"recommendation", "semantic-ids", "my-tag", "extra"} <= set(front["tags"])
+    assert front["model-index"][0]["name"] == "owner/ugt-beauty"
+    assert front["model-index"][0]["results"][0]["metrics"][0] == {"type": "recall@10", "name": "recall@10",
+                                                                    "value": 0.25}
+    assert GENERATED_MARKER in text and "# owner/ugt-beauty\n" in text and "# best_model" not in text
+    assert 'AutoModel.from_pretrained("owner/ugt-beauty")' in text and "path/to/checkpoint" not in text
+    assert "| recall@10 | 0.2500 | 0.1000 |" in text and "import ugt_hf" in text
+    assert "transformers model that has been pushed on the Hub" not in text  # HF 的模板卡
+
+
+def test_push_to_hub_fresh_model_keeps_hand_written_hub_card_and_save_pretrained_push(tmp_path, monkeypatch):
+    from ugt_hf.model_card import GENERATED_MARKER, read_front_matter
+
+    hub = _FakeHub(monkeypatch)
+    hub.tmp = tmp_path
+    model = tiny()
+    # 没有来源目录的卡：渲染默认卡（配置、语义 ID、加载方法），指向 repo id
+    model.push_to_hub("owner/fresh")
+    text = hub.readme()
+    assert read_front_matter(text)["library_name"] == "ugt-hf" and GENERATED_MARKER in text
+    assert 'AutoModel.from_pretrained("owner/fresh")' in text and "## Semantic IDs" in text
+    # Hub 上已有手写的卡：保留，只并入 tags（与 HF 对已有卡的处理相同）
+    hub.remote_card = "---\nlicense: mit\ntags: [mine]\n---\n# My hand-written card\n"
+    model.push_to_hub("owner/fresh", tags=["extra"])
+    text = hub.readme()
+    assert "# My hand-written card" in text and GENERATED_MARKER not in text
+    assert read_front_matter(text) == {"license": "mit", "tags": ["mine", "extra"], "library_name": "ugt-hf"}
+    # 显式给出：Mapping 渲染（带指标），False 不传 README.md
+    model.push_to_hub("owner/fresh", model_card={"metrics": {"recall@10": 0.5}, "stage": "eval"})
+    assert read_front_matter(hub.readme())["metrics"] == ["recall"]
+    hub.files.clear()
+    model.push_to_hub("owner/fresh", model_card=False)
+    assert "README.md" not in hub.files and "model.safetensors" in hub.files
+    # save_pretrained(push_to_hub=True)：本地与上传的都是本包的卡（HF 的这条路径会换成模板卡）
+    hub.remote_card, hub.files = None, {}
+    out = tmp_path / "local"
+    model.save_pretrained(out, push_to_hub=True, repo_id="owner/local", commit_message="first")
+    assert GENERATED_MARKER in (out / "README.md").read_text(encoding="utf-8")
+    assert [c for c in hub.calls if c[0] == "upload_folder"][-1][2]["commit_message"] == "first"
+    assert "# owner/local\n" in hub.readme() and read_front_matter(hub.readme())["library_name"] == "ugt-hf"

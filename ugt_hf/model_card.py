@@ -32,6 +32,9 @@ LOAD_HINT = (
     "so `trust_remote_code` is neither needed nor used."
 )
 
+# 本地检查点的卡在加载示例里写这个占位路径；push_to_hub 把它换成 Hub 上的 repo id
+LOCAL_PLACEHOLDER = "path/to/checkpoint"
+
 MetricsLike = Mapping[str, Any]
 DatasetLike = Union[str, Mapping[str, Any], None]
 
@@ -230,7 +233,7 @@ def render_model_card(
     base = {k: v for k, v in base.items() if v}
     data = _dataset_info(dataset)
     meta = _front_matter(cfg, stages, data, model_name, tags, license)
-    repo = model_name if "/" in model_name else "path/to/checkpoint"
+    repo = model_name if "/" in model_name else LOCAL_PLACEHOLDER
 
     parts = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---",
@@ -296,5 +299,51 @@ def read_front_matter(text: str) -> Dict[str, Any]:
     return yaml.safe_load(text[4:end]) or {}
 
 
-__all__ = ["GENERATED_MARKER", "LOAD_HINT", "MODEL_CARD_FILE", "is_generated_card", "read_front_matter",
-           "render_model_card", "write_model_card"]
+def _split_front_matter(text: str):
+    """(YAML 头的 dict, 正文)；没有 YAML 头时 ({}, 全文)。"""
+    front = read_front_matter(text)
+    if not front and not text.startswith("---\n"):
+        return {}, text
+    end = text.find("\n---", 4)
+    if end < 0:
+        return {}, text
+    return dict(front), text[end + len("\n---"):].lstrip("\n")
+
+
+def _join_front_matter(meta: Dict[str, Any], body: str) -> str:
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
+def _merge_tags(meta: Dict[str, Any], tags: Sequence[str]) -> None:
+    old = meta.get("tags") or []
+    meta["tags"] = list(dict.fromkeys([*([old] if isinstance(old, str) else old), *tags]))
+
+
+def add_tags(text: str, tags: Sequence[str] = ()) -> str:
+    """手写的卡原样上传，只并入 tags（与 HF push_to_hub 对已有卡的处理相同），缺 library_name 时补上。"""
+    meta, body = _split_front_matter(text)
+    _merge_tags(meta, tags)
+    meta.setdefault("library_name", LIBRARY_NAME)
+    return _join_front_matter(meta, body)
+
+
+def retarget_card(text: str, repo_id: str, tags: Sequence[str] = ()) -> str:
+    """把本包为本地目录生成的卡（训练器写的：指标、数据、协议）改成 Hub 上 repo_id 的卡：
+    标题、model-index 的 name、加载示例里的路径换成 repo_id，tags 并入。其余内容不动。"""
+    meta, body = _split_front_matter(text)
+    _merge_tags(meta, tags)
+    for entry in meta.get("model-index") or []:
+        if isinstance(entry, dict):
+            entry["name"] = repo_id
+    title = re.search(r"^# (.+)$", body, flags=re.M)
+    if title:
+        old = title.group(1).strip()
+        body = body[:title.start()] + f"# {repo_id}" + body[title.end():]
+        body = body.replace(f'from_pretrained("{old}")', f'from_pretrained("{repo_id}")')
+        body = body.replace(f'model="{old}")', f'model="{repo_id}")')
+    body = body.replace(f'"{LOCAL_PLACEHOLDER}"', f'"{repo_id}"')
+    return _join_front_matter(meta, body)
+
+
+__all__ = ["GENERATED_MARKER", "LOAD_HINT", "MODEL_CARD_FILE", "add_tags", "is_generated_card", "read_front_matter",
+           "render_model_card", "retarget_card", "write_model_card"]

@@ -18,16 +18,18 @@
   目录三元组是持久 buffer（`set_item_catalogue`），检查点自带目录，labels 的三元组在模型内换成物品下标。
 - 注意力统一用 `F.scaled_dot_product_attention`。
 
-push_to_hub：与任何 HF 模型相同（`model.push_to_hub(repo)`、`tokenizer.push_to_hub(repo)`），
+push_to_hub：用法与任何 HF 模型相同（`model.push_to_hub(repo)`、`tokenizer.push_to_hub(repo)`），
 `import ugt_hf` 会注册 AutoConfig/AutoModel/AutoTokenizer，因此加载端无需 remote code。
-`save_pretrained` 另写 README.md 模型卡（`ugt_hf.model_card`），写明加载前先 `import ugt_hf`。
+`save_pretrained` 另写 README.md 模型卡（`ugt_hf.model_card`），写明加载前先 `import ugt_hf`；
+`push_to_hub` 上传的也是这张卡（HF 的实现会换成 transformers 的通用模板卡，见 UGTPreTrainedModel.push_to_hub）。
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +42,15 @@ from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.interfaces import IGNORE_INDEX, SPECIAL_TOKEN_TYPE, GenerativeRecOutput
 from ugt_hf.item_keys import pack_triples
 from ugt_hf.loss_utils import load_balancing_loss, moe_aux_loss, ntp_loss, router_z_loss
-from ugt_hf.model_card import write_model_card
+from ugt_hf.model_card import (
+    GENERATED_MARKER,
+    LIBRARY_NAME,
+    MODEL_CARD_FILE,
+    add_tags,
+    render_model_card,
+    retarget_card,
+    write_model_card,
+)
 
 IdsLike = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -392,18 +402,100 @@ class UGTPreTrainedModel(PreTrainedModel):
         """HF 的 save_pretrained，再写 README.md 模型卡（transformers 不知道 `ugt` 类型，卡里写明先 `import ugt_hf`）。
 
         model_card：None = 默认卡（已有的 README.md 不是本包生成的就保留）；str = 写这段文本（调用方已渲染好的卡）；
-        False = 不写。注意 push_to_hub=True 时 HF 上传的是它自己生成的卡，本地随后才换成我们的。
+        False = 不写。push_to_hub=True（repo_id、commit_message、create_pr、private 同 HF）：先在本地写好卡，
+        再经 `push_to_hub` 上传（HF 的这条路径会先把 README.md 换成它的模板卡并上传）。
         """
+        push = kwargs.pop("push_to_hub", False)
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
         is_main = kwargs.get("is_main_process", args[0] if args else True)
         folder = os.fspath(save_directory)
         if model_card is False or not is_main or not os.path.isdir(folder):
-            return
-        if isinstance(model_card, str):
+            pass
+        elif isinstance(model_card, str):
             write_model_card(folder, text=model_card, force=True)
         else:
             name = os.path.basename(os.path.normpath(folder)) or None
             write_model_card(folder, self.config, model_name=name, num_parameters=self.num_parameters() or None)
+        if push and is_main:
+            repo_id = hub.pop("repo_id", os.path.basename(os.path.normpath(folder)))
+            self._push_to_hub(repo_id, card_source=folder, token=kwargs.get("token"),
+                              max_shard_size=kwargs.get("max_shard_size", "50GB"),
+                              model_card=False if model_card is False else None, **hub)
+
+    def push_to_hub(self, repo_id: str, *, commit_message: Optional[str] = None,
+                    commit_description: Optional[str] = None, private: Optional[bool] = None,
+                    token: Union[None, bool, str] = None, revision: Optional[str] = None, create_pr: bool = False,
+                    max_shard_size: Union[int, str, None] = "50GB", tags: Optional[Sequence[str]] = None,
+                    model_card: Union[None, bool, str, Mapping[str, Any]] = None):
+        """上传到 Hub（参数同 transformers 的 push_to_hub），README.md 是本包的模型卡，不是 transformers 的模板卡。
+
+        HF 的实现在 save_pretrained 之后用 `create_and_tag_model_card` 的模板卡（library_name: transformers，
+        没有指标、语义 ID 与加载方法）覆盖 README.md 再上传，中间没有可用的公开钩子；所以这里用 huggingface_hub 的
+        公开 API（create_repo、upload_folder）重做这几步，其余（保存、分片、tags、分支、PR）与 HF 相同。
+
+        model_card：
+            None：Hub 上已有手写的卡（没有本包的生成标记）就保留它，只并入 tags（与 HF 相同）；否则用加载来源目录
+                （`from_pretrained` 的本地路径，如某阶段的 best_model）里的卡，训练器写的指标、数据与协议都在里面，
+                标题与加载示例改成 repo_id；来源没有卡时渲染默认卡（配置、语义 ID、加载方法）。
+            str：上传这段文本；Mapping：`render_model_card(config, model_name=repo_id, **model_card)`
+                （如 {"metrics": ..., "baselines": ..., "dataset": ...}）；False：不上传 README.md。
+        """
+        return self._push_to_hub(repo_id, card_source=getattr(self, "name_or_path", None),
+                                 commit_message=commit_message, commit_description=commit_description,
+                                 private=private, token=token, revision=revision, create_pr=create_pr,
+                                 max_shard_size=max_shard_size, tags=tags, model_card=model_card)
+
+    def _hub_card(self, api, repo_id: str, card_source: Optional[str], model_card, tags: Sequence[str],
+                  token, revision: Optional[str]) -> Optional[str]:
+        """push_to_hub 上传的 README.md 文本（优先级见 push_to_hub 的文档）；None = 不上传。"""
+        if model_card is False:
+            return None
+        if isinstance(model_card, str):
+            return model_card
+        if isinstance(model_card, Mapping):
+            return render_model_card(self.config, model_name=repo_id, tags=tags,
+                                     num_parameters=self.num_parameters() or None, **dict(model_card))
+        from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
+        try:
+            if api.file_exists(repo_id, MODEL_CARD_FILE, revision=revision, token=token):
+                with open(api.hf_hub_download(repo_id, MODEL_CARD_FILE, revision=revision, token=token),
+                          encoding="utf-8") as f:
+                    remote = f.read()
+                if GENERATED_MARKER not in remote:
+                    return add_tags(remote, tags)
+        except (EntryNotFoundError, RevisionNotFoundError):
+            pass  # 新仓库 / 新分支：没有远端的卡
+        local = os.path.join(os.fspath(card_source), MODEL_CARD_FILE) if card_source else None
+        if local and os.path.isfile(local):
+            with open(local, encoding="utf-8") as f:
+                text = f.read()
+            return retarget_card(text, repo_id, tags) if GENERATED_MARKER in text else add_tags(text, tags)
+        return render_model_card(self.config, model_name=repo_id, tags=tags,
+                                 num_parameters=self.num_parameters() or None)
+
+    def _push_to_hub(self, repo_id: str, *, card_source: Optional[str], commit_message: Optional[str] = None,
+                     commit_description: Optional[str] = None, private: Optional[bool] = None, token=None,
+                     revision: Optional[str] = None, create_pr: bool = False, max_shard_size="50GB",
+                     tags: Optional[Sequence[str]] = None, model_card=None):
+        from huggingface_hub import HfApi
+
+        api = HfApi(library_name=LIBRARY_NAME)
+        repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        extra = [tags] if isinstance(tags, str) else list(tags or ())
+        tags = list(dict.fromkeys([*(self.model_tags or []), *extra]))  # 与 PreTrainedModel.push_to_hub 相同
+        card = self._hub_card(api, repo_id, card_source, model_card, tags, token, revision)
+        if revision is not None and not revision.startswith("refs/pr"):
+            api.create_branch(repo_id=repo_id, branch=revision, token=token, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, max_shard_size=max_shard_size, model_card=False)
+            if card is not None:
+                with open(os.path.join(tmp, MODEL_CARD_FILE), "w", encoding="utf-8") as f:
+                    f.write(card)
+            return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message or "Upload model",
+                                     commit_description=commit_description, token=token, revision=revision,
+                                     create_pr=create_pr)
 
     @torch.no_grad()
     def _init_weights(self, module):

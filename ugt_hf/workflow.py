@@ -30,7 +30,7 @@ from .data.datadir import DataDir
 from .data.prepare import prepare
 from .evaluation import evaluate_ranking, popularity_baseline, transition_baseline
 from .modeling_ugt import UGTForGenerativeRecommendation
-from .report import REPORT_MD, RESULTS_FILE, write_report
+from .report import REPORT_MD, RESULTS_FILE, log_test_metrics, report_locations, write_report
 from .training.stages import BEST_MODEL_DIR, run_stage
 
 PIPELINE_KEYS = {"dataset", "prepare", "stages", "evaluation", "published"}
@@ -144,6 +144,7 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
                                 catalogue=catalogue)
         entry = {"train_seconds": summary["train_seconds"], "eval_seconds": time.perf_counter() - t0,
                  "best_model_dir": best, "test": test}
+        log_test_metrics(run_dir / name, test, summary.get("log_history", ()))  # test/recall@10 ... 进 TensorBoard
         for key in ("preference_source", "num_preference_pairs"):
             if key in summary:
                 entry[key] = summary[key]
@@ -181,4 +182,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ugt pipeline: {e}")
         return 2
     print((Path(ns.out) / REPORT_MD).read_text())
+    print("\n".join(report_locations(ns.out)))
     return 0
