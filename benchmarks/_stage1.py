@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -68,8 +69,36 @@ def stage1_args(data_dir: Path, output_dir: Path, max_steps: int, overrides: Opt
                                 *argv])
 
 
-def build_stage1(args, callbacks=()):
-    """返回 (trainer, model, train_dataset)；与 run_stage 的阶段 1 相同的模型与训练集，没有评估集。"""
+def step_stamps():
+    """每个优化步结束时记一个时间戳的回调（CUDA 上先同步，时间才对应计算完成）；.t 是时间戳列表。"""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepStamps(TrainerCallback):
+        def __init__(self):
+            self.t = []
+
+        def on_step_end(self, args, state, control, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t.append(time.perf_counter())
+
+    return StepStamps()
+
+
+def samples_per_second(stamps, warmup: int, samples_per_step: int):
+    """去掉前 warmup 步后的吞吐量：(计时的步数, 秒, samples/s)。warmup 步以前的时间含一次性准备。"""
+    timed = stamps[warmup - 1:] if warmup else stamps
+    if len(timed) < 2:
+        return 0, 0.0, None
+    seconds = timed[-1] - timed[0]
+    steps = len(timed) - 1
+    return steps, seconds, (samples_per_step * steps / seconds if seconds > 0 else None)
+
+
+def build_stage1(args, callbacks=(), train_dataset=None):
+    """返回 (trainer, model, train_dataset)；与 run_stage 的阶段 1 相同的模型与训练集，没有评估集。
+    train_dataset 给出时用它（如 StreamingDataset）代替数据目录的 train 划分。"""
     import torch
     from transformers import set_seed
 
@@ -82,8 +111,8 @@ def build_stage1(args, callbacks=()):
     set_seed(targs.seed)
     data = resolve_data(args.data)
     model = build_model(args.model, targs, data)
-    train_ds = data.recommend_dataset("train", max_encoder_length=int(targs.encoder_max_length),
-                                      max_decoder_length=int(targs.decoder_max_length))
+    train_ds = train_dataset if train_dataset is not None else data.recommend_dataset(
+        "train", max_encoder_length=int(targs.encoder_max_length), max_decoder_length=int(targs.decoder_max_length))
     trainer = UGTTrainer(model=model, args=targs, train_dataset=train_ds, callbacks=list(callbacks),
                          processing_class=data.tokenizer())
     return trainer, model, train_ds

@@ -275,7 +275,6 @@ def worker(spec_path: str) -> int:
     """准备数据（Beauty；找不到就用 Beauty 量级的合成数据；dry run 用很小的合成数据），再按每个精度变体计时。"""
     import _stage1 as S
     import torch
-    from transformers import TrainerCallback
 
     spec = json.loads(Path(spec_path).read_text())
     out, timing, dry = Path(spec["out"]), spec["timing"], spec["dry_run"]
@@ -302,15 +301,6 @@ def worker(spec_path: str) -> int:
     emit(name="prepare_data", status="pass", seconds=time.perf_counter() - t, reason=note, data=label,
          data_dir=str(data_dir), vocab_sizes=meta.get("vocab_sizes"), splits=meta.get("splits"))
 
-    class Stamps(TrainerCallback):
-        def __init__(self):
-            self.t: List[float] = []
-
-        def on_step_end(self, args, state, control, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.t.append(time.perf_counter())
-
     failed = False
     for variant in timing["variants"]:
         name = f"stage1_throughput_{variant}"
@@ -321,22 +311,20 @@ def worker(spec_path: str) -> int:
                 overrides["batch_size"] = int(timing["batch"])
             steps = int(timing["warmup"]) + int(timing["steps"])
             args = S.stage1_args(data_dir, work / f"run_{variant}", steps, overrides)
-            stamps = Stamps()
+            stamps = S.step_stamps()
             trainer, model, train_ds = S.build_stage1(args, callbacks=[stamps])
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             trainer.train()
             targs = args.training
             per_step = targs.per_device_train_batch_size * targs.gradient_accumulation_steps * targs.world_size
-            timed = stamps.t[int(timing["warmup"]) - 1:] if timing["warmup"] else stamps.t
-            seconds = timed[-1] - timed[0]
-            intervals = len(timed) - 1
+            intervals, seconds, rate = S.samples_per_second(stamps.t, int(timing["warmup"]), per_step)
             emit(name=name, status="pass", seconds=time.perf_counter() - t,
                  reason="dry run: CPU, tiny data; not a measurement" if dry else None,
                  config=str(S.STAGE1_CONFIG.relative_to(S.ROOT)), overrides=overrides, data=label,
                  device=str(trainer.args.device), samples_per_step=per_step, warmup_steps=int(timing["warmup"]),
                  timed_steps=intervals, timed_seconds=round(seconds, 4),
-                 samples_per_s=round(per_step * intervals / seconds, 2) if seconds > 0 else None,
+                 samples_per_s=None if rate is None else round(rate, 2),
                  parameters=sum(p.numel() for p in model.parameters()),
                  peak_cuda_memory_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
                  if torch.cuda.is_available() else None,
