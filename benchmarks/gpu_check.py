@@ -211,15 +211,13 @@ def install_deepspeed(run: Run, wheelhouse: Optional[str], timeout: float) -> No
             output_tail=_tail(output, 1500), deepspeed=_version("deepspeed"))
 
 
-def run_gpu_tests(run: Run, files: List[str], timeout: float) -> None:
+def _pytest_file(path: str, timeout: float) -> Dict[str, Any]:
+    """一个测试文件一个 pytest 进程：DeepSpeed / FSDP 建的进程组与环境变量不会带进下一个文件。"""
     t = time.perf_counter()
-    if timeout < 30:
-        run.add("gpu_tests", "skip", 0.0, f"budget: only {timeout:.0f}s left")
-        return
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rs",
-               f"--junitxml={junit}", *files]
+               f"--junitxml={junit}", path]
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         try:
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
@@ -227,21 +225,43 @@ def run_gpu_tests(run: Run, files: List[str], timeout: float) -> None:
         except subprocess.TimeoutExpired as e:
             rc, output = None, f"timed out after {e.timeout:.0f}s\n" + (e.stdout or b"").decode(errors="replace")
         tests = parse_junit(junit)
+    # 模块级跳过在 junit 里只写 "collection skipped"：原因取 -rs 的摘要行
+    reasons = sorted(set(re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", output, re.M))
+                     or {x["message"] for x in tests if x["status"] == "skip" and x["message"]})
+    failed = rc is None or rc not in (0, 5) or any(x["status"] == "fail" for x in tests)  # 5 = 没有收集到测试
+    return {"file": path, "rc": rc, "seconds": round(time.perf_counter() - t, 3), "command": cmd, "tests": tests,
+            "skip_reasons": reasons, "output_tail": _tail(output, 3000) if failed else None, "failed": failed}
+
+
+def run_gpu_tests(run: Run, files: List[str], timeout: float) -> None:
+    t = time.perf_counter()
+    if timeout < 30:
+        run.add("gpu_tests", "skip", 0.0, f"budget: only {timeout:.0f}s left")
+        return
+    deadline = t + timeout
+    per_file = []
+    for path in files:
+        left = deadline - time.perf_counter()
+        if left < 10:
+            per_file.append({"file": path, "rc": None, "seconds": 0.0, "tests": [], "failed": True,
+                             "skip_reasons": [], "output_tail": f"not run: budget ({left:.0f}s left)"})
+            continue
+        per_file.append(_pytest_file(path, left))
+    tests = [x for f in per_file for x in f["tests"]]
     counts = {s: sum(x["status"] == s for x in tests) for s in ("pass", "fail", "skip")}
-    if rc is None or counts["fail"] or rc not in (0, 5):  # 5 = 没有收集到测试
-        status = "fail"
-        reason = "pytest timed out" if rc is None else f"pytest rc={rc}: {counts['fail']} failed"
+    reasons = sorted({r for f in per_file for r in f["skip_reasons"]})
+    bad = [f["file"] for f in per_file if f["failed"]]
+    if bad:
+        status, reason = "fail", f"failed or timed out: {', '.join(bad)} ({counts['fail']} failing tests)"
     elif counts["pass"] == 0:
         status = "skip"
-        # 模块级跳过在 junit 里只写 "collection skipped"：原因取 -rs 的摘要行
-        reasons = sorted(set(re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", output, re.M))
-                         or {x["message"] for x in tests if x["message"]})
         reason = "all GPU tests skipped: " + "; ".join(reasons) if reasons else "no GPU tests collected"
     else:
         status = "pass"
-        reason = f"{counts['pass']} passed, {counts['skip']} skipped" if counts["skip"] else None
-    run.add("gpu_tests", status, time.perf_counter() - t, reason, command=cmd, counts=counts, tests=tests,
-            output_tail=_tail(output, 3000) if status == "fail" else None)
+        reason = f"{counts['pass']} passed, {counts['skip']} skipped: " + "; ".join(reasons) if counts["skip"] \
+            else None
+    run.add("gpu_tests", status, time.perf_counter() - t, reason, counts=counts, skip_reasons=reasons,
+            files=per_file)
 
 
 def run_throughput(run: Run, args, timeout: float) -> None:

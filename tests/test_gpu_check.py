@@ -61,6 +61,9 @@ def test_dry_run_writes_the_report(tmp_path):
     # GPU 测试在 CPU 上全部跳过，原因写进 JSON（来自测试模块自己的跳过说明）
     assert checks["gpu_tests"]["status"] == "skip" and "CUDA" in checks["gpu_tests"]["reason"]
     assert checks["gpu_tests"]["counts"]["fail"] == 0
+    files = checks["gpu_tests"]["files"]  # 每个测试文件一个 pytest 进程
+    assert [f["file"] for f in files] == ["tests/test_deepspeed.py", "tests/test_gpu_training.py"]
+    assert all(f["skip_reasons"] and not f["failed"] for f in files)
     tp = checks["stage1_throughput_fp32"]
     assert tp["status"] == "pass" and tp["device"] == "cpu" and tp["samples_per_s"] > 0
     assert tp["timed_steps"] == 3 and tp["samples_per_step"] == 32 and tp["config"].endswith("beauty_stage1.yaml")
@@ -105,3 +108,19 @@ def test_parse_junit(tmp_path):
         ("tests.test_a::test_ok", "pass"), ("tests.test_a::test_bad", "fail"), ("tests.test_b::test_skip", "skip")]
     assert tests[0]["seconds"] == 1.5 and "boom" in tests[1]["message"] and tests[2]["message"] == "no CUDA"
     assert _module().parse_junit(tmp_path / "missing.xml") == []
+
+
+def test_pytest_file_reports_each_test(tmp_path):
+    # 在仓库外的临时目录里：不加载仓库的 conftest，子进程几秒就完
+    path = tmp_path / "test_fake_gpu.py"
+    path.write_text(
+        "import pytest\n"
+        "pytestmark = pytest.mark.gpu\n"
+        "def test_ok():\n    assert True\n"
+        "def test_bad():\n    assert 1 == 2\n"
+        "def test_later():\n    pytest.skip('needs a bigger GPU')\n")
+    res = _module()._pytest_file(str(path), timeout=120)
+    status = {t["name"].split("::")[-1]: t["status"] for t in res["tests"]}
+    assert status == {"test_ok": "pass", "test_bad": "fail", "test_later": "skip"}
+    assert res["failed"] is True and res["rc"] == 1 and "assert 1 == 2" in res["output_tail"]
+    assert res["skip_reasons"] == ["needs a bigger GPU"]
