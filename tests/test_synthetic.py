@@ -43,3 +43,56 @@ def test_sequential_baseline_beats_popularity():
     r_pop = _recall_at_10(seqs, lambda h: pop_rank)
     r_seq = _recall_at_10(seqs, lambda h: np.argsort(-(trans[h[-1]] + 1e-6 * pop), kind="stable"))
     assert r_seq > 2.0 * r_pop and r_seq - r_pop > 0.2, (r_seq, r_pop)
+
+
+# ------------------------------------------------------------------------------------------- 长尾版本（规模基准用）
+def test_long_tail_is_deterministic_and_long_tailed():
+    from ugt_hf.data.synthetic import LongTailConfig, generate_long_tail
+
+    cfg = LongTailConfig(num_users=3000, num_items=2000, mean_events=20, num_clusters=40, seed=1)
+    a, b = generate_long_tail(cfg), generate_long_tail(cfg)
+    assert a.item.tolist() == b.item.tolist() and a.timestamp.tolist() == b.timestamp.tolist()
+    assert generate_long_tail(LongTailConfig(num_users=3000, num_items=2000, num_clusters=40, seed=2)).item.tolist() \
+        != a.item.tolist()
+    _, lengths = np.unique(a.user, return_counts=True)
+    assert len(lengths) == 3000 and lengths.min() >= cfg.min_events and lengths.max() <= cfg.max_events
+    assert abs(lengths.mean() - 20) < 2  # 均值如配置
+    assert lengths.max() > 4 * np.median(lengths)  # 长尾：少数用户很长
+    _, counts = np.unique(a.item, return_counts=True)
+    counts = np.sort(counts)[::-1]
+    assert counts[:20].sum() / counts.sum() > 0.15  # 1% 的物品占 15% 以上的交互
+    # 时间戳在每个用户内递增（prepare 按时间排序，顺序结构不被打乱）
+    same_user = a.user[1:] == a.user[:-1]
+    assert same_user.sum() == len(a) - 3000 and (np.diff(a.timestamp)[same_user] > 0).all()
+    r = a.rating
+    assert (r >= 4).mean() > 0.1 and (r <= 2).mean() > 0.1
+
+
+def test_long_tail_sequences_are_learnable():
+    from ugt_hf.data.synthetic import LongTailConfig, generate_long_tail
+
+    seqs = normalise(generate_long_tail(LongTailConfig(num_users=600, num_items=300, mean_events=15,
+                                                       num_clusters=15, p_successor=0.6, seed=0)))
+    n = seqs.num_items
+    trans, pop = np.zeros((n, n)), np.zeros(n)
+    for u in range(seqs.num_users):
+        s = seqs.seq(u)[:-2]
+        np.add.at(trans, (s[:-1], s[1:]), 1)
+        np.add.at(pop, s, 1)
+    pop_rank = np.argsort(-pop, kind="stable")
+    r_pop = _recall_at_10(seqs, lambda h: pop_rank)
+    r_seq = _recall_at_10(seqs, lambda h: np.argsort(-(trans[h[-1]] + 1e-6 * pop), kind="stable"))
+    # 全局流行度本身就强（长尾），所以只要求明显高出，而不是 generate() 那样的 2 倍
+    assert r_seq > 1.5 * r_pop and r_seq - r_pop > 0.2, (r_seq, r_pop)
+
+
+def test_long_tail_config_checks_and_sizing():
+    from ugt_hf.data.synthetic import LongTailConfig
+
+    with pytest.raises(ValueError, match="min_events"):
+        LongTailConfig(min_events=2)
+    with pytest.raises(ValueError, match="num_clusters"):
+        LongTailConfig(num_items=5, num_clusters=6)
+    cfg = LongTailConfig.for_interactions(1_000_000, max_items=20_000)
+    assert cfg.num_users == 50_000 and cfg.num_items == 20_000
+    assert LongTailConfig.for_interactions(1_000_000).num_items == 62_500
