@@ -52,6 +52,19 @@ def validation_curve(stage_dir: Path) -> dict:
     return {"per_evaluation": evals, "best": best}
 
 
+DPO_KEYS = ("loss", "dpo_loss", "ntp_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+            "rewards/accuracies")
+
+
+def dpo_curve(stage_dir: Path) -> list:
+    """阶段 3 每个日志步的 DPO 曲线：损失各项、TRL 的 rewards/* 与每层 log-prob 相对参考模型的移动。"""
+    path = stage_dir / "stage_summary.json"
+    history = json.loads(path.read_text()).get("log_history", []) if path.is_file() else []
+    return [{"step": e.get("step"), "epoch": e.get("epoch"),
+             **{k: v for k, v in e.items() if k in DPO_KEYS or k.startswith("logps_delta/")}}
+            for e in history if "rewards/margins" in e]
+
+
 def run(name: str, shared: Path, work: Path, stages, peer: bool) -> dict:
     spec = DATASETS[name]
     data_dir, run_dir = work / f"{name}_data", work / f"{name}_run"
@@ -99,6 +112,7 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool) -> dict:
         "validation": {k: validation_curve(run_dir / k) for k in results["stages"]},
         "preference_accuracy": {k: v["preference_accuracy"] for k, v in results["stages"].items()
                                 if "preference_accuracy" in v},
+        "dpo_curves": {k: dpo_curve(run_dir / k) for k in results["stages"] if dpo_curve(run_dir / k)},
         "peer_sasrec": None if peer_out is None else {
             "config": peer_out["config"], "best_epoch": peer_out["best_epoch"], "epochs_run": peer_out["epochs_run"],
             "wall_seconds": peer_out["wall_seconds"], "valid": peer_out["valid"], "test": peer_out["test"]},

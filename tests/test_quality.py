@@ -1,0 +1,26 @@
+"""benchmarks/quality.py 的纯函数：验证曲线与阶段 3 的 DPO 曲线从 stage_summary.json 读出。"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+quality = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quality)
+
+
+def test_dpo_curve_keeps_rewards_losses_and_level_movement(tmp_path):
+    history = [
+        {"loss": 2.0, "dpo_loss": 0.69, "ntp_loss": 1.9, "rewards/margins": 0.01, "rewards/accuracies": 0.55,
+         "logps_delta/rejected_l1": -0.2, "learning_rate": 1e-4, "step": 10, "epoch": 0.5},
+        {"train_loss": 1.8, "step": 20, "epoch": 1.0},  # HF 的训练总结，不是 DPO 日志步
+        {"loss": 1.7, "dpo_loss": 0.5, "ntp_loss": 1.8, "rewards/margins": 0.4, "rewards/accuracies": 0.8,
+         "step": 20, "epoch": 1.0},
+    ]
+    (tmp_path / "stage_summary.json").write_text(json.dumps({"log_history": history}))
+    curve = quality.dpo_curve(tmp_path)
+    assert [c["step"] for c in curve] == [10, 20]
+    assert curve[0] == {"step": 10, "epoch": 0.5, "loss": 2.0, "dpo_loss": 0.69, "ntp_loss": 1.9,
+                        "rewards/margins": 0.01, "rewards/accuracies": 0.55, "logps_delta/rejected_l1": -0.2}
+    assert quality.dpo_curve(tmp_path / "missing") == []
