@@ -23,15 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-import torch
-
-from .argparsing import ConfigError, arg, close_hint, load_yaml_config, parse_args
-from .data.datadir import DataDir
+from .argparsing import BEST_MODEL_DIR, ConfigError, arg, close_hint, load_yaml_config, parse_args
 from .data.prepare import prepare
 from .evaluation import evaluate_ranking, popularity_baseline, transition_baseline
-from .modeling_ugt import UGTForGenerativeRecommendation
 from .report import REPORT_MD, RESULTS_FILE, write_report
-from .training.stages import BEST_MODEL_DIR, run_stage
+
+# torch、模型、数据目录与训练阶段在函数里导入：`ugt pipeline --help` 与配置错误不必加载它们（冷启动 5–8 s）
 
 PIPELINE_KEYS = {"dataset", "prepare", "stages", "evaluation", "published"}
 EVAL_KEYS = {"split", "k_values", "num_beams", "exclude_history", "batch_size"}
@@ -79,6 +76,10 @@ def load_pipeline_config(path) -> Dict[str, Any]:
 def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print, allow_prepare: bool = True) -> dict:
     """数据目录已有 meta.json 就直接用（有 prepare 段时交给 prepare 核对，重复运行是 no-op）；否则按 prepare 段准备，
     但只在 allow_prepare 时：`ugt pipeline` 要求显式 --prepare true，写错的 --data 才不会悄悄准备出一个新数据集。"""
+    import torch
+
+    from .data.datadir import DataDir
+
     data = DataDir(data_dir)
     prepared = data.meta_path.is_file()
     if prepared and not prepare_opts:
@@ -104,6 +105,10 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
     """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。
     allow_prepare：data_dir 尚未准备时是否按 prepare 段准备；Python 调用方（测试、benchmarks）给的是算出来的路径，
     默认允许；命令行默认不允许（见 PipelineArguments.prepare）。"""
+    from .data.datadir import DataDir
+    from .modeling_ugt import UGTForGenerativeRecommendation
+    from .training.stages import run_stage
+
     t_start = time.perf_counter()
     cfg = load_pipeline_config(config_path)
     data_dir, run_dir = Path(data_dir), Path(run_dir)
