@@ -132,8 +132,8 @@ def write_report(run_dir) -> Dict[str, str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="ugt report", description="重画运行目录的报告与图")
-    parser.add_argument("run", help="`ugt pipeline --out` 的运行目录")
+    parser = argparse.ArgumentParser(prog="ugt report", description="redraw the report and plots of a run folder")
+    parser.add_argument("run", help="run folder written by `ugt pipeline --out`")
     ns = parser.parse_args(argv)
     try:
         out = write_report(ns.run)

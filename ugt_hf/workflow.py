@@ -52,23 +52,24 @@ def load_pipeline_config(path) -> Dict[str, Any]:
 
     for key in raw:
         if key not in PIPELINE_KEYS:
-            raise ConfigError(f"未知的流水线配置项 '{key}'（可用：{sorted(PIPELINE_KEYS)}）", **where(key))
+            raise ConfigError(f"unknown pipeline config key '{key}' (valid: {sorted(PIPELINE_KEYS)})", **where(key))
     stages = raw.get("stages") or {}
     if not isinstance(stages, dict) or sorted(int(k) for k in stages) != [1, 2, 3]:
-        raise ConfigError("stages 必须给出 1、2、3 三个阶段的配置文件", **where("stages"))
+        raise ConfigError("stages must give config files for stages 1, 2 and 3", **where("stages"))
     resolved = {}
     for k, v in stages.items():
         p = Path(v)
         if not p.is_absolute() and not p.exists():
             p = Path(path).parent / Path(v).name
         if not p.is_file():
-            raise ConfigError(f"阶段 {k} 的配置文件 {v} 不存在", **where("stages"))
+            raise ConfigError(f"config file {v} of stage {k} does not exist", **where("stages"))
         resolved[int(k)] = str(p)
     raw["stages"] = resolved
     ev = raw.get("evaluation") or {}
     bad = set(ev) - EVAL_KEYS
     if bad:
-        raise ConfigError(f"evaluation 下未知的键 {sorted(bad)}（可用：{sorted(EVAL_KEYS)}）", **where("evaluation"))
+        raise ConfigError(f"unknown keys under evaluation: {sorted(bad)} (valid: {sorted(EVAL_KEYS)})",
+                          **where("evaluation"))
     raw["evaluation"] = ev
     return raw
 
@@ -130,7 +131,7 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
     earlier = run_dir / f"stage{min(stages) - 1}" / BEST_MODEL_DIR
     previous = str(earlier) if min(stages) > 1 and earlier.is_dir() else None
     if min(stages) > 1 and previous is None:
-        raise ConfigError(f"--stages 从 {min(stages)} 开始，但 {earlier} 不存在", field="stages")
+        raise ConfigError(f"--stages starts at {min(stages)} but {earlier} does not exist", field="stages")
     for n in stages:
         name = f"stage{n}"
         argv = ["--config", cfg["stages"][n], "--data_dir", str(data_dir), "--output_dir", str(run_dir / name)]

@@ -173,7 +173,10 @@ class _UGTFields(TrainingFields):
         try:
             name, kwargs = resolve_scheduler(self.lr_scheduler_type, self.min_lr_ratio, self.learning_rate, kwargs)
         except ValueError as e:
-            field_name = "min_lr_ratio" if "min_lr" in str(e) or "lr_end" in str(e) else "lr_scheduler_type"
+            # “unknown …”列出的可选名里也有 cosine_with_min_lr：先看是不是名字错了
+            text = str(e)
+            about_floor = not text.startswith("unknown") and ("min_lr" in text or "lr_end" in text)
+            field_name = "min_lr_ratio" if about_floor else "lr_scheduler_type"
             raise ConfigError(str(e), field=field_name) from None
         self.lr_scheduler_type = name
         self.lr_scheduler_kwargs = kwargs or None
