@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
-import numpy as np
-
 from .argparsing import ConfigError, arg, check_model_dir, missing_path_message, parse_args
 
-# torch 与模型 / 数据模块在函数里导入：`ugt evaluate --help` 与参数错误不必加载它们（冷启动 5–8 s）
+# numpy、torch 与模型 / 数据模块在函数里导入：`ugt evaluate --help` 与参数错误不必加载它们（冷启动 5–8 s）
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from .data.datadir import DataDir
@@ -126,6 +125,7 @@ _LABEL_COLS = ("labels_l1", "labels_l2", "labels_l3")
 
 def _first_label_items(table, catalogue: ItemCatalogue) -> np.ndarray:
     """每行第 0 个标签的物品号：[N]（不在目录里为 -1）。"""
+    import numpy as np
     import torch
 
     first = np.stack([np.array([r[0] for r in table.column(c).to_pylist()]) for c in _LABEL_COLS], axis=1)
@@ -134,6 +134,7 @@ def _first_label_items(table, catalogue: ItemCatalogue) -> np.ndarray:
 
 def _history_items(enc_columns, u: int, catalogue: ItemCatalogue) -> np.ndarray:
     """第 u 行编码器历史的物品号 [T]；enc_columns 是 _ENCODER_COLS 三列的 to_pylist()。"""
+    import numpy as np
     import torch
 
     return catalogue.lookup(torch.as_tensor(np.stack([c[u] for c in enc_columns], 1))).numpy()
@@ -141,6 +142,8 @@ def _history_items(enc_columns, u: int, catalogue: ItemCatalogue) -> np.ndarray:
 
 def _train_popularity(data: DataDir, catalogue: ItemCatalogue) -> np.ndarray:
     """训练集里每个物品作为第 0 个标签的次数：[num_items]。stride=1 时恰好覆盖训练前缀里的每次出现。"""
+    import numpy as np
+
     idx = _first_label_items(data.read_table("train", _LABEL_COLS), catalogue)
     return np.bincount(idx[idx >= 0], minlength=catalogue.num_items)
 
@@ -152,6 +155,8 @@ def popularity_baseline(
     exclude_history: bool = False,
 ) -> Dict[str, float]:
     """流行度基线：按训练集标签中的出现次数给每个用户推荐同一份 top-K（可选去掉历史物品）。"""
+    import numpy as np
+
     from .data.datadir import DataDir
 
     data = DataDir.of(data_dir)
@@ -177,6 +182,7 @@ def popularity_baseline(
 
 def _last_and_first(table, catalogue: ItemCatalogue):
     """每行（编码器最后一个物品, 第 0 个标签）的物品号；没有历史的行前者为 -1。"""
+    import numpy as np
     import torch
 
     enc = [table.column(c).to_pylist() for c in _ENCODER_COLS]
@@ -198,6 +204,8 @@ def transition_baseline(
     具体物品之间的转移。转移与流行度都只用训练样本：每个训练样本的（编码器最后一个物品, 第 0 个标签），
     stride=1 时恰好是训练前缀里每一对相邻交互各一次。
     """
+    import numpy as np
+
     from .data.datadir import DataDir
 
     data = DataDir.of(data_dir)
