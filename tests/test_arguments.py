@@ -468,3 +468,27 @@ def test_stage_help_lists_ugt_fields_with_stage_defaults():
     assert "--help_all" in text and "TrainingArguments" in text
     assert "(default: 5)" in text  # num_train_epochs 按阶段 1 的默认值显示，而不是字段默认值 10
     assert "--beta" in stage_help_parser(3).format_help() and "--beta" not in text
+
+
+# ------------------------------------------------------------------------------------------------ 警告噪音
+@needs_cpu_only
+def test_default_cpu_stage1_run_emits_no_warning(tmp_path):
+    """CPU 上按默认值（fp16、dataloader_pin_memory 都不写）跑一个小阶段 1：没有用户无事可做的警告
+    （fp16 回退、每个 DataLoader 一次的 pin_memory 警告）。"""
+    import yaml
+    from _pipeline_fixtures import TINY_MODEL
+    from _tiny_artifacts import tiny_data_dir
+
+    from ugt_hf.training.stages import run_stage
+
+    cfg = {"model_config": TINY_MODEL, "batch_size": 64, "max_epochs": 1, "learning_rate": 5e-3, "warmup_steps": 2,
+           "encoder_max_length": 20, "decoder_max_length": 5, "eval_strategy": "epoch", "save_strategy": "epoch",
+           "logging_steps": 2, "num_beams": 5, "torch_num_threads": 1, "report_to": "none", "disable_tqdm": True}
+    (tmp_path / "s1.yaml").write_text(yaml.safe_dump(cfg))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run_stage(1, ["--config", str(tmp_path / "s1.yaml"), "--data_dir", str(tiny_data_dir()),
+                                "--output_dir", str(tmp_path / "out")])
+    assert Path(summary["best_model_dir"]).is_dir()
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught if not issubclass(w.category, DeprecationWarning)]
+    assert shown == []
