@@ -106,12 +106,12 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
     """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。
     allow_prepare：data_dir 尚未准备时是否按 prepare 段准备；Python 调用方（测试、benchmarks）给的是算出来的路径，
     默认允许；命令行默认不允许（见 PipelineArguments.prepare）。"""
+    t_start = time.perf_counter()
+    cfg = load_pipeline_config(config_path)  # 先于重模块的导入：配置写错时一秒内报错
     from .data.datadir import DataDir
     from .modeling_ugt import UGTForGenerativeRecommendation
     from .training.stages import run_stage
 
-    t_start = time.perf_counter()
-    cfg = load_pipeline_config(config_path)
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     prepare_opts = {**(cfg.get("prepare") or {}), **(prepare_overrides or {})} or None
     ensure_prepared(data_dir, prepare_opts, log=log, allow_prepare=allow_prepare)
