@@ -26,6 +26,7 @@ def _usage() -> str:
     lines = ["usage: ugt <command> [args]", "", "commands:"]
     for name, (_, _, help_text) in SUBCOMMANDS.items():
         lines.append(f"  {name:<10} {help_text}")
+    lines += ["", "Run `ugt <command> --help` for the options of a command."]
     return "\n".join(lines)
 
 
