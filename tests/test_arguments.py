@@ -1,6 +1,7 @@
 """arguments.py 测试：规格默认值、同义名、YAML + 命令行、错误输入、精度回退、DeepSpeed 配置、保存回读。"""
 
 import json
+import sys
 import types
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from ugt_hf.training.arguments import (
     PrecisionFallbackWarning,
     build_deepspeed_config,
     parse_config,
+    parse_stage_args,
     save_resolved_config,
 )
 
@@ -158,20 +160,41 @@ def test_fp16_and_bf16_both_is_error():
 
 # ------------------------------------------------------------------------------------------------ 精度
 @needs_cpu_only
-def test_fp16_falls_back_with_exactly_one_warning():
+def test_explicit_fp16_falls_back_with_exactly_one_warning(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        c = TrainingConfig(batch_size=4, max_epochs=1, logging_steps=1)
+        c = TrainingConfig(batch_size=4, max_epochs=1, logging_steps=1, fp16=True)
     ours = [w for w in caught if issubclass(w.category, PrecisionFallbackWarning)]
     assert len(ours) == 1, [str(w.message) for w in caught]
     assert c.fp16 is False and c.mixed_precision == "no"
+    assert "fp16: false" in str(ours[0].message)  # 说明用户能做什么
     # 警告指向调用者（本文件），而不是库内部
     assert ours[0].filename == __file__
-    # fp16=False 不警告
+    # YAML 里显式写了 fp16: true 也算显式要求
+    path = write(tmp_path, "fp16: true\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        make()
-    assert not [w for w in caught if issubclass(w.category, PrecisionFallbackWarning)]
+        parse_config(TrainingConfig, [], yaml_file=path)
+    assert len([w for w in caught if issubclass(w.category, PrecisionFallbackWarning)]) == 1
+
+
+@needs_cpu_only
+def test_default_fp16_resolves_to_fp32_silently():
+    """规格默认 fp16=True：CPU 上每次运行都警告、而用户无事可做，所以默认值静默退回 fp32。"""
+    for build in (lambda: TrainingConfig(batch_size=4), lambda: make(), lambda: parse_stage_args(1, []).training):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            c = build()
+        assert not [w for w in caught if issubclass(w.category, PrecisionFallbackWarning)]
+        assert c.fp16 is False
+
+
+@needs_cpu_only
+def test_pin_memory_off_without_accelerator_unless_asked():
+    assert TrainingConfig(batch_size=4).dataloader_pin_memory is False
+    assert parse_stage_args(1, []).training.dataloader_pin_memory is False
+    # 显式要求时照办（用户自己的选择，torch 的警告由此而来）
+    assert TrainingConfig(batch_size=4, dataloader_pin_memory=True).dataloader_pin_memory is True
 
 
 @needs_cpu_only
@@ -207,10 +230,10 @@ def test_deepspeed_explicit_without_package_says_pip_install(monkeypatch):
 
 
 def test_deepspeed_missing_or_bad_json_file(tmp_path):
-    with pytest.raises(ConfigError, match="不存在"):
+    with pytest.raises(ConfigError, match="not found"):
         make(deepspeed=str(tmp_path / "nope.json"))
     bad = write(tmp_path, '{"zero_optimization": {"stage": 3,}}', "bad.json")
-    with pytest.raises(ConfigError, match=r"bad\.json.*第 1 行"):
+    with pytest.raises(ConfigError, match=r"bad\.json.*line 1"):
         make(deepspeed=str(bad))
 
 
@@ -331,14 +354,14 @@ def test_bad_yaml_syntax_names_line(tmp_path):
 def test_yaml_not_a_mapping_or_empty(tmp_path):
     for text in ("- batch_size\n- 8\n", "just a string\n", ""):
         path = write(tmp_path, text)
-        with pytest.raises(ConfigError, match="映射") as info:
+        with pytest.raises(ConfigError, match="mapping") as info:
             parse_config(TrainingConfig, [], yaml_file=path)
         assert str(path) in str(info.value)
 
 
 def test_missing_config_file(tmp_path):
     missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match="不存在") as info:
+    with pytest.raises(ConfigError, match="not found") as info:
         parse_config(TrainingConfig, ["--config", str(missing)])
     assert str(missing) in str(info.value)
     with pytest.raises(ConfigError, match="--config"):
@@ -347,7 +370,7 @@ def test_missing_config_file(tmp_path):
 
 def test_duplicate_yaml_key(tmp_path):
     path = write(tmp_path, "batch_size: 8\nfp16: false\nbatch_size: 16\n")
-    with pytest.raises(ConfigError, match="重复") as info:
+    with pytest.raises(ConfigError, match="duplicate key") as info:
         parse_config(TrainingConfig, [], yaml_file=path)
     assert info.value.line == 3
 
@@ -385,14 +408,14 @@ def test_cli_errors_raise_instead_of_exit():
     with pytest.raises(ConfigError) as info:
         parse_config(TrainingConfig, ["--bacth_size", "8"])
     msg = str(info.value)
-    assert "命令行" in msg and "--bacth_size" in msg and "'batch_size'" in msg
-    with pytest.raises(ConfigError, match="命令行.*learning_rate.*abc"):
+    assert "command line" in msg and "--bacth_size" in msg and "'batch_size'" in msg
+    with pytest.raises(ConfigError, match="command line.*learning_rate.*abc"):
         parse_config(TrainingConfig, ["--learning_rate", "abc"])
-    with pytest.raises(ConfigError, match="命令行.*learning_rate"):
+    with pytest.raises(ConfigError, match="command line.*learning_rate"):
         parse_config(TrainingConfig, ["--no_fp16", "--learning_rate", "-1"])
-    with pytest.raises(ConfigError, match="命令行"):
+    with pytest.raises(ConfigError, match="command line"):
         parse_config(TrainingConfig, ["--batch", "8"])  # 不接受前缀缩写
-    with pytest.raises(ConfigError, match="位置参数"):
+    with pytest.raises(ConfigError, match="positional"):
         parse_config(TrainingConfig, ["stray"])
 
 
@@ -415,3 +438,57 @@ def test_save_resolved_config_round_trip(tmp_path, cls):
     # 规格名只是别名：只以 HF 名保存一次
     assert payload["config_class"] == cls.__name__ and payload["config"]["per_device_train_batch_size"] == 8
     assert "batch_size" not in payload["config"] and "max_epochs" not in payload["config"]
+
+
+# ------------------------------------------------------------------------------------------------ 解析器
+def test_standalone_hf_argparser_builds_the_same_options_as_transformers():
+    """argparsing 在 transformers 未导入时按文件加载 hf_argparser.py：生成的选项必须与 transformers 的类完全相同。"""
+    from transformers import HfArgumentParser
+
+    from ugt_hf import argparsing
+
+    saved = sys.modules.pop("transformers.hf_argparser")  # 模拟 transformers 尚未导入
+    try:
+        standalone = argparsing._hf_argument_parser()
+    finally:
+        sys.modules["transformers.hf_argparser"] = saved
+    assert standalone is not HfArgumentParser and standalone.__module__ == "ugt_hf._hf_argparser"
+
+    def options(cls):
+        return [(a.option_strings, a.dest, a.nargs, a.choices, a.help)
+                for a in cls((A.UGTTrainingArguments, A.ModelArguments))._actions]
+
+    assert options(standalone) == options(HfArgumentParser)
+
+
+def test_stage_help_lists_ugt_fields_with_stage_defaults():
+    from ugt_hf.training.argument_fields import stage_help_parser
+
+    text = stage_help_parser(1).format_help()
+    assert "--help_all" in text and "TrainingArguments" in text
+    assert "(default: 5)" in text  # num_train_epochs 按阶段 1 的默认值显示，而不是字段默认值 10
+    assert "--beta" in stage_help_parser(3).format_help() and "--beta" not in text
+
+
+# ------------------------------------------------------------------------------------------------ 警告噪音
+@needs_cpu_only
+def test_default_cpu_stage1_run_emits_no_warning(tmp_path):
+    """CPU 上按默认值（fp16、dataloader_pin_memory 都不写）跑一个小阶段 1：没有用户无事可做的警告
+    （fp16 回退、每个 DataLoader 一次的 pin_memory 警告）。"""
+    import yaml
+    from _pipeline_fixtures import TINY_MODEL
+    from _tiny_artifacts import tiny_data_dir
+
+    from ugt_hf.training.stages import run_stage
+
+    cfg = {"model_config": TINY_MODEL, "batch_size": 64, "max_epochs": 1, "learning_rate": 5e-3, "warmup_steps": 2,
+           "encoder_max_length": 20, "decoder_max_length": 5, "eval_strategy": "epoch", "save_strategy": "epoch",
+           "logging_steps": 2, "num_beams": 5, "torch_num_threads": 1, "report_to": "none", "disable_tqdm": True}
+    (tmp_path / "s1.yaml").write_text(yaml.safe_dump(cfg))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run_stage(1, ["--config", str(tmp_path / "s1.yaml"), "--data_dir", str(tiny_data_dir()),
+                                "--output_dir", str(tmp_path / "out")])
+    assert Path(summary["best_model_dir"]).is_dir()
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught if not issubclass(w.category, DeprecationWarning)]
+    assert shown == []

@@ -122,7 +122,7 @@ def test_resolve_scheduler_and_errors():
         resolve_scheduler("cosinus", 0.1)
     with pytest.raises(ValueError, match="min_lr_ratio"):
         resolve_scheduler("cosine", 1.5)
-    with pytest.raises(ValueError, match="矛盾"):
+    with pytest.raises(ValueError, match="contradicts"):
         resolve_scheduler("cosine_with_min_lr", 0.1, scheduler_kwargs={"min_lr_rate": 0.3})
     with pytest.raises(ValueError, match="total_steps"):
         create_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=0)

@@ -75,7 +75,7 @@ def test_yaml_base_include(tmp_path):
     assert origin["learning_rate"] == (str(tmp_path / "sub" / "../root.yaml"), 2)
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
-    with pytest.raises(ConfigError, match="循环"):
+    with pytest.raises(ConfigError, match="circular"):
         load_yaml_config(tmp_path / "a.yaml")
     (tmp_path / "c.yaml").write_text("seed: 1\nbase: nope.yaml\n")
     with pytest.raises(ConfigError, match="nope.yaml") as info:

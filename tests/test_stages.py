@@ -58,7 +58,7 @@ def test_model_config_forms(tmp_path):
     assert _model_config_kwargs(str(tmp_path)) == {"d_model": 12}
     with pytest.raises(ConfigError, match="model_config"):
         _model_config_kwargs("{bad json")
-    with pytest.raises(ConfigError, match="不存在"):
+    with pytest.raises(ConfigError, match="does not exist"):
         _model_config_kwargs(str(tmp_path / "nope.json"))
 
 

@@ -56,7 +56,7 @@ def test_pipeline_config_errors(tmp_path):
         load_pipeline_config(missing)
     two = tmp_path / "two.yaml"
     two.write_text("stages: {1: a.yaml, 2: b.yaml}\n")
-    with pytest.raises(ConfigError, match="1、2、3"):
+    with pytest.raises(ConfigError, match="stages 1, 2 and 3"):
         load_pipeline_config(two)
 
 

@@ -4,16 +4,38 @@
 pipeline（见 auto.py），之后 `AutoModel.from_pretrained(dir)`、`pipeline("generative-recommendation", ...)`
 无需 remote code。没 import 时 transformers 只报 “model type `ugt` ... does not recognize this architecture”；
 所以 save_pretrained / 训练器写的模型卡（README.md，见 model_card.py）开头就写明先 `import ugt_hf`。
+
+本包的导入是惰性的（PEP 562）：`import ugt_hf` 本身不加载 torch / transformers（`ugt --help` 因此不到 1 s），
+`ugt_hf.UGTConfig` 等名字在第一次访问时才导入；注册发生在 transformers 导入之时（见 auto.py）。
 """
+
+import importlib
+
+from .auto import activate, register
 
 __version__ = "0.1.0"
 
-from .auto import register  # noqa: E402
+# 再导出的名字 -> 所在子模块（第一次访问时导入）
+_LAZY = {
+    "UGTConfig": "configuration_ugt",
+    "UGTForGenerativeRecommendation": "modeling_ugt",
+    "UGTModel": "modeling_ugt",
+    "UGTTokenizer": "tokenization_ugt",
+}
 
-register()
 
-from .configuration_ugt import UGTConfig  # noqa: E402
-from .modeling_ugt import UGTForGenerativeRecommendation, UGTModel  # noqa: E402
-from .tokenization_ugt import UGTTokenizer  # noqa: E402
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["UGTConfig", "UGTForGenerativeRecommendation", "UGTModel", "UGTTokenizer", "register", "__version__"]
+
+activate()

@@ -3,7 +3,8 @@
 建立在 `HfArgumentParser` 上：它负责 字段 → argparse 选项与类型转换（YAML 的标量也交给同一类型函数）；这里补上
 它没有的部分——YAML 行号、`base:` 继承（路径相对本文件，可链式，循环报错）、未知键的 difflib 提示、同一参数
 两种写法（别名）的冲突，全部报成带 文件:行 与字段名的 ConfigError（ValueError 子类），不让 argparse 直接 exit。
-只依赖 PyYAML 与 transformers.hf_argparser（不加载 torch），位于 training/、data/ 之下。
+只依赖 PyYAML 与 transformers 的 hf_argparser.py（按文件加载，不执行 transformers/__init__，见 _hf_argument_parser），
+不加载 torch：`ugt <命令> --help` 与参数错误因此在 1 s 内返回。位于 training/、data/ 之下。
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import os
 import re
 import sys
@@ -21,9 +23,36 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, get_args, get_type_hints
 
 import yaml
-from transformers import HfArgumentParser
 
-CLI_SOURCE = "命令行"
+
+def _hf_argument_parser() -> type:
+    """transformers 的 HfArgumentParser 类（字段 → argparse 选项的规则只有这一份）。
+
+    `import transformers` 本身要 1.5–3 s（huggingface_hub、httpx…，见 `python -X importtime`），而 hf_argparser.py
+    只依赖标准库与 PyYAML：transformers 尚未导入时按文件单独加载它（同一份代码，不复制）；找不到文件或它将来
+    有了包内相对导入时，退回正常导入。"""
+    loaded = sys.modules.get("transformers.hf_argparser")
+    if loaded is not None:
+        return loaded.HfArgumentParser
+    spec = importlib.util.find_spec("transformers")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0]) / "hf_argparser.py" if locations else None
+    if path is not None and path.is_file():
+        file_spec = importlib.util.spec_from_file_location("ugt_hf._hf_argparser", path)
+        module = importlib.util.module_from_spec(file_spec)
+        try:
+            file_spec.loader.exec_module(module)
+            return module.HfArgumentParser
+        except ImportError:
+            pass
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser
+
+
+HfArgumentParser = _hf_argument_parser()
+
+CLI_SOURCE = "command line"
 BASE_KEY = "base"  # YAML 继承：`base: 相对本文件的路径`
 
 
@@ -35,9 +64,9 @@ class ConfigError(ValueError):
         self.message, self.field, self.source, self.line = message, field, source, line
         parts = [f"{source}:{line}" if line else str(source)] if source else []
         if field:
-            parts.append(f"字段 '{field}'")
-        where = "，".join(parts)
-        super().__init__(f"配置错误（{where}）：{message}" if where else f"配置错误：{message}")
+            parts.append(f"field '{field}'")
+        where = ", ".join(parts)
+        super().__init__(f"config error ({where}): {message}" if where else f"config error: {message}")
 
     def located(self, source: Optional[str], line: Optional[int] = None) -> ConfigError:
         """返回补上来源信息的新异常（已有来源则保持不变）。"""
@@ -61,13 +90,13 @@ Origin = Tuple[str, Optional[int]]  # (文件, 行)
 def _read_yaml_mapping(path: Path) -> Tuple[Dict[str, Any], Dict[str, int]]:
     source = str(path)
     if not path.exists():
-        raise ConfigError("配置文件不存在", source=source)
+        raise ConfigError("config file not found", source=source)
     if not path.is_file():
-        raise ConfigError("配置路径不是文件", source=source)
+        raise ConfigError("config path is not a file", source=source)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"不是 UTF-8 文本：{e}", source=source) from None
+        raise ConfigError(f"not UTF-8 text: {e}", source=source) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -77,19 +106,22 @@ def _read_yaml_mapping(path: Path) -> Tuple[Dict[str, Any], Dict[str, int]]:
         context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
         if context and context_mark is not None and context_mark.line + 1 != line:
-            problem += f"（{context}，始于第 {context_mark.line + 1} 行）"  # 真正的错误常在上下文起点（如未闭合的 [）
-        raise ConfigError(f"YAML 语法错误：{problem}", source=source, line=line) from None
+            # 真正的错误常在上下文起点（如未闭合的 [）
+            problem += f" ({context}, starting at line {context_mark.line + 1})"
+        raise ConfigError(f"YAML syntax error: {problem}", source=source, line=line) from None
     if data is None:
-        raise ConfigError("配置文件为空（应为 `键: 值` 的映射）", source=source)
+        raise ConfigError("config file is empty (expected a `key: value` mapping)", source=source)
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"YAML 顶层必须是 `键: 值` 的映射，得到 {type(data).__name__}", source=source, line=1)
+        raise ConfigError(f"the YAML top level must be a `key: value` mapping, got {type(data).__name__}",
+                          source=source, line=1)
     lines: Dict[str, int] = {}
     for key_node, _ in node.value:
         key, line = key_node.value, key_node.start_mark.line + 1
         if not isinstance(key, str) or key_node.tag != "tag:yaml.org,2002:str":
-            raise ConfigError(f"键必须是字符串，得到 {key!r}", source=source, line=line)
+            raise ConfigError(f"keys must be strings, got {key!r}", source=source, line=line)
         if key in lines:
-            raise ConfigError(f"重复的键 '{key}'（第一次在第 {lines[key]} 行）", field=key, source=source, line=line)
+            raise ConfigError(f"duplicate key '{key}' (first at line {lines[key]})", field=key, source=source,
+                              line=line)
         lines[key] = line
     return data, lines
 
@@ -101,7 +133,7 @@ def load_yaml_config(path: Union[str, Path], rename: Optional[Mapping[str, str]]
     path = Path(path)
     if path.resolve() in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
-        raise ConfigError(f"base 循环引用：{cycle}", field=BASE_KEY, source=str(path))
+        raise ConfigError(f"circular base chain: {cycle}", field=BASE_KEY, source=str(path))
     raw, lines = _read_yaml_mapping(path)
     source = str(path)
     data: Dict[str, Any] = {}
@@ -109,18 +141,20 @@ def load_yaml_config(path: Union[str, Path], rename: Optional[Mapping[str, str]]
     if BASE_KEY in raw:
         base = raw.pop(BASE_KEY)
         if not isinstance(base, str) or not base.strip():
-            raise ConfigError(f"base 必须是 YAML 文件路径，得到 {base!r}", field=BASE_KEY, source=source,
+            raise ConfigError(f"base must be a YAML file path, got {base!r}", field=BASE_KEY, source=source,
                               line=lines[BASE_KEY])
         base_path = path.parent / base
         if not base_path.is_file():
-            raise ConfigError(f"base 文件 {base_path} 不存在", field=BASE_KEY, source=source, line=lines[BASE_KEY])
+            raise ConfigError(f"base file {base_path} does not exist", field=BASE_KEY, source=source,
+                              line=lines[BASE_KEY])
         data, origin = load_yaml_config(base_path, rename, (*_chain, path.resolve()))
     own: Dict[str, Tuple[str, Any]] = {}
     for key, value in raw.items():
         name = (rename or {}).get(key, key)
         if name in own and own[name][1] != value:
             first, first_value = own[name]
-            raise ConfigError(f"'{first}: {first_value!r}' 与 '{key}: {value!r}' 是同一参数但取值不同；只保留一个",
+            raise ConfigError(f"'{first}: {first_value!r}' and '{key}: {value!r}' are the same option with different "
+                              "values; keep one",
                               field=name, source=source, line=lines[key])
         own[name] = (key, value)
         data[name] = value
@@ -186,12 +220,12 @@ def _coerce_scalar(value: Any, action: argparse.Action) -> Any:
 def _describe(action: argparse.Action, hint: Any) -> str:
     if action.choices is not None:
         return "{" + ", ".join(str(c) for c in action.choices) + "}"
-    return " 或 ".join("null" if m is type(None) else getattr(m, "__name__", str(m)) for m in _union_members(hint))
+    return " or ".join("null" if m is type(None) else getattr(m, "__name__", str(m)) for m in _union_members(hint))
 
 
 def _suggest(name: str, valid: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
-    return f"；是否想写 '{close[0]}'？" if close else ""
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _split_config_flag(argv: List[str]) -> Tuple[Optional[str], List[str]]:
@@ -200,7 +234,7 @@ def _split_config_flag(argv: List[str]) -> Tuple[Optional[str], List[str]]:
         token = argv[i]
         if token in ("--config", "-c"):
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ConfigError("--config 后面需要 YAML 文件路径", field="config", source=CLI_SOURCE)
+                raise ConfigError("--config needs a YAML file path", field="config", source=CLI_SOURCE)
             config_path, i = argv[i + 1], i + 2
         elif token.startswith("--config="):
             config_path, i = token.split("=", 1)[1], i + 1
@@ -208,6 +242,26 @@ def _split_config_flag(argv: List[str]) -> Tuple[Optional[str], List[str]]:
             rest.append(token)
             i += 1
     return config_path, rest
+
+
+def build_parser(dataclass_types: Sequence[type], prog: Optional[str] = None, config_flag: bool = True,
+                 defaults: Optional[Mapping[str, Any]] = None,
+                 epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """dataclass 字段 → argparse 解析器（parse_args 与各子命令的 --help 共用这一个）。帮助文本末尾写上默认值
+    （defaults 里的值优先，如各训练阶段的默认值）；之后所有选项的默认值都换成 SUPPRESS，解析结果里只有命令行
+    显式给出的参数（不能用 set_defaults：SUPPRESS 会被当成默认值再做类型转换）。"""
+    parser = _Parser(tuple(dataclass_types), allow_abbrev=False, prog=prog or Path(sys.argv[0]).name or "ugt",
+                     epilog=epilog)
+    if config_flag:
+        parser.add_argument("--config", "-c", help="YAML config file; command-line options override its values")
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        shown = (defaults or {}).get(action.dest, action.default)
+        if action.help and shown not in (None, argparse.SUPPRESS) and not action.required:
+            action.help += " (default: " + str(shown).replace("%", "%%") + ")"
+        action.default = argparse.SUPPRESS
+    return parser
 
 
 def parse_args(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = None,
@@ -226,12 +280,11 @@ def parse_args(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = 
     if config_flag:
         cli_config, argv = _split_config_flag(argv)
     if cli_config is not None and yaml_file is not None and Path(cli_config) != Path(yaml_file):
-        raise ConfigError(f"同时给了 yaml_file={yaml_file} 与 --config {cli_config}；只给一个", source=CLI_SOURCE)
+        raise ConfigError(f"both yaml_file={yaml_file} and --config {cli_config} were given; give one",
+                          source=CLI_SOURCE)
     yaml_path = cli_config if cli_config is not None else yaml_file
 
-    parser = _Parser(dataclass_types, allow_abbrev=False, prog=prog or Path(sys.argv[0]).name or "ugt")
-    if config_flag:
-        parser.add_argument("--config", "-c", help="YAML 配置文件；命令行参数覆盖其中的值")
+    parser = build_parser(dataclass_types, prog=prog, config_flag=config_flag)
     owner: Dict[str, type] = {}
     hints: Dict[str, Any] = {}
     aliases: Dict[str, str] = {}
@@ -244,13 +297,8 @@ def parse_args(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = 
         aliases.update(getattr(dtype, "_SPEC_TWINS", {}))
     actions: Dict[str, argparse.Action] = {}
     for action in parser._actions:
-        if action.dest != "help":
-            if action.help and action.default not in (None, argparse.SUPPRESS) and not action.required:
-                action.help += " (default: " + str(action.default).replace("%", "%%") + ")"
-            # 只收集命令行显式给出的参数（不能用 set_defaults：SUPPRESS 会被当成默认值再做类型转换）
-            action.default = argparse.SUPPRESS
-            if not isinstance(action, argparse._StoreFalseAction):  # --no_x 与 --x 同 dest，取后者
-                actions.setdefault(action.dest, action)
+        if action.dest != "help" and not isinstance(action, argparse._StoreFalseAction):  # --no_x 与 --x 同 dest
+            actions.setdefault(action.dest, action)
     valid = sorted(set(owner) | set(aliases))
 
     values = {aliases.get(k, k): v for k, v in (defaults or {}).items() if aliases.get(k, k) in owner}
@@ -260,11 +308,11 @@ def parse_args(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = 
         for key, value in data.items():
             source, line = origin[key]
             if key not in owner:
-                raise ConfigError(f"未知的配置项 '{key}'{_suggest(key, valid)}", field=key, source=source, line=line)
+                raise ConfigError(f"unknown option '{key}'{_suggest(key, valid)}", field=key, source=source, line=line)
             try:
                 values[key] = _coerce(value, actions[key], hints[key])
             except _TypeMismatch:
-                raise ConfigError(f"类型错误：期望 {_describe(actions[key], hints[key])}，得到 "
+                raise ConfigError(f"wrong type: expected {_describe(actions[key], hints[key])}, got "
                                   f"{type(value).__name__} {value!r}", field=key, source=source, line=line) from None
             where[key] = (source, line)
 
@@ -273,13 +321,14 @@ def parse_args(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = 
         token = next((t for t in remaining if t.startswith("-")), remaining[0])
         name = token.lstrip("-").split("=", 1)[0].replace("-", "_")
         if token.startswith("-"):
-            raise ConfigError(f"未知参数 '{token}'{_suggest(name, valid)}", field=name, source=CLI_SOURCE)
-        raise ConfigError(f"多余的位置参数 {remaining!r}", source=CLI_SOURCE)
+            raise ConfigError(f"unknown argument '{token}'{_suggest(name, valid)}", field=name, source=CLI_SOURCE)
+        raise ConfigError(f"unexpected positional arguments {remaining!r}", source=CLI_SOURCE)
     cli = {k: v for k, v in vars(namespace).items() if not (config_flag and k == "config")}
     for key, value in cli.items():
         name = aliases.get(key, key)
         if name != key and name in cli and cli[name] != value:
-            raise ConfigError(f"'{name}: {cli[name]!r}' 与 '{key}: {value!r}' 是同一参数但取值不同；只保留一个",
+            raise ConfigError(f"'{name}: {cli[name]!r}' and '{key}: {value!r}' are the same option with different "
+                              "values; keep one",
                               field=name, source=CLI_SOURCE)
         values[name] = value
         where[name] = (CLI_SOURCE, None)

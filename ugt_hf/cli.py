@@ -26,17 +26,29 @@ def _usage() -> str:
     lines = ["usage: ugt <command> [args]", "", "commands:"]
     for name, (_, _, help_text) in SUBCOMMANDS.items():
         lines.append(f"  {name:<10} {help_text}")
+    lines += ["", "Run `ugt <command> --help` for the options of a command."]
     return "\n".join(lines)
 
 
 def train_main(argv: List[str]) -> int:
-    """`ugt train --stage N ...`：与 recipes/stage{N}.py 相同。"""
+    """`ugt train --stage N ...`：与 recipes/stage{N}.py 相同。
+
+    `--help` 只列 UGT 自己的字段（training.argument_fields，不加载 torch）；`--help_all` 连同 HF TrainingArguments /
+    TRL DPOConfig 的全部字段（要导入它们，几秒）。"""
     if len(argv) < 2 or argv[0] != "--stage" or argv[1] not in ("1", "2", "3"):
         print("usage: ugt train --stage {1,2,3} --config FILE [--key value ...]", file=sys.stderr)
         return 2
+    stage, rest = int(argv[1]), argv[2:]
+    if "-h" in rest or "--help" in rest:
+        from .training.argument_fields import stage_help_parser
+
+        stage_help_parser(stage).print_help()
+        return 0
+    if "--help_all" in rest:
+        rest = ["--help" if a == "--help_all" else a for a in rest]
     from .training.stages import main as stage_main
 
-    return stage_main(int(argv[1]), argv[2:])
+    return stage_main(stage, rest)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -10,32 +10,33 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 from .argparsing import ConfigError, arg, check_model_dir, missing_path_message, parse_args
-from .data.collator import DataCollator
-from .data.datadir import DataDir
-from .data.datasets import RecommendDataset
-from .generation import ItemCatalogue, recommend
-from .interfaces import SEMANTIC_PAD_ID
-from .metrics import MetricsCalculator
-from .modeling_ugt import UGTForGenerativeRecommendation
+
+# numpy、torch 与模型 / 数据模块在函数里导入：`ugt evaluate --help` 与参数错误不必加载它们（冷启动 5–8 s）
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .data.datadir import DataDir
+    from .data.datasets import RecommendDataset
+    from .generation import ItemCatalogue
 
 DEFAULT_K_VALUES = (5, 10, 20)
 
-DataDirLike = Union[str, Path, DataDir]
+DataDirLike = Union[str, Path, "DataDir"]
+
 def _target_indices(labels: torch.Tensor, catalogue: ItemCatalogue) -> torch.Tensor:
     """labels [B, Td, 3] 的第 0 位（评估样本只有这一位）-> 物品下标 [B]，不在目录里为 -1。"""
+    import torch
+
     first = labels[:, 0, :]  # [B, 3]
     idx = catalogue.lookup(first.clamp(min=0))
     ok = (first >= 0).all(-1)
     return torch.where(ok, idx, torch.full_like(idx, -1))
 
 
-@torch.inference_mode()
 def rank_dataset(
     model,
     dataset: RecommendDataset,
@@ -48,6 +49,21 @@ def rank_dataset(
     device: Optional[Union[str, torch.device]] = None,
 ):
     """对数据集每个样本（BOS 位置）做约束 beam search。返回 (predictions [N, K] 物品下标, targets [N])。"""
+    import torch
+
+    with torch.inference_mode():
+        return _rank_dataset(model, dataset, catalogue, top_k, num_beams, exclude_history, batch_size, max_samples,
+                             device)
+
+
+def _rank_dataset(model, dataset, catalogue, top_k, num_beams, exclude_history, batch_size, max_samples, device):
+    """rank_dataset 的主体（在 inference_mode 里运行；装饰器要在导入时就有 torch，所以拆成两层）。"""
+    import torch
+
+    from .data.collator import DataCollator
+    from .generation import recommend
+    from .interfaces import SEMANTIC_PAD_ID
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
     collator = DataCollator(semantic_pad_id=SEMANTIC_PAD_ID)
     n = len(dataset) if max_samples is None else min(len(dataset), int(max_samples))
@@ -70,6 +86,8 @@ def rank_dataset(
 
 def ranking_metrics(predictions, targets, catalogue: ItemCatalogue,
                     k_values: Sequence[int] = DEFAULT_K_VALUES) -> Dict[str, float]:
+    from .metrics import MetricsCalculator
+
     calc = MetricsCalculator(num_items=catalogue.num_items, item_l1=catalogue.triples[:, 0].numpy())
     calc.add_batch(predictions, targets)
     return {k: float(v) for k, v in calc.compute(k_values=list(k_values)).items()}
@@ -87,6 +105,8 @@ def evaluate_ranking(
     catalogue: Optional[ItemCatalogue] = None,
 ) -> Dict[str, float]:
     """`data_dir` 的 valid/test 划分上的全目录排序指标（留一法，每个用户一个目标）。"""
+    from .data.datadir import DataDir
+
     data = DataDir.of(data_dir)
     catalogue = catalogue or data.catalogue()
     dataset = data.recommend_dataset(split)
@@ -105,17 +125,25 @@ _LABEL_COLS = ("labels_l1", "labels_l2", "labels_l3")
 
 def _first_label_items(table, catalogue: ItemCatalogue) -> np.ndarray:
     """每行第 0 个标签的物品号：[N]（不在目录里为 -1）。"""
+    import numpy as np
+    import torch
+
     first = np.stack([np.array([r[0] for r in table.column(c).to_pylist()]) for c in _LABEL_COLS], axis=1)
     return catalogue.lookup(torch.as_tensor(first)).numpy()
 
 
 def _history_items(enc_columns, u: int, catalogue: ItemCatalogue) -> np.ndarray:
     """第 u 行编码器历史的物品号 [T]；enc_columns 是 _ENCODER_COLS 三列的 to_pylist()。"""
+    import numpy as np
+    import torch
+
     return catalogue.lookup(torch.as_tensor(np.stack([c[u] for c in enc_columns], 1))).numpy()
 
 
 def _train_popularity(data: DataDir, catalogue: ItemCatalogue) -> np.ndarray:
     """训练集里每个物品作为第 0 个标签的次数：[num_items]。stride=1 时恰好覆盖训练前缀里的每次出现。"""
+    import numpy as np
+
     idx = _first_label_items(data.read_table("train", _LABEL_COLS), catalogue)
     return np.bincount(idx[idx >= 0], minlength=catalogue.num_items)
 
@@ -127,6 +155,10 @@ def popularity_baseline(
     exclude_history: bool = False,
 ) -> Dict[str, float]:
     """流行度基线：按训练集标签中的出现次数给每个用户推荐同一份 top-K（可选去掉历史物品）。"""
+    import numpy as np
+
+    from .data.datadir import DataDir
+
     data = DataDir.of(data_dir)
     catalogue = data.catalogue()
     counts = _train_popularity(data, catalogue)
@@ -150,6 +182,9 @@ def popularity_baseline(
 
 def _last_and_first(table, catalogue: ItemCatalogue):
     """每行（编码器最后一个物品, 第 0 个标签）的物品号；没有历史的行前者为 -1。"""
+    import numpy as np
+    import torch
+
     enc = [table.column(c).to_pylist() for c in _ENCODER_COLS]
     last = np.stack([np.array([r[-1] if len(r) else 0 for r in col]) for col in enc], 1)
     has_hist = np.array([len(r) > 0 for r in enc[0]])
@@ -169,6 +204,10 @@ def transition_baseline(
     具体物品之间的转移。转移与流行度都只用训练样本：每个训练样本的（编码器最后一个物品, 第 0 个标签），
     stride=1 时恰好是训练前缀里每一对相邻交互各一次。
     """
+    import numpy as np
+
+    from .data.datadir import DataDir
+
     data = DataDir.of(data_dir)
     catalogue = data.catalogue()
     cols = _ENCODER_COLS + _LABEL_COLS
@@ -257,6 +296,8 @@ def main(argv=None) -> int:
         if not Path(ns.data).is_dir():
             raise ConfigError(f"--data: {missing_path_message(ns.data, 'data folder')} "
                               "(the artifact folder written by `ugt prepare`)")
+        from .modeling_ugt import UGTForGenerativeRecommendation
+
         try:
             model = UGTForGenerativeRecommendation.from_pretrained(ns.model).eval()
         except OSError as e:  # 不像本地路径的值交给了 Hub：也说明本地没有这个目录

@@ -23,15 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-import torch
-
-from .argparsing import ConfigError, arg, close_hint, load_yaml_config, parse_args
-from .data.datadir import DataDir
+from .argparsing import BEST_MODEL_DIR, ConfigError, arg, close_hint, load_yaml_config, parse_args
 from .data.prepare import prepare
 from .evaluation import evaluate_ranking, popularity_baseline, transition_baseline
-from .modeling_ugt import UGTForGenerativeRecommendation
 from .report import REPORT_MD, RESULTS_FILE, log_test_metrics, report_locations, write_report
-from .training.stages import BEST_MODEL_DIR, run_stage
+
+# torch、模型、数据目录与训练阶段在函数里导入：`ugt pipeline --help` 与配置错误不必加载它们（冷启动 5–8 s）
 
 PIPELINE_KEYS = {"dataset", "prepare", "stages", "evaluation", "published"}
 EVAL_KEYS = {"split", "k_values", "num_beams", "exclude_history", "batch_size"}
@@ -55,23 +52,24 @@ def load_pipeline_config(path) -> Dict[str, Any]:
 
     for key in raw:
         if key not in PIPELINE_KEYS:
-            raise ConfigError(f"未知的流水线配置项 '{key}'（可用：{sorted(PIPELINE_KEYS)}）", **where(key))
+            raise ConfigError(f"unknown pipeline config key '{key}' (valid: {sorted(PIPELINE_KEYS)})", **where(key))
     stages = raw.get("stages") or {}
     if not isinstance(stages, dict) or sorted(int(k) for k in stages) != [1, 2, 3]:
-        raise ConfigError("stages 必须给出 1、2、3 三个阶段的配置文件", **where("stages"))
+        raise ConfigError("stages must give config files for stages 1, 2 and 3", **where("stages"))
     resolved = {}
     for k, v in stages.items():
         p = Path(v)
         if not p.is_absolute() and not p.exists():
             p = Path(path).parent / Path(v).name
         if not p.is_file():
-            raise ConfigError(f"阶段 {k} 的配置文件 {v} 不存在", **where("stages"))
+            raise ConfigError(f"config file {v} of stage {k} does not exist", **where("stages"))
         resolved[int(k)] = str(p)
     raw["stages"] = resolved
     ev = raw.get("evaluation") or {}
     bad = set(ev) - EVAL_KEYS
     if bad:
-        raise ConfigError(f"evaluation 下未知的键 {sorted(bad)}（可用：{sorted(EVAL_KEYS)}）", **where("evaluation"))
+        raise ConfigError(f"unknown keys under evaluation: {sorted(bad)} (valid: {sorted(EVAL_KEYS)})",
+                          **where("evaluation"))
     raw["evaluation"] = ev
     return raw
 
@@ -79,6 +77,10 @@ def load_pipeline_config(path) -> Dict[str, Any]:
 def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print, allow_prepare: bool = True) -> dict:
     """数据目录已有 meta.json 就直接用（有 prepare 段时交给 prepare 核对，重复运行是 no-op）；否则按 prepare 段准备，
     但只在 allow_prepare 时：`ugt pipeline` 要求显式 --prepare true，写错的 --data 才不会悄悄准备出一个新数据集。"""
+    import torch
+
+    from .data.datadir import DataDir
+
     data = DataDir(data_dir)
     prepared = data.meta_path.is_file()
     if prepared and not prepare_opts:
@@ -105,7 +107,11 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
     allow_prepare：data_dir 尚未准备时是否按 prepare 段准备；Python 调用方（测试、benchmarks）给的是算出来的路径，
     默认允许；命令行默认不允许（见 PipelineArguments.prepare）。"""
     t_start = time.perf_counter()
-    cfg = load_pipeline_config(config_path)
+    cfg = load_pipeline_config(config_path)  # 先于重模块的导入：配置写错时一秒内报错
+    from .data.datadir import DataDir
+    from .modeling_ugt import UGTForGenerativeRecommendation
+    from .training.stages import run_stage
+
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     prepare_opts = {**(cfg.get("prepare") or {}), **(prepare_overrides or {})} or None
     ensure_prepared(data_dir, prepare_opts, log=log, allow_prepare=allow_prepare)
@@ -125,7 +131,7 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
     earlier = run_dir / f"stage{min(stages) - 1}" / BEST_MODEL_DIR
     previous = str(earlier) if min(stages) > 1 and earlier.is_dir() else None
     if min(stages) > 1 and previous is None:
-        raise ConfigError(f"--stages 从 {min(stages)} 开始，但 {earlier} 不存在", field="stages")
+        raise ConfigError(f"--stages starts at {min(stages)} but {earlier} does not exist", field="stages")
     for n in stages:
         name = f"stage{n}"
         argv = ["--config", cfg["stages"][n], "--data_dir", str(data_dir), "--output_dir", str(run_dir / name)]

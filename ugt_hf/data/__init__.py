@@ -1,8 +1,23 @@
-"""数据：离线准备（原始日志 → 语义 ID → 产物目录）与训练时读取（HF datasets）。"""
+"""数据：离线准备（原始日志 → 语义 ID → 产物目录）与训练时读取（HF datasets）。
 
-from .collator import DataCollator, PreferenceCollator
-from .datasets import PreferenceDataset, RecommendDataset, StreamingDataset
-from .validation import DataValidationError
+再导出的名字惰性导入（PEP 562）：`ugt prepare --help` 只需 data.prepare 的参数类，不加载 torch / pyarrow。
+"""
+
+import importlib
+
+_LAZY = {
+    "DataCollator": "collator", "PreferenceCollator": "collator", "PreferenceDataset": "datasets",
+    "RecommendDataset": "datasets", "StreamingDataset": "datasets", "DataValidationError": "validation",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["DataCollator", "PreferenceCollator", "PreferenceDataset", "RecommendDataset", "StreamingDataset",
            "DataValidationError"]

@@ -16,38 +16,15 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
-
-import pyarrow.parquet as pq
-import torch
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..argparsing import ConfigError, arg, parse_args
 from . import schema
-from .artifacts import (
-    PROTOCOL,
-    AtomicDir,
-    build_preference_pairs,
-    build_recommend_blocks,
-    items_table,
-    normalise,
-    preference_table,
-    recommend_table,
-    training_prefixes,
-    write_dataset_card,
-    write_table,
-)
-from .datadir import read_meta
-from .readers import SOURCES, DataFormatError, read_source
-from .semantic_ids import (
-    DEFAULT_CODEBOOK_SIZES,
-    collaborative_embeddings,
-    l1_cooccurrence_ratio,
-    rq_kmeans,
-    text_embeddings,
-)
-from .synthetic import SyntheticConfig, generate
-from .validation import DataValidationError
+from .schema import DEFAULT_CODEBOOK_SIZES, SOURCES
+
+# torch / pyarrow 与读写、语义 ID 的模块在用到它们的函数里导入：`ugt prepare --help` 与参数错误不必加载它们
+if TYPE_CHECKING:
+    from .synthetic import SyntheticConfig
 
 FORMAT_VERSION = 2  # 产物格式版本；改变产物内容的代码改动应加一，使旧目录不再被当作“已是最新”
 
@@ -122,6 +99,8 @@ def _sha256(path: str) -> str:
 
 def _input_files(opts: PrepareOptions) -> List[str]:
     """在读取之前就确定要校验的文件（重复运行判断不需要解析数据）。"""
+    from .readers import DataFormatError
+
     p = opts.input
     assert p is not None
     if not os.path.exists(p):
@@ -152,12 +131,17 @@ def input_checksum(opts: PrepareOptions) -> Dict[str, Any]:
 
 
 def _synthetic_config(opts: PrepareOptions) -> SyntheticConfig:
+    from .synthetic import SyntheticConfig
+
     return SyntheticConfig(num_users=opts.num_users, num_items=opts.num_items, events_per_user=opts.events_per_user,
                            num_clusters=opts.num_clusters, seed=opts.seed)
 
 
 def _existing_state(out: str, checksum: str, options: Dict[str, Any]) -> str:
     """返回 'missing' | 'up_to_date' | 'different' | 'foreign'（非空但不是 prepare 产物）。"""
+    from .datadir import read_meta
+    from .validation import DataValidationError
+
     if not os.path.exists(out):
         return "missing"
     if not os.path.isdir(out):
@@ -182,6 +166,28 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
 
     options 与 kwargs 二选一（kwargs 是 PrepareOptions 的字段）。_fail_after 仅供测试注入失败。
     """
+    import pyarrow.parquet as pq
+    import torch
+    from tqdm.auto import tqdm
+
+    from .artifacts import (
+        PROTOCOL,
+        AtomicDir,
+        build_preference_pairs,
+        build_recommend_blocks,
+        items_table,
+        normalise,
+        preference_table,
+        recommend_table,
+        training_prefixes,
+        write_dataset_card,
+        write_table,
+    )
+    from .datadir import read_meta
+    from .readers import read_source
+    from .semantic_ids import collaborative_embeddings, l1_cooccurrence_ratio, rq_kmeans, text_embeddings
+    from .synthetic import generate
+
     opts = options if options is not None else PrepareOptions(**kwargs)
     # 准备阶段的矩阵都很小（1 万级物品 x 64 维），多线程同步开销在共享的 2 核机器上反而更慢（实测 3.4s vs 11s）
     torch.set_num_threads(1)
@@ -386,6 +392,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         print(f"ugt prepare: error: {e}", file=sys.stderr)
         return 2
+    from .readers import DataFormatError  # 解析之后才导入（pyarrow）：--help 与参数错误不必加载它
+
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareOptions)}
     try:
         kw["codebook_sizes"] = [int(v) for v in str(args.codebook_sizes).split(",")]

@@ -20,9 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-T = TypeVar("T")
+from .schema import SOURCES  # 定义在 schema：`ugt prepare --help` 不必加载 pyarrow
 
-SOURCES = ("ml-100k", "ml-1m", "ml-10m", "s3rec", "pairs", "csv", "parquet", "synthetic")
+T = TypeVar("T")
 
 
 class DataFormatError(ValueError):

@@ -25,6 +25,11 @@ meta.json 至少包含：
 
 from __future__ import annotations
 
+# ---- `ugt prepare` 的输入格式与默认码本（放在这里而不是 readers / semantic_ids：`ugt prepare --help` 只需这些常量，
+# 不必加载 pyarrow / torch）----
+SOURCES = ("ml-100k", "ml-1m", "ml-10m", "s3rec", "pairs", "csv", "parquet", "synthetic")
+DEFAULT_CODEBOOK_SIZES = (1024, 4096, 16384)  # 规格默认
+
 # ---- RecommendDataset 记录（规格 5.1）----
 ENCODER_LIST_FIELDS = (
     "encoder_l1_ids",

@@ -27,8 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-DEFAULT_CODEBOOK_SIZES = (1024, 4096, 16384)  # 规格默认
-
+from .schema import DEFAULT_CODEBOOK_SIZES  # 规格默认；定义在 schema：`ugt prepare --help` 不必加载 torch
 
 # ---------------------------------------------------------------- 嵌入
 

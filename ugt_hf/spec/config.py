@@ -38,17 +38,19 @@ _TWINS = {"batch_size": "per_device_train_batch_size", "max_epochs": "num_train_
 class _SpecFields:
     """规格独有的字段与规格名（放在 MRO 最前，覆盖生产类里带别名的 HF 字段）。"""
 
-    experiment_name: Optional[str] = arg("ugt_training", "实验名称（同步到 HF 的 run_name）")
-    run_name: Optional[str] = arg(None, "HF 名，等同 experiment_name；两者只需给一个")
-    batch_size: int = arg(256, "每个 GPU/进程的训练批次大小（对应 per_device_train_batch_size）")
-    per_device_train_batch_size: Optional[int] = arg(None, "HF 名，等同 batch_size")
-    max_epochs: float = arg(10, "最大训练轮数（对应 num_train_epochs）")
-    num_train_epochs: Optional[float] = arg(None, "HF 名，等同 max_epochs")
-    max_seq_length: int = arg(1024, "最大序列长度（编码器+解码器总预算）")
-    num_negatives: int = arg(127, "对比学习负样本数（批内负样本时为 batch_size-1）")
-    dpo_beta: float = arg(0.1, "DPO 温度 β（Stage3 中同步到 TRL 的 beta），必须 > 0")
-    ddp: bool = arg(False, "规格兼容字段：DDP 由 torchrun/accelerate 启动方式自动启用，只作记录")
-    eval_strategy: Union[IntervalStrategy, str, None] = arg(None, "评估策略；不给时有验证数据则 steps，否则 no")
+    experiment_name: Optional[str] = arg("ugt_training", "experiment name (copied to HF run_name)")
+    run_name: Optional[str] = arg(None, "HF name of experiment_name; give one of the two")
+    batch_size: int = arg(256, "training batch size per GPU/process (HF: per_device_train_batch_size)")
+    per_device_train_batch_size: Optional[int] = arg(None, "HF name of batch_size")
+    max_epochs: float = arg(10, "maximum training epochs (HF: num_train_epochs)")
+    num_train_epochs: Optional[float] = arg(None, "HF name of max_epochs")
+    max_seq_length: int = arg(1024, "maximum sequence length (encoder + decoder budget)")
+    num_negatives: int = arg(127, "contrastive negatives per sample (in-batch negatives: batch_size - 1)")
+    dpo_beta: float = arg(0.1, "DPO temperature beta (copied to TRL beta in Stage3Config), > 0")
+    ddp: bool = arg(False, "spec compatibility field, recorded only: DDP is enabled by launching with "
+                           "torchrun/accelerate")
+    eval_strategy: Union[IntervalStrategy, str, None] = arg(
+        None, "evaluation strategy; default: steps when validation data is given, else no")
 
 
 @dataclass
@@ -63,7 +65,8 @@ class TrainingConfig(_SpecFields, ModelArguments, DataArguments, EvaluationArgum
             if hf_value is None:
                 setattr(self, hf, spec_value)
             elif spec_value != hf_value and spec_value != self.__dataclass_fields__[spec].default:
-                raise ConfigError(f"同时给了 {spec}={spec_value!r} 与 {hf}={hf_value!r}，二者是同一参数；只保留一个",
+                raise ConfigError(f"both {spec}={spec_value!r} and {hf}={hf_value!r} were given; they are the same "
+                                  "option, keep one",
                                   field=f"{spec}/{hf}")
         own_beta = () if "dpo_beta" in self._SPEC_TWINS else ("dpo_beta",)
         check_ranges(self, non_negative=("num_negatives",), positive=("max_seq_length",) + own_beta,
@@ -85,19 +88,19 @@ class TrainingConfig(_SpecFields, ModelArguments, DataArguments, EvaluationArgum
 class Stage1Config(TrainingConfig):
     """阶段 1：基础预训练（只用 NTP）。"""
 
-    max_epochs: float = arg(5, "最大训练轮数（阶段 1 默认 5）")
-    learning_rate: float = arg(1e-4, "峰值学习率（阶段 1 默认 1e-4）")
-    lambda_contrastive: float = arg(0.0, "对比学习权重 λ₁（阶段 1 不用，默认 0）")
-    lambda_preference: float = arg(0.0, "偏好损失权重 λ₂（阶段 1 不用，默认 0）")
+    max_epochs: float = arg(5, "maximum training epochs (stage 1 default: 5)")
+    learning_rate: float = arg(1e-4, "peak learning rate (stage 1 default: 1e-4)")
+    lambda_contrastive: float = arg(0.0, "contrastive loss weight (unused in stage 1, default 0)")
+    lambda_preference: float = arg(0.0, "preference loss weight (unused in stage 1, default 0)")
 
 
 @dataclass
 class Stage2Config(TrainingConfig):
     """阶段 2：多任务微调（NTP + 对比学习）。"""
 
-    max_epochs: float = arg(3, "最大训练轮数（阶段 2 默认 3）")
-    learning_rate: float = arg(5e-5, "峰值学习率（阶段 2 默认 5e-5，较小）")
-    lambda_contrastive: float = arg(0.1, "对比学习权重 λ₁（阶段 2 默认 0.1）")
+    max_epochs: float = arg(3, "maximum training epochs (stage 2 default: 3)")
+    learning_rate: float = arg(5e-5, "peak learning rate (stage 2 default: 5e-5, smaller)")
+    lambda_contrastive: float = arg(0.1, "contrastive loss weight (stage 2 default: 0.1)")
 
 
 @dataclass
@@ -106,7 +109,7 @@ class Stage3Config(TrainingConfig, UGTDPOConfig):
 
     _SPEC_TWINS = {**_TWINS, "dpo_beta": "beta"}
 
-    max_epochs: float = arg(2, "最大训练轮数（阶段 3 默认 2）")
-    learning_rate: float = arg(1e-5, "峰值学习率（阶段 3 默认 1e-5，更小）")
-    lambda_preference: float = arg(0.1, "偏好损失权重 λ₂（阶段 3 默认 0.1）")
-    beta: Optional[float] = arg(None, "TRL 名，等同 dpo_beta；两者只需给一个")
+    max_epochs: float = arg(2, "maximum training epochs (stage 3 default: 2)")
+    learning_rate: float = arg(1e-5, "peak learning rate (stage 3 default: 1e-5, smaller still)")
+    lambda_preference: float = arg(0.1, "preference loss weight (stage 3 default: 0.1)")
+    beta: Optional[float] = arg(None, "TRL name of dpo_beta; give one of the two")

@@ -3,6 +3,7 @@
     ModelArguments / DataArguments / EvaluationArguments    模型来源、数据位置、训练中评估
     UGTTrainingArguments(TrainingArguments), UGTDPOConfig(DPOConfig)
         只放训练旋钮（训练器经 self.args 读取）与改过的默认值
+字段声明（名字、默认值、英文帮助）在 argument_fields.py（不导入 torch，`ugt train --help` 只读它）；这里是行为。
 
 规格名是 HF 字段的别名（batch_size → per_device_train_batch_size，max_epochs → num_train_epochs，
 experiment_name → run_name，dpo_beta → beta，train_data/eval_data/pretrained → *_path），只以字段名保存一次；
@@ -10,7 +11,8 @@ experiment_name → run_name，dpo_beta → beta，train_data/eval_data/pretrain
 
 解析（YAML 行号、`base:` 继承、别名、未知键提示、ConfigError）在 ugt_hf.argparsing，prepare/evaluate/pipeline 共用。
 
-精度：默认 fp16=True（规格）；没有能跑 fp16 的加速器时退回 fp32 并恰好警告一次。bf16 且无 GPU → use_cpu=True
+精度：默认 fp16=True（规格）；没有能跑 fp16 的加速器时退回 fp32：只有用户显式要求 fp16 时才警告（恰好一次），
+默认值的回退只记 info 日志（CPU 上每次运行都警告、而用户无事可做，是噪音）。bf16 且无 GPU → use_cpu=True
 （CPU bf16 autocast）。DeepSpeed 接受 true/false/"auto"/JSON 路径/字典：auto = 有 CUDA 且装了 deepspeed 才用；
 显式要求但缺 CUDA/缺包 → 明确报错；解析后只会是 None 或完整配置字典。
 """
@@ -29,16 +31,23 @@ import warnings
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 import yaml
 from transformers import TrainingArguments
 from transformers.integrations import is_tensorboard_available
-from transformers.trainer_utils import SchedulerType
 from trl import DPOConfig
 
 from ..argparsing import CLI_SOURCE, ConfigError, arg, load_yaml_config, parse_args, parse_config
+from .argument_fields import (
+    STAGE_DEFAULTS,
+    DataArguments,
+    DPOFields,
+    EvaluationArguments,
+    ModelArguments,
+    TrainingFields,
+)
 from .optim import OPTIMIZER_TYPES, resolve_scheduler
 
 __all__ = [
@@ -61,46 +70,6 @@ class PrecisionFallbackWarning(UserWarning):
     """请求的混合精度在当前设备上不可用，已退回 fp32。"""
 
 
-# ====================================================================================================================
-# 按关注点拆开的参数
-# ====================================================================================================================
-@dataclass
-class ModelArguments:
-    """模型从哪里来。"""
-
-    model_config: Union[dict, str, None] = arg(
-        None, "UGTConfig parameters when training a new model (mapping, JSON string or config.json path)")
-    pretrained_model_path: Optional[str] = arg(
-        None, "model folder of the previous stage (save_pretrained directory); required for stages 2 and 3 "
-              "unless from_scratch is true", aliases=["--pretrained"])
-    reference_model_path: Optional[str] = arg(None, "frozen DPO reference model folder (stage 3)")
-    # 阶段 2/3 不给 --pretrained 时必须显式写它：否则悄悄从头训练、退出码 0，错误看不出来
-    from_scratch: bool = arg(
-        False, "stages 2/3: train a new model from model_config instead of continuing from --pretrained "
-               "(without it, a stage 2/3 run without --pretrained is an error)")
-
-
-@dataclass
-class DataArguments:
-    """训练数据在哪里。"""
-
-    data_dir: Optional[str] = arg(None, "`ugt prepare` 的产物目录；未给 train/eval 路径时取其中的 train/valid")
-    train_data_path: Optional[str] = arg(None, "训练数据（JSONL/Parquet 文件或目录）", aliases=["--train_data"])
-    eval_data_path: Optional[str] = arg(None, "验证数据；给出且未设 eval_strategy 时按 steps 评估",
-                                        aliases=["--eval_data"])
-    preference_source: str = arg("auto", "阶段 3 偏好对来源：ratings / self（模型 beam 候选作 rejected）/ auto")
-    max_preference_pairs: Optional[int] = arg(None, "自生成偏好对的最多数量")
-
-
-@dataclass
-class EvaluationArguments:
-    """训练中全目录排序评估（eval_k_values 在训练参数上：训练器读取）。"""
-
-    num_beams: int = arg(20, "约束 beam search 宽度（评估与自生成偏好对）")
-    exclude_history: bool = arg(False, "评估时不推荐用户历史物品（结果表会注明）")
-    eval_max_samples: Optional[int] = arg(None, "训练中评估最多用多少个验证样本（最终测试用全部）")
-
-
 # 校验表（字段名）；违反时 ConfigError 指出字段
 _NON_NEGATIVE = ("learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "lambda_contrastive",
                  "lambda_preference", "lambda_moe_balance", "l1_loss_weight", "l2_loss_weight", "l3_loss_weight",
@@ -114,79 +83,41 @@ _INTEGER = ("per_device_train_batch_size", "gradient_accumulation_steps", "zero_
 def _number(obj: Any, name: str) -> float:
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"期望数值，得到 {type(value).__name__} {value!r}", field=name)
+        raise ConfigError(f"expected a number, got {type(value).__name__} {value!r}", field=name)
     if not math.isfinite(value):
-        raise ConfigError(f"必须是有限数值，得到 {value!r}", field=name)
+        raise ConfigError(f"must be a finite number, got {value!r}", field=name)
     return float(value)
 
 
 def check_ranges(obj: Any, non_negative: Sequence[str] = (), positive: Sequence[str] = (),
                  unit_interval: Sequence[str] = (), integer: Sequence[str] = ()) -> None:
     """数值范围校验（规格配置类也用它校验规格独有的字段）；整数值的浮点数转成 int。"""
-    for names, ok, text in ((non_negative, lambda v: v >= 0, "必须 >= 0"), (positive, lambda v: v > 0, "必须 > 0"),
-                            (unit_interval, lambda v: 0.0 <= v < 1.0, "必须在 [0, 1) 内")):
+    for names, ok, text in ((non_negative, lambda v: v >= 0, "must be >= 0"),
+                            (positive, lambda v: v > 0, "must be > 0"),
+                            (unit_interval, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")):
         for name in names:
             if not ok(_number(obj, name)):
-                raise ConfigError(f"{text}，得到 {getattr(obj, name)!r}", field=name)
+                raise ConfigError(f"{text}, got {getattr(obj, name)!r}", field=name)
     for name in integer:
         value = getattr(obj, name)
         if isinstance(value, float) and value.is_integer():
             setattr(obj, name, int(value))
         elif not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"期望整数，得到 {value!r}", field=name)
+            raise ConfigError(f"expected an integer, got {value!r}", field=name)
 
 
 @dataclass
-class _UGTFields:
-    """训练旋钮与改过的 HF 默认值；在 MRO 里位于 TrainingArguments/DPOConfig 之前。`__post_init__` 只在这里。"""
+class _UGTFields(TrainingFields):
+    """TrainingFields 的行为：校验、调度、精度与 DeepSpeed 解析；在 MRO 里位于 TrainingArguments/DPOConfig 之前。
+    `__post_init__` 只在这里。"""
 
-    output_dir: Optional[str] = arg("checkpoints", "输出目录：检查点、日志与解析后的配置")
-    run_name: Optional[str] = arg("ugt_training", "实验名称（规格名 experiment_name）", aliases=["--experiment_name"])
-    per_device_train_batch_size: int = arg(256, "每个进程的训练批次（规格名 batch_size）", aliases=["--batch_size"])
-    per_device_eval_batch_size: Optional[int] = arg(None, "每个进程的评估批次；不给则与训练批次相同")
-    gradient_accumulation_steps: int = arg(4, "梯度累积步数；有效批次 = batch_size × 进程数 × 累积步数")
-    num_train_epochs: float = arg(10, "最大训练轮数（规格名 max_epochs）", aliases=["--max_epochs"])
-    encoder_max_length: int = arg(512, "编码器（用户历史）最大长度，超出截断最旧部分")
-    decoder_max_length: int = arg(128, "解码器（目标物品序列）最大长度")
-    optimizer_type: str = arg("adamw", "优化器：adamw（torch AdamW）或 lamb（大批量，见 optim.LAMB）")
-    learning_rate: float = arg(1e-4, "峰值学习率（预热结束时达到）")
-    weight_decay: float = arg(0.01, "权重衰减；只作用于矩阵参数，不作用于偏置与 Norm")
-    lr_scheduler_type: Union[SchedulerType, str] = arg("cosine", "学习率调度：linear / cosine / polynomial 等")
-    warmup_steps: float = arg(10000, "线性预热步数；<1 的小数表示占总步数的比例")
-    min_lr_ratio: float = arg(0.1, "最小学习率 = learning_rate × min_lr_ratio（调度衰减到的下限）")
-    fp16: bool = arg(True, "FP16 混合精度；无 GPU 时自动退回 fp32 并警告一次")
-    bf16: bool = arg(False, "BF16 混合精度；无 GPU 时走 CPU bf16 autocast（自动 use_cpu）")
-    lambda_contrastive: float = arg(0.1, "对比学习损失权重 λ₁")
-    lambda_preference: float = arg(0.1, "DPO 偏好损失权重 λ₂")
-    lambda_moe_balance: float = arg(0.01, "MoE 负载均衡损失权重 λ₃")
-    l1_loss_weight: float = arg(0.5, "NTP 中 L1（粗粒度）层交叉熵权重")
-    l2_loss_weight: float = arg(0.3, "NTP 中 L2 层交叉熵权重")
-    l3_loss_weight: float = arg(0.2, "NTP 中 L3（细粒度）层交叉熵权重")
-    label_smoothing: float = arg(0.0, "NTP 标签平滑（由我们的损失施加，不设 HF 的 label_smoothing_factor）")
-    contrastive_temperature: float = arg(0.07, "InfoNCE 温度 τ，必须 > 0")
-    dpo_reference_free: bool = arg(False, "DPO 不用参考模型（参考 log-prob 视为 0）；由 UGTDPOTrainer 实现")
-    eval_k_values: Optional[List[int]] = arg(help="排序指标的 K", factory=lambda: [5, 10, 20])
-    torch_num_threads: Optional[int] = arg(None, "CPU 上 torch 的线程数；None = 不改（多进程共用少量核时设 1）")
-    max_consecutive_nonfinite: int = arg(10, "连续多少个优化步出现非有限 loss/梯度范数后停止")
-    early_stopping_patience: Optional[int] = arg(
-        None, "stop when metric_for_best_model has not improved for this many evaluations (needs "
-              "load_best_model_at_end and metric_for_best_model); None = train all max_epochs")
-    logging_steps: float = arg(100, "每多少优化步记录一次日志")
-    save_steps: float = arg(1000, "每多少优化步保存一次检查点")
-    eval_steps: Optional[float] = arg(500, "每多少优化步评估一次")
-    save_total_limit: Optional[int] = arg(3, "最多保留的检查点数（最佳模型另行保留）")
-    report_to: Union[None, str, List[str]] = arg(None, "日志后端；默认 tensorboard（未安装时为 none）")
-    remove_unused_columns: bool = arg(False, "按 forward 签名删列；批次键由 collator 决定，默认关闭")
-    deepspeed: Union[dict, str, None] = arg("auto", "DeepSpeed：auto / true / false / JSON 配置路径（单独写 = true）",
-                                            nargs="?", const="true")
-    zero_stage: int = arg(2, "DeepSpeed ZeRO 阶段：0/1/2/3")
-    # TRL 把它默认成 True（我们的模型未必支持）；还原为 HF 的 None（= 关闭）
-    gradient_checkpointing: Optional[bool] = arg(None, "已弃用：同 activation_checkpointing", nargs="?", const=True)
-
-    # 规格名的只读视图（保存时只有字段名）
-    batch_size = property(lambda self: self.per_device_train_batch_size)
-    max_epochs = property(lambda self: self.num_train_epochs)
-    experiment_name = property(lambda self: self.run_name)
+    def __new__(cls, *args, **kwargs):
+        # dataclass 生成的 __init__ 分不出“用户写了 fp16=True”与默认值，构造参数在这里看得到（YAML / 命令行经
+        # parse_args 也只传入给出的键）：只对显式的请求警告，默认值静默按设备解析
+        self = super().__new__(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.init][: len(args)]
+        object.__setattr__(self, "_explicit", frozenset(kwargs) | frozenset(names))
+        return self
 
     def __post_init__(self):
         if self.per_device_eval_batch_size is None:
@@ -196,6 +127,10 @@ class _UGTFields:
         if self.report_to is None:
             self.report_to = ["tensorboard"] if is_tensorboard_available() else "none"
         self._resolve_precision()
+        pin_given = "dataloader_pin_memory" in self._given()
+        if self.dataloader_pin_memory and not pin_given and not _accelerator_available():
+            # 没有加速器时 pin memory 无用，torch 的 DataLoader 还会为每个 DataLoader 警告一次
+            self.dataloader_pin_memory = False
         self._resolve_deepspeed()
         try:
             super().__post_init__()
@@ -208,15 +143,15 @@ class _UGTFields:
         positive = _POSITIVE + (("beta",) if isinstance(self, DPOConfig) else ())
         check_ranges(self, _NON_NEGATIVE, positive, _UNIT_INTERVAL, _INTEGER)
         if self.l1_loss_weight + self.l2_loss_weight + self.l3_loss_weight <= 0:
-            raise ConfigError("l1/l2/l3_loss_weight 不能全为 0", field="l1_loss_weight")
+            raise ConfigError("l1/l2/l3_loss_weight cannot all be 0", field="l1_loss_weight")
         if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"必须是 0/1/2/3 之一，得到 {self.zero_stage!r}", field="zero_stage")
+            raise ConfigError(f"must be one of 0/1/2/3, got {self.zero_stage!r}", field="zero_stage")
         name = str(self.optimizer_type).lower()
         if name not in OPTIMIZER_TYPES:
             close = difflib.get_close_matches(name, OPTIMIZER_TYPES, n=1, cutoff=0.5)
-            hint = f"；是否想用 '{close[0]}'？" if close else ""
-            raise ConfigError(f"未知的优化器 '{self.optimizer_type}'，可选：{', '.join(OPTIMIZER_TYPES)}{hint}",
-                              field="optimizer_type")
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown optimizer '{self.optimizer_type}', choose one of "
+                              f"{', '.join(OPTIMIZER_TYPES)}{hint}", field="optimizer_type")
         self.optimizer_type = name
         if self.early_stopping_patience is not None:
             if int(self.early_stopping_patience) != self.early_stopping_patience or self.early_stopping_patience < 1:
@@ -232,27 +167,37 @@ class _UGTFields:
             try:
                 kwargs = json.loads(kwargs) if kwargs.strip() else None
             except json.JSONDecodeError as e:
-                raise ConfigError(f"不是合法的 JSON：{e}", field="lr_scheduler_kwargs") from None
+                raise ConfigError(f"not valid JSON: {e}", field="lr_scheduler_kwargs") from None
             if kwargs is not None and not isinstance(kwargs, dict):
-                raise ConfigError("必须是 JSON 对象（字典）", field="lr_scheduler_kwargs")
+                raise ConfigError("must be a JSON object (mapping)", field="lr_scheduler_kwargs")
         try:
             name, kwargs = resolve_scheduler(self.lr_scheduler_type, self.min_lr_ratio, self.learning_rate, kwargs)
         except ValueError as e:
-            field_name = "min_lr_ratio" if "min_lr" in str(e) or "lr_end" in str(e) else "lr_scheduler_type"
+            # “unknown …”列出的可选名里也有 cosine_with_min_lr：先看是不是名字错了
+            text = str(e)
+            about_floor = not text.startswith("unknown") and ("min_lr" in text or "lr_end" in text)
+            field_name = "min_lr_ratio" if about_floor else "lr_scheduler_type"
             raise ConfigError(str(e), field=field_name) from None
         self.lr_scheduler_type = name
         self.lr_scheduler_kwargs = kwargs or None
 
+    def _given(self) -> frozenset:
+        return getattr(self, "_explicit", frozenset())
+
     def _resolve_precision(self) -> None:
         if self.fp16 and self.bf16:
-            raise ConfigError("fp16 与 bf16 不能同时为 true", field="fp16/bf16")
+            raise ConfigError("fp16 and bf16 cannot both be true", field="fp16/bf16")
         if self.fp16 and not _fp16_device_available(self.use_cpu):
-            _warn_at_caller("fp16=True 但当前没有支持 fp16 的加速器（CUDA/XPU/MPS）：退回 fp32 训练。"
-                            "在 CPU 上请显式设置 fp16: false 以消除此警告。", PrecisionFallbackWarning)
+            if "fp16" in self._given():
+                _warn_at_caller("fp16=True but there is no fp16-capable accelerator (CUDA/XPU/MPS): training in fp32. "
+                                "Set fp16: false on CPU-only machines to silence this warning.",
+                                PrecisionFallbackWarning)
+            else:  # 规格默认 fp16=True：无加速器时按设备退回，用户不必为默认值做什么
+                logger.info("no fp16-capable accelerator: the default fp16=True resolves to fp32")
             self.fp16 = False
         if self.bf16 and not self.use_cpu and not _cuda_available():
             # HF 5 在无 GPU 时要求 use_cpu 才允许 bf16；CPU bf16 autocast 可用，照用户要求执行
-            logger.info("bf16=True 且无 CUDA：设置 use_cpu=True，使用 CPU bf16 autocast")
+            logger.info("bf16=True without CUDA: setting use_cpu=True (CPU bf16 autocast)")
             self.use_cpu = True
 
     def _resolve_deepspeed(self) -> None:
@@ -265,16 +210,17 @@ class _UGTFields:
                 return
             request = True if low in _TRUE_STRINGS else False if low in _FALSE_STRINGS else request
         elif request is not None and not isinstance(request, (bool, dict)):
-            raise ConfigError(f"期望 true/false/auto/JSON 路径，得到 {request!r}", field="deepspeed")
+            raise ConfigError(f"expected true/false/auto or a JSON path, got {request!r}", field="deepspeed")
         if request is None or request is False:
             self.deepspeed = None
             return
         user = None if request is True else _load_deepspeed_user_config(request)
         if not _cuda_available():
-            raise ConfigError("要求使用 DeepSpeed，但当前没有 CUDA GPU（DeepSpeed 需要 CUDA）；"
-                              "在 CPU 上请用 deepspeed: false 或 auto", field="deepspeed")
+            raise ConfigError("DeepSpeed was requested but there is no CUDA GPU (DeepSpeed needs CUDA); "
+                              "use deepspeed: false or auto on CPU", field="deepspeed")
         if not _deepspeed_available():
-            raise ConfigError(f"要求使用 DeepSpeed，但未安装 deepspeed 包：请 {DEEPSPEED_INSTALL_HINT}",
+            raise ConfigError(f"DeepSpeed was requested but the deepspeed package is not installed: "
+                              f"{DEEPSPEED_INSTALL_HINT}",
                               field="deepspeed")
         self.deepspeed = build_deepspeed_config(self, user_config=user)
 
@@ -285,18 +231,9 @@ class UGTTrainingArguments(_UGTFields, TrainingArguments):
 
 
 @dataclass
-class UGTDPOConfig(_UGTFields, DPOConfig):
+class UGTDPOConfig(_UGTFields, DPOFields, DPOConfig):
     """阶段 3 的训练参数（TRL `DPOConfig` 子类）。TRL 1.16 没有 reference-free 选项，`dpo_reference_free`
-    由 UGTDPOTrainer 读取；`label_smoothing` 与 TRL 的同名字段是同一个字段。"""
-
-    beta: float = arg(0.1, "DPO 温度 β（规格名 dpo_beta），必须 > 0", aliases=["--dpo_beta"])
-    dpo_beta = property(lambda self: self.beta)
-    preference_negatives: int = arg(
-        1, "rejected items per prompt: self-generated pairs take the K highest-ranked candidates that are not the "
-           "target; K > 1 trains the softmax-DPO (S-DPO) objective, which equals loss_type sigmoid at K = 1")
-    ntp_batch_size: Optional[int] = arg(
-        None, "recommendation samples per step for stage 3's next-item NTP term L_ntp (drawn from the train split "
-              "beside each preference batch); default: per_device_train_batch_size")
+    由 UGTDPOTrainer 读取；`label_smoothing` 与 TRL 的同名字段是同一个字段；beta 见 DPOFields。"""
 
 
 class StageArguments(NamedTuple):
@@ -309,12 +246,6 @@ class StageArguments(NamedTuple):
 
 
 STAGE_TRAINING_ARGUMENTS = {1: UGTTrainingArguments, 2: UGTTrainingArguments, 3: UGTDPOConfig}
-# 各阶段与基础默认值不同之处（即规格 Stage{1,2,3}Config 的默认值），位于 YAML 与命令行之下
-STAGE_DEFAULTS: Dict[int, Dict[str, Any]] = {
-    1: {"num_train_epochs": 5, "learning_rate": 1e-4, "lambda_contrastive": 0.0, "lambda_preference": 0.0},
-    2: {"num_train_epochs": 3, "learning_rate": 5e-5, "lambda_contrastive": 0.1},
-    3: {"num_train_epochs": 2, "learning_rate": 1e-5, "lambda_preference": 0.1},
-}
 
 
 # ====================================================================================================================
@@ -330,6 +261,14 @@ def _warn_at_caller(message: str, category: type) -> None:
 
 
 def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def _accelerator_available() -> bool:
+    """有 torch 认得的加速器（CUDA/XPU/MPS…）；与 DataLoader 判断 pin_memory 是否有用的条件相同。"""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
     return torch.cuda.is_available()
 
 
@@ -349,19 +288,19 @@ def _deepspeed_available() -> bool:
 def _load_deepspeed_user_config(value: Union[str, dict]) -> dict:
     if isinstance(value, dict):
         return copy.deepcopy(value)
-    text, source = value.strip(), "deepspeed 字段中的 JSON 字符串"
+    text, source = value.strip(), "JSON string in the deepspeed field"
     if not text.startswith("{"):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise ConfigError(f"DeepSpeed 配置文件不存在：{path}", field="deepspeed")
+            raise ConfigError(f"DeepSpeed config file not found: {path}", field="deepspeed")
         source, text = str(path), path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"不是合法的 JSON（第 {e.lineno} 行第 {e.colno} 列）：{e.msg}", field="deepspeed",
+        raise ConfigError(f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}", field="deepspeed",
                           source=source) from None
     if not isinstance(data, dict):
-        raise ConfigError("DeepSpeed 配置必须是 JSON 对象", field="deepspeed", source=source)
+        raise ConfigError("a DeepSpeed config must be a JSON object", field="deepspeed", source=source)
     return data
 
 
@@ -387,7 +326,7 @@ def build_deepspeed_config(args: Any, user_config: Any = _UNSET) -> dict:
     """
     stage = getattr(args, "zero_stage", 2)
     if stage not in (0, 1, 2, 3):
-        raise ConfigError(f"必须是 0/1/2/3 之一，得到 {stage!r}", field="zero_stage")
+        raise ConfigError(f"must be one of 0/1/2/3, got {stage!r}", field="zero_stage")
     zero: Dict[str, Any] = {"stage": stage}
     if stage >= 1:
         zero.update({"overlap_comm": True, "contiguous_gradients": True})
@@ -452,7 +391,7 @@ def save_resolved_config(args: Any, directory: Union[str, Path]) -> Path:
     data = resolved_config_dict(*parts)
     names = "+".join(type(p).__name__ for p in parts)
     yaml_path = directory / CONFIG_FILE_NAME
-    header = f"# {names}：解析后的完整配置，可用 --config 复现本次运行\n"
+    header = f"# {names}: the complete resolved config; pass it to --config to reproduce this run\n"
     for path, text in (
         (yaml_path, header + yaml.safe_dump(data, sort_keys=True, allow_unicode=True)),
         (yaml_path.with_suffix(".json"),

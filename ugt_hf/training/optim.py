@@ -79,13 +79,13 @@ class LAMB(torch.optim.Optimizer):
         bias_correction: bool = True,
     ):
         if lr < 0.0:
-            raise ValueError(f"LAMB: lr 必须 >= 0，得到 {lr}")
+            raise ValueError(f"LAMB: lr must be >= 0, got {lr}")
         if eps < 0.0:
-            raise ValueError(f"LAMB: eps 必须 >= 0，得到 {eps}")
+            raise ValueError(f"LAMB: eps must be >= 0, got {eps}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"LAMB: betas 必须在 [0, 1) 内，得到 {betas}")
+            raise ValueError(f"LAMB: betas must be in [0, 1), got {betas}")
         if weight_decay < 0.0:
-            raise ValueError(f"LAMB: weight_decay 必须 >= 0，得到 {weight_decay}")
+            raise ValueError(f"LAMB: weight_decay must be >= 0, got {weight_decay}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction)
         super().__init__(params, defaults)
 
@@ -102,7 +102,7 @@ class LAMB(torch.optim.Optimizer):
                     continue
                 grad = p.grad
                 if grad.is_sparse:
-                    raise RuntimeError("LAMB 不支持稀疏梯度")
+                    raise RuntimeError("LAMB does not support sparse gradients")
                 state = self.state[p]
                 # 矩估计至少用 fp32（半精度参数下也稳定），fp64 参数保持 fp64
                 compute_dtype = torch.promote_types(p.dtype, torch.float32)
@@ -143,8 +143,8 @@ def _check_choice(value: str, choices: Iterable[str], what: str) -> str:
     choices = list(choices)
     if name not in choices:
         close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-        hint = f"；是否想用 '{close[0]}'？" if close else ""
-        raise ValueError(f"未知的 {what} '{value}'，可选：{', '.join(choices)}{hint}")
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown {what} '{value}', choose one of {', '.join(choices)}{hint}")
     return name
 
 
@@ -179,12 +179,12 @@ def create_optimizer(
     """
     name = _check_choice(optimizer_type, OPTIMIZER_TYPES, "optimizer_type")
     if learning_rate < 0:
-        raise ValueError(f"learning_rate 必须 >= 0，得到 {learning_rate}")
+        raise ValueError(f"learning_rate must be >= 0, got {learning_rate}")
     if weight_decay < 0:
-        raise ValueError(f"weight_decay 必须 >= 0，得到 {weight_decay}")
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     groups = get_param_groups(model, weight_decay)
     if not groups:
-        raise ValueError("模型没有 requires_grad=True 的参数，无法创建优化器")
+        raise ValueError("the model has no parameter with requires_grad=True: nothing to optimize")
     cls = torch.optim.AdamW if name == "adamw" else LAMB
     return cls(groups, lr=learning_rate, betas=tuple(betas), eps=eps, **kwargs)
 
@@ -234,12 +234,13 @@ def resolve_scheduler(
     kwargs: Dict[str, Any] = dict(scheduler_kwargs or {})
     ratio = float(min_lr_ratio or 0.0)
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"min_lr_ratio 必须在 [0, 1) 内，得到 {min_lr_ratio}")
+        raise ValueError(f"min_lr_ratio must be in [0, 1), got {min_lr_ratio}")
 
     def _put(key: str, value: float) -> None:
         if key in kwargs and not math.isclose(float(kwargs[key]), value, rel_tol=1e-9, abs_tol=0.0):
             raise ValueError(
-                f"lr_scheduler_kwargs['{key}']={kwargs[key]} 与 min_lr_ratio={ratio} 推出的 {value} 矛盾；只设其中一个"
+                f"lr_scheduler_kwargs['{key}']={kwargs[key]} contradicts the {value} implied by min_lr_ratio={ratio}; "
+                "set only one of them"
             )
         kwargs[key] = value
 
@@ -250,11 +251,12 @@ def resolve_scheduler(
             _put("min_lr_rate", ratio)
         elif ratio > 0 and "min_lr_rate" not in kwargs:
             raise ValueError(
-                "lr_scheduler_kwargs 给了绝对 min_lr，同时 min_lr_ratio>0；只设其中一个（可令 min_lr_ratio: 0）"
+                "lr_scheduler_kwargs sets an absolute min_lr while min_lr_ratio > 0; set only one of them "
+                "(e.g. min_lr_ratio: 0)"
             )
     elif name in ("linear", "polynomial") and ratio > 0:
         if learning_rate is None:
-            raise ValueError(f"{name} 带 min_lr_ratio 时需要 learning_rate 来计算 lr_end")
+            raise ValueError(f"{name} with min_lr_ratio needs learning_rate to compute lr_end")
         if name == "linear":
             name = "polynomial"
             _put("power", 1.0)
@@ -276,9 +278,9 @@ def create_scheduler(
     学习率基准取优化器各组的初始 lr（LambdaLR 乘子语义）。
     """
     if total_steps <= 0:
-        raise ValueError(f"total_steps 必须 > 0，得到 {total_steps}")
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps 必须 >= 0，得到 {warmup_steps}")
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     base_lr = optimizer.defaults.get("lr")
     name, kwargs = resolve_scheduler(scheduler_type, min_lr_ratio, base_lr, scheduler_kwargs)
     return get_scheduler(
@@ -310,7 +312,7 @@ def lr_at_step(
     name, kwargs = resolve_scheduler(scheduler_type, min_lr_ratio, base_lr)
     step, total, warm = int(step), int(total_steps), int(warmup_steps)
     if name not in SCHEDULER_TYPES:
-        raise ValueError(f"lr_at_step 不支持 '{scheduler_type}'，可用：{', '.join(SCHEDULER_TYPES)}")
+        raise ValueError(f"lr_at_step does not support '{scheduler_type}'; supported: {', '.join(SCHEDULER_TYPES)}")
     if name == "constant":
         return float(base_lr)
     if step < warm:

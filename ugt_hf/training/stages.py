@@ -43,10 +43,12 @@ def resolve_data(args) -> DataDir:
     if data_dir is None and args.train_data_path:
         data_dir = str(Path(args.train_data_path).parent)
     if data_dir is None:
-        raise ConfigError("需要 data_dir（`ugt prepare` 的产物目录）或 train_data_path", field="data_dir")
+        raise ConfigError("needs data_dir (the artifact folder written by `ugt prepare`) or train_data_path",
+                          field="data_dir")
     data = DataDir(data_dir)
     for path in data.missing_files():
-        raise ConfigError(f"{path} 不存在：data_dir 必须是 `ugt prepare` 写出的目录", field="data_dir")
+        raise ConfigError(f"{path} does not exist: data_dir must be a folder written by `ugt prepare`",
+                          field="data_dir")
     return data
 
 
@@ -61,12 +63,12 @@ def _model_config_kwargs(value) -> Dict[str, Any]:
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"不是合法 JSON：{e}", field="model_config") from None
+            raise ConfigError(f"not valid JSON: {e}", field="model_config") from None
     path = Path(text)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise ConfigError(f"{path} 不存在", field="model_config")
+        raise ConfigError(f"{path} does not exist", field="model_config")
     return json.loads(path.read_text())
 
 
@@ -78,12 +80,14 @@ def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendati
         model = UGTForGenerativeRecommendation.from_pretrained(args.pretrained_model_path)
         if list(model.config.vocab_sizes) != vocab:
             raise ConfigError(
-                f"模型 {args.pretrained_model_path} 的 vocab_sizes {model.config.vocab_sizes} 与数据 {vocab} 不一致",
+                f"model {args.pretrained_model_path} has vocab_sizes {model.config.vocab_sizes} but the data has "
+                f"{vocab}",
                 field="pretrained_model_path",
             )
         if model.item_head is not None and not torch.equal(model.item_head.triples.cpu(), data.catalogue().triples):
             # 物品头的下标按保存时的目录排列；换了目录时打分会悄悄错位
-            raise ConfigError(f"模型 {args.pretrained_model_path} 物品头的目录与数据的 items.parquet 不一致",
+            raise ConfigError(f"the item head of model {args.pretrained_model_path} was built for another item "
+                              "catalogue than the data's items.parquet",
                               field="pretrained_model_path")
         return model
     kwargs = _model_config_kwargs(args.model_config)
@@ -97,7 +101,8 @@ def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendati
     if num_items == "auto":
         kwargs["num_items"] = num_items = catalogue.num_items
     if num_items and int(num_items) != catalogue.num_items:
-        raise ConfigError(f"num_items={num_items} 与数据目录的物品数 {catalogue.num_items} 不一致（可写 \"auto\"）",
+        raise ConfigError(f"num_items={num_items} but the data folder has {catalogue.num_items} items (or write "
+                          "num_items: auto)",
                           field="model_config")
     model = UGTForGenerativeRecommendation(UGTConfig(**kwargs))
     if model.item_head is not None:
@@ -186,7 +191,7 @@ def preference_data(args: StageArguments, model, data: DataDir, catalogue):
     """阶段 3 的训练/留出偏好对。返回 (train, eval, source)。"""
     source = args.data.preference_source
     if source not in ("auto", "ratings", "self"):
-        raise ConfigError(f"必须是 auto / ratings / self，得到 {source!r}", field="preference_source")
+        raise ConfigError(f"must be auto, ratings or self, got {source!r}", field="preference_source")
     length = int(args.training.encoder_max_length)
     if source != "self" and args.data.train_data_path:
         # 规格 2.3 的阶段 3 命令：--train_data 直接给偏好对文件（--eval_data 可给留出偏好对）
@@ -199,7 +204,7 @@ def preference_data(args: StageArguments, model, data: DataDir, catalogue):
         raise ConfigError(f"preference_negatives={num_negatives} needs self-generated pairs (preference_source: "
                           "self); rating and file pairs have one rejected item each", field="preference_negatives")
     if source == "ratings" and not has_pairs:
-        raise ConfigError(f"{data} 没有评分偏好对（meta.json splits.preference_train = 0）",
+        raise ConfigError(f"{data} has no rating preference pairs (meta.json splits.preference_train = 0)",
                           field="preference_source")
     if source == "ratings" or (source == "auto" and has_pairs):
         train = data.preference_dataset("preference_train", max_encoder_length=length)
