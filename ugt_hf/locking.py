@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import json
 import logging
 import os
@@ -163,3 +165,20 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def holding_output_lock(what: str, param: str = "out"):
+    """装饰器：调用期间持有参数 param（按函数签名取，位置或关键字皆可）所指输出目录的锁。"""
+
+    def decorate(func):
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            folder = signature.bind(*args, **kwargs).arguments[param]
+            with OutputLock(os.fspath(folder), what=what):
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -28,6 +28,22 @@ class TrainingDivergedError(RuntimeError):
     """连续 N 个优化步的损失或梯度范数非有限，训练已停止。"""
 
 
+class TrainingInterrupted(RuntimeError):
+    """训练被 SIGTERM/SIGINT 停下：已保存可续训的检查点，但阶段没有完成（不写 best_model/ 与 stage_summary.json）。
+
+    exit_code = 128 + 信号编号（shell 的惯例：SIGTERM 143，SIGINT 130），命令行入口以它退出。
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Optional[str], output_dir: str, how_to_resume: str = ""):
+        self.signum, self.step, self.checkpoint, self.output_dir = int(signum), int(step), checkpoint, output_dir
+        self.exit_code = 128 + self.signum
+        name = signal.Signals(self.signum).name
+        saved = f"checkpoint {checkpoint} saved" if checkpoint else "no checkpoint could be saved"
+        resume = f"; {how_to_resume}" if how_to_resume else ""
+        super().__init__(f"stopped by {name} at step {step}: {saved}; the stage is not finished (no best_model/ "
+                         f"or stage_summary.json in {output_dir}){resume} (exit code {self.exit_code} = 128 + {name})")
+
+
 # ---------------------------------------------------------------- 信号
 class GracefulShutdownCallback(TrainerCallback):
     """SIGTERM/SIGINT：完成当前优化步 → 保存检查点 → 停止训练，`train()` 正常返回。
