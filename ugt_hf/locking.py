@@ -64,6 +64,7 @@ def _read_owner(path: str) -> dict:
 
 
 def _busy_message(folder: str, what: str, owner: dict) -> str:
+    what = owner.get("what") or what  # 持有者是什么（另一个 ugt pipeline / ugt prepare / 阶段）
     pid, host = owner.get("pid"), owner.get("host")
     since = owner.get("since")
     who = f"PID {pid}" if pid else "another process"
