@@ -101,13 +101,33 @@ def make_args(output_dir, **overrides):
     return TrainingConfig(**kw)
 
 
+class LengthedSamples(list):
+    """带 lengths() 的样本列表（同 RecommendDataset）：train_sampling_strategy=group_by_length 时按它分组。"""
+
+    def lengths(self):
+        return [int(s["encoder_semantic_ids"].shape[0]) for s in self]
+
+
 def make_trainer(output_dir, callbacks=None, **overrides):
+    """train_sampling_strategy="group_by_length" 时训练集的 lengths() 走 UGTTrainer 的长度分组采样器。"""
     from ugt_hf.training.trainer import UGTTrainer
 
     torch.manual_seed(0)
     model = TinyRecModel()
     return UGTTrainer(model=model, args=make_args(output_dir, **overrides), data_collator=collate,
-                      train_dataset=make_samples(), callbacks=callbacks)
+                      train_dataset=LengthedSamples(make_samples()), callbacks=callbacks)
+
+
+def signal_at(step: int, signum: int = signal.SIGTERM):
+    """在 global_step == step 的步末给本进程发一个真实信号（GracefulShutdownCallback 排在它后面，同一步就停）。"""
+    from transformers import TrainerCallback
+
+    class SignalAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step:
+                os.kill(os.getpid(), signum)
+
+    return SignalAt()
 
 
 def main(argv):
