@@ -23,6 +23,7 @@ from ugt_hf.training.arguments import (
     UGTDPOConfig,
     UGTTrainingArguments,
 )
+from ugt_hf.training.checkpointing import get_last_checkpoint
 from ugt_hf.training.stages import (
     STAGE_SUMMARY_FILE,
     _model_config_kwargs,
@@ -213,3 +214,36 @@ def test_second_writer_into_a_stage_output_dir_gets_one_line(tmp_path, capsys):
     printed = capsys.readouterr().out.strip()
     assert printed.startswith(f"stage1: error: {out} is in use by another ugt pipeline (PID {os.getpid()}")
     assert "\n" not in printed and not out.exists()
+
+
+@pytest.mark.slow
+def test_recipe_process_stopped_by_an_external_sigterm_exits_143(tmp_path):
+    """真实的外部信号：recipes/stage1.py 子进程在训练中收到 SIGTERM，以 143 退出，检查点可续训。"""
+    import subprocess
+    import sys
+    import time
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "s1"
+    argv = _stage1_argv(tmp_path, out, max_steps=400, disable_tqdm=True)
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(repo, "recipes", "stage1.py"), *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.time() + 240
+        for line in proc.stdout:  # HF 每个日志步打印一行 {'loss': ...}：训练已经开始
+            lines.append(line)
+            if "'loss'" in line:
+                break
+            assert time.time() < deadline, "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 143, output
+    assert "stopped by SIGTERM at step" in output and "Traceback" not in output
+    last = get_last_checkpoint(str(out))
+    assert last is not None and not (out / BEST_MODEL_DIR).exists() and not (out / STAGE_SUMMARY_FILE).exists()

@@ -11,6 +11,8 @@
     evaluation: {split: test, k_values: [5, 10, 20], num_beams: 20, exclude_history: false}
     published: {TIGER: {recall@5: ..., ...}}   # 可选：报告里并列的论文数字
 每个阶段从上一阶段的 best_model 开始；阶段的 data_dir / output_dir / pretrained 由流水线给出。
+退出码：0 完成；2 配置错误或 --out 正被另一个进程使用；128 + N 被信号 N 停下（SIGTERM 143、SIGINT 130），
+被打断的阶段已保存检查点，重跑同一命令从那里继续，已完成的阶段跳过。
 """
 
 from __future__ import annotations
