@@ -247,3 +247,20 @@ def test_recipe_process_stopped_by_an_external_sigterm_exits_143(tmp_path):
     assert "stopped by SIGTERM at step" in output and "Traceback" not in output
     last = get_last_checkpoint(str(out))
     assert last is not None and not (out / BEST_MODEL_DIR).exists() and not (out / STAGE_SUMMARY_FILE).exists()
+
+
+def test_signal_after_the_last_step_finishes_the_stage_then_stops(tmp_path, monkeypatch, capsys):
+    """信号在最后一步之后、训练收尾时到达：阶段照常完成（best_model + 摘要），但以 128+信号 退出，流水线不再往下跑。"""
+    from ugt_hf.training.callbacks import GracefulShutdownCallback
+
+    original = GracefulShutdownCallback.on_train_end
+
+    def late(self, args, state, control, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # 处理函数还在：只记标志
+        return original(self, args, state, control, **kw)
+
+    monkeypatch.setattr(GracefulShutdownCallback, "on_train_end", late)
+    out = tmp_path / "s1"
+    assert main(1, _stage1_argv(tmp_path, out)) == 143
+    assert "received SIGTERM after the last step: the stage finished" in capsys.readouterr().out
+    assert completed_stage(out) is not None  # 重跑流水线时这个阶段被跳过

@@ -106,12 +106,12 @@ def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print, all
 def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 3),
                  extra_args: Sequence[str] = (), log=print,
                  prepare_overrides: Optional[dict] = None, allow_prepare: bool = True,
-                 resume: bool = True) -> Dict[str, Any]:
+                 resume: bool = False) -> Dict[str, Any]:
     """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。
     allow_prepare：data_dir 尚未准备时是否按 prepare 段准备；Python 调用方（测试、benchmarks）给的是算出来的路径，
     默认允许；命令行默认不允许（见 PipelineArguments.prepare）。
-    resume：重跑同一命令时接着上次做——已完成的阶段（best_model/ 与 stage_summary.json 都在）跳过，
-    被打断的阶段从最后一个完整检查点续训；False 时每个阶段都从头训练。
+    resume：接着上次做——已完成的阶段（best_model/ 与 stage_summary.json 都在）跳过，被打断的阶段从最后一个
+    完整检查点续训；False（Python 调用的默认，benchmarks 要重新计时）时每个阶段都从头训练。命令行默认 True。
     某个阶段被 SIGTERM/SIGINT 停下时抛 TrainingInterrupted，后面的阶段不跑；run_dir 被另一个进程使用时抛
     OutputLockedError。"""
     t_start = time.perf_counter()
@@ -157,7 +157,7 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
             try:
                 summary = run_stage(n, argv)
             except TrainingInterrupted as e:  # 后面的阶段不跑；提示的续跑方式换成流水线的
-                raise TrainingInterrupted(e.signum, e.step, e.checkpoint, e.output_dir,
+                raise TrainingInterrupted(e.signum, e.step, e.checkpoint, e.output_dir, finished=e.finished,
                                           how_to_resume="re-run the same `ugt pipeline` command to continue "
                                                         "from there") from None
         best = summary["best_model_dir"]

@@ -34,14 +34,21 @@ class TrainingInterrupted(RuntimeError):
     exit_code = 128 + 信号编号（shell 的惯例：SIGTERM 143，SIGINT 130），命令行入口以它退出。
     """
 
-    def __init__(self, signum: int, step: int, checkpoint: Optional[str], output_dir: str, how_to_resume: str = ""):
+    def __init__(self, signum: int, step: int, checkpoint: Optional[str], output_dir: str, how_to_resume: str = "",
+                 finished: bool = False):
         self.signum, self.step, self.checkpoint, self.output_dir = int(signum), int(step), checkpoint, output_dir
+        self.finished = finished  # 信号来得太晚（最后一步之后）：阶段已完成并保存，只是不再往下跑
         self.exit_code = 128 + self.signum
         name = signal.Signals(self.signum).name
-        saved = f"checkpoint {checkpoint} saved" if checkpoint else "no checkpoint could be saved"
+        code = f"(exit code {self.exit_code} = 128 + {name})"
         resume = f"; {how_to_resume}" if how_to_resume else ""
+        if finished:
+            super().__init__(f"received {name} after the last step: the stage finished and was saved in {output_dir}; "
+                             f"stopping here{resume} {code}")
+            return
+        saved = f"checkpoint {checkpoint} saved" if checkpoint else "no checkpoint could be saved"
         super().__init__(f"stopped by {name} at step {step}: {saved}; the stage is not finished (no best_model/ "
-                         f"or stage_summary.json in {output_dir}){resume} (exit code {self.exit_code} = 128 + {name})")
+                         f"or stage_summary.json in {output_dir}){resume} {code}")
 
 
 # ---------------------------------------------------------------- 信号

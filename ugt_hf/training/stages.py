@@ -324,6 +324,9 @@ def _train_stage(stage: int, args: StageArguments) -> Dict[str, Any]:
     summary["best_model_dir"] = best_dir
     if trainer.is_world_process_zero():
         write_json_atomic(summary_path, summary)
+    late = trainer.shutdown_callback.received if trainer.shutdown_callback is not None else None
+    if late is not None:  # 信号在最后一步之后（收尾评估、保存时）到达：阶段已完成，但进程不该再往下跑
+        raise TrainingInterrupted(late, trainer.state.global_step, None, targs.output_dir, finished=True)
     return summary
 
 
