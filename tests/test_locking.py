@@ -73,3 +73,17 @@ def test_same_process_second_lock_and_decorator(tmp_path):
     assert write(1, out=str(out)) == 1 and write(2, str(out)) == 2
     assert calls == [1, 2] and not os.path.exists(lock_path_for(str(out)))
     assert lock_path_for(str(out)) == str(tmp_path / ".o.ugt-lock")  # 在目录旁边，不在目录里
+
+
+def test_second_ugt_prepare_into_the_same_folder_gets_one_line(tmp_path, capsys):
+    from ugt_hf.data.prepare import main as prepare_main
+    from ugt_hf.data.prepare import prepare
+
+    out = tmp_path / "data"
+    with OutputLock(str(out), what="ugt prepare"):
+        with pytest.raises(OutputLockedError, match=f"{out} is in use by another ugt prepare"):
+            prepare(str(out), source="synthetic", num_users=50, num_items=30)
+        assert prepare_main(["--source", "synthetic", "--out", str(out), "--no_progress", "true"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ugt prepare: error: {out} is in use by another ugt prepare (PID {os.getpid()}")
+    assert "\n" not in err and not out.exists()  # 什么也没写

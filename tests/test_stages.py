@@ -264,3 +264,19 @@ def test_signal_after_the_last_step_finishes_the_stage_then_stops(tmp_path, monk
     assert main(1, _stage1_argv(tmp_path, out)) == 143
     assert "received SIGTERM after the last step: the stage finished" in capsys.readouterr().out
     assert completed_stage(out) is not None  # 重跑流水线时这个阶段被跳过
+
+
+def test_stage3_stopped_by_a_signal_saves_and_resumes(tmp_path, monkeypatch, capsys):
+    """阶段 3 与阶段 1–2 走同一条路径：信号 -> 检查点（无 pickle 参数）-> 143；续训到完成。"""
+    out = tmp_path / "s3"
+    argv = _stage1_argv(tmp_path, out, from_scratch=True, batch_size=4, gradient_accumulation_steps=1)
+    w.signal_stages_at(monkeypatch, 2)
+    assert main(3, argv) == 143
+    assert "stopped by SIGTERM at step 2" in capsys.readouterr().out
+    last = out / "checkpoint-2"
+    assert get_last_checkpoint(str(out)) == str(last) and not (last / "training_args.bin").exists()
+    assert not (out / BEST_MODEL_DIR).exists()
+    monkeypatch.undo()
+    assert main(3, argv + ["--resume_from_checkpoint", "true"]) == 0
+    summary = completed_stage(out)
+    assert summary is not None and [e["step"] for e in summary["log_history"] if "loss" in e][:2] == [1, 2]
