@@ -522,3 +522,17 @@ def test_stray_file_named_like_a_staging_folder_does_not_break_saving(tmp_path):
     trainer = w.make_trainer(tmp_path, callbacks=[Litter()], max_steps=2)
     trainer.train()
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]
+
+
+@pytest.mark.parametrize("stop,evaluated", [(3, False), (6, True)])  # epoch 中间 / 恰好在 epoch 末（每 epoch 6 步）
+def test_signal_mid_epoch_adds_no_extra_epoch_end_evaluation(tmp_path, stop, evaluated):
+    trainer = UGTTrainer(
+        model=w.TinyRecModel(), data_collator=w.collate, train_dataset=w.make_samples(),
+        eval_dataset=w.make_samples(8, seed=5), callbacks=[w.signal_at(stop)],
+        args=w.make_args(tmp_path, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                         metric_for_best_model="loss", greater_is_better=False))
+    trainer.train()
+    assert trainer.stopped_by_signal == signal.SIGTERM and trainer.state.global_step == stop
+    evals = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+    assert evals == ([stop] if evaluated else [])
+    assert ckpt.get_last_checkpoint(str(tmp_path)) == str(tmp_path / f"checkpoint-{stop}")
