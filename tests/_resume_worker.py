@@ -3,6 +3,7 @@
 子进程用法（SIGTERM / SIGKILL 测试）：
     python tests/_resume_worker.py sigterm OUT_DIR STOP_STEP   # 到 STOP_STEP 后写 ready 文件并等待父进程的 SIGTERM
     python tests/_resume_worker.py sigkill OUT_DIR KILL_STEP   # 保存 KILL_STEP 的检查点写到一半时 SIGKILL 自己
+进程内：signal_at(step) 是给训练器的回调；signal_stages_at(monkeypatch, step) 用于 run_stage / ugt pipeline。
 """
 
 from __future__ import annotations
@@ -101,13 +102,33 @@ def make_args(output_dir, **overrides):
     return TrainingConfig(**kw)
 
 
+class LengthedSamples(list):
+    """带 lengths() 的样本列表（同 RecommendDataset）：train_sampling_strategy=group_by_length 时按它分组。"""
+
+    def lengths(self):
+        return [int(s["encoder_semantic_ids"].shape[0]) for s in self]
+
+
 def make_trainer(output_dir, callbacks=None, **overrides):
+    """train_sampling_strategy="group_by_length" 时训练集的 lengths() 走 UGTTrainer 的长度分组采样器。"""
     from ugt_hf.training.trainer import UGTTrainer
 
     torch.manual_seed(0)
     model = TinyRecModel()
     return UGTTrainer(model=model, args=make_args(output_dir, **overrides), data_collator=collate,
-                      train_dataset=make_samples(), callbacks=callbacks)
+                      train_dataset=LengthedSamples(make_samples()), callbacks=callbacks)
+
+
+def signal_at(step: int, signum: int = signal.SIGTERM):
+    """在 global_step == step 的步末给本进程发一个真实信号（GracefulShutdownCallback 排在它后面，同一步就停）。"""
+    from transformers import TrainerCallback
+
+    class SignalAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step:
+                os.kill(os.getpid(), signum)
+
+    return SignalAt()
 
 
 def main(argv):
@@ -150,3 +171,18 @@ def main(argv):
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main(sys.argv[1:]))
+
+
+def signal_stages_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
+    """让 run_stage / ugt pipeline 里训练器的第 step 步末收到一个真实信号（包装 GracefulShutdownCallback 本身，
+    因为阶段内部自己构造训练器、无法传回调）。monkeypatch.undo() 恢复。"""
+    from ugt_hf.training.callbacks import GracefulShutdownCallback
+
+    original = GracefulShutdownCallback.on_step_end
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == step:
+            os.kill(os.getpid(), signum)
+        return original(self, args, state, control, **kw)
+
+    monkeypatch.setattr(GracefulShutdownCallback, "on_step_end", on_step_end)

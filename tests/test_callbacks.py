@@ -41,3 +41,13 @@ def test_signal_sets_flag_then_step_end_requests_save_and_stop(tmp_path):
     finally:
         cb.on_train_end(args, state, control)
     assert signal.getsignal(signal.SIGTERM) is before  # 训练结束后恢复原处理函数
+
+
+def test_training_interrupted_carries_128_plus_signal_and_says_what_was_kept():
+    from ugt_hf.training.callbacks import TrainingInterrupted
+
+    e = TrainingInterrupted(signal.SIGTERM, 11, "/r/stage1/checkpoint-11", "/r/stage1", how_to_resume="re-run it")
+    assert e.exit_code == 143 and TrainingInterrupted(signal.SIGINT, 1, None, "/o").exit_code == 130
+    msg = str(e)
+    assert msg.startswith("stopped by SIGTERM at step 11: checkpoint /r/stage1/checkpoint-11 saved;")
+    assert "no best_model/ or stage_summary.json in /r/stage1" in msg and "re-run it" in msg and "\n" not in msg

@@ -77,3 +77,110 @@ def test_args_json_written_and_pickle_dropped(tmp_path):
     path = ckpt.write_args_json(TrainingArguments(output_dir=str(tmp_path), report_to="none"), str(tmp_path))
     assert not (tmp_path / "training_args.bin").exists()
     assert '"output_dir"' in open(path).read()
+
+
+# ---------------------------------------------------------------- 崩溃安全（#16）
+def _staged(folder, step, text):
+    """已写完的 staging 副本：.staging-checkpoint-N/checkpoint-N（与 CheckpointingMixin 的布局相同）。"""
+    d = folder / f".staging-checkpoint-{step}" / f"checkpoint-{step}"
+    d.mkdir(parents=True)
+    (d / "a.txt").write_text(text)
+    (d / "trainer_state.json").write_text("{}")
+    return d
+
+
+def _kill_at_rename(monkeypatch, n):
+    """第 n 次 os.rename 之前“被杀”（抛出 SystemExit，之后的代码都不执行）。"""
+    calls = {"n": 0}
+    real = os.rename
+
+    def rename(src, dst):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise SystemExit("killed")
+        return real(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "rename", rename)
+
+
+@pytest.mark.parametrize("new_copy_complete", [True, False])
+def test_kill_between_the_two_renames_loses_nothing(tmp_path, monkeypatch, new_copy_complete):
+    old = _complete(tmp_path, 4)
+    (old / "a.txt").write_text("old")
+    staged = _staged(tmp_path, 4, "new")
+    if not new_copy_complete:
+        os.remove(staged / "trainer_state.json")
+    _kill_at_rename(monkeypatch, 2)  # 第 1 次：旧 -> .trash-；第 2 次：staging -> 正式名字
+    with pytest.raises(SystemExit):
+        ckpt.commit_staging(str(staged), str(old), fsync=False)
+    monkeypatch.undo()
+    assert not old.exists() and (tmp_path / ".trash-checkpoint-4").is_dir()  # 确实停在两次 rename 之间
+    assert ckpt.get_last_checkpoint(str(tmp_path)) is None
+    ckpt.clean_stale_staging(str(tmp_path))  # 下次启动
+    assert ckpt.get_last_checkpoint(str(tmp_path)) == str(old)
+    assert (old / "a.txt").read_text() == ("new" if new_copy_complete else "old")
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-4"]
+
+
+def test_kill_during_deletion_never_leaves_a_complete_looking_folder(tmp_path, monkeypatch):
+    _complete(tmp_path, 2)
+    newest = _complete(tmp_path, 4)
+    real_rmtree = ckpt.shutil.rmtree
+
+    def dying_rmtree(path, *a, **kw):  # 删到一半被杀：rmtree 还没开始删就停
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", dying_rmtree)
+    with pytest.raises(SystemExit):
+        ckpt.remove_checkpoint(str(tmp_path / "checkpoint-2"))
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    leftovers = [n for n in os.listdir(tmp_path) if n.startswith(ckpt.DELETING_PREFIX)]
+    assert len(leftovers) == 1
+    assert not (tmp_path / leftovers[0] / "trainer_state.json").exists()  # 完整性标志先删
+    assert not ckpt.is_complete_checkpoint(str(tmp_path / leftovers[0]))
+    assert ckpt.list_checkpoints(str(tmp_path)) == [str(newest)]
+    ckpt.clean_stale_staging(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-4"]
+
+
+def test_stray_files_named_like_staging_are_removed(tmp_path):
+    (tmp_path / ".staging-checkpoint-8").write_text("not a folder")
+    (tmp_path / ".trash-checkpoint-3").write_text("x")
+    _complete(tmp_path, 2)
+    ckpt.clean_stale_staging(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]
+    # commit 时正式名字上有一个同名文件：也能替换
+    (tmp_path / "checkpoint-5").write_text("stray")
+    staged = _staged(tmp_path, 5, "new")
+    ckpt.commit_staging(str(staged), str(tmp_path / "checkpoint-5"), fsync=False)
+    assert (tmp_path / "checkpoint-5" / "a.txt").read_text() == "new"
+
+
+@pytest.mark.parametrize("limit,best", [(2, None), (1, 4), (2, 2), (3, 6), (1, None)])
+def test_rotation_keeps_what_hf_keeps(tmp_path, limit, best):
+    from transformers.trainer_utils import rotate_checkpoints as hf_rotate
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for folder in (ours, theirs):
+        folder.mkdir()
+        for step in (2, 4, 6, 8, 10):
+            _complete(folder, step)
+    ckpt.rotate_checkpoints(str(ours), limit, str(ours / f"checkpoint-{best}") if best else None)
+    hf_rotate(str(theirs), limit, str(theirs / f"checkpoint-{best}") if best else None)
+    assert sorted(os.listdir(ours)) == sorted(os.listdir(theirs))
+    assert len(os.listdir(ours)) < 5
+
+
+def test_resolve_resume_point(tmp_path):
+    assert ckpt.resolve_resume_point("auto", str(tmp_path)) is None  # 没有检查点：从头开始
+    assert ckpt.resolve_resume_point(None, str(tmp_path)) is None
+    with pytest.raises(ValueError, match=f"no complete checkpoint found in output directory {tmp_path}"):
+        ckpt.resolve_resume_point("true", str(tmp_path))
+    _complete(tmp_path, 3)
+    (tmp_path / "checkpoint-9").mkdir()  # 不完整
+    for value in ("auto", True, "latest", "TRUE"):
+        assert ckpt.resolve_resume_point(value, str(tmp_path)) == str(tmp_path / "checkpoint-3")
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        ckpt.resolve_resume_point(str(tmp_path / "checkpoint-9"), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="folder not found"):
+        ckpt.resolve_resume_point(str(tmp_path / "nope"), str(tmp_path))

@@ -2,12 +2,18 @@
 
 import dataclasses
 import json
+import os
+import signal
 
+import _resume_worker as w
 import pytest
 import torch
+import yaml
 from _tiny_artifacts import tiny_data_dir
 
+from ugt_hf.argparsing import BEST_MODEL_DIR
 from ugt_hf.data.datadir import DataDir
+from ugt_hf.locking import OutputLock, lock_path_for
 from ugt_hf.training.arguments import (
     ConfigError,
     DataArguments,
@@ -17,11 +23,14 @@ from ugt_hf.training.arguments import (
     UGTDPOConfig,
     UGTTrainingArguments,
 )
+from ugt_hf.training.checkpointing import get_last_checkpoint
 from ugt_hf.training.stages import (
+    STAGE_SUMMARY_FILE,
     _model_config_kwargs,
     _recommend_dataset,
     build_model,
     check_model_source,
+    completed_stage,
     main,
     preference_data,
     resolve_data,
@@ -153,3 +162,121 @@ def test_missing_local_model_folder_is_named_with_close_names(tmp_path):
         check_model_source(3, ModelArguments(pretrained_model_path=good,
                                              reference_model_path=str(tmp_path / "run" / "stage2" / "best_model")))
     assert err.value.field == "reference_model_path"
+
+
+# ---------------------------------------------------------------- 信号、续训、已完成、锁（#16）
+def _stage1_argv(tmp_path, out, **extra):
+    cfg = {"model_config": TINY, "batch_size": 8, "max_steps": 6, "save_strategy": "steps", "save_steps": 100,
+           "eval_strategy": "no", "logging_steps": 1, "encoder_max_length": 20, "decoder_max_length": 5,
+           "fp16": False, "report_to": "none", "dataloader_num_workers": 0, "torch_num_threads": 1, "seed": 0,
+           **extra}
+    path = tmp_path / "stage1.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return ["--config", str(path), "--data_dir", str(tiny_data_dir()), "--output_dir", str(out)]
+
+
+def test_signal_stop_exits_128_plus_signal_then_resume_then_finished_run_is_a_no_op(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s1"
+    argv = _stage1_argv(tmp_path, out)
+    w.signal_stages_at(monkeypatch, 3, signal.SIGINT)
+    assert main(1, argv) == 128 + signal.SIGINT
+    printed = capsys.readouterr().out
+    assert f"stopped by SIGINT at step 3: checkpoint {out / 'checkpoint-3'} saved" in printed
+    assert "--resume_from_checkpoint auto" in printed and "Traceback" not in printed
+    assert (out / "checkpoint-3").is_dir() and not (out / BEST_MODEL_DIR).exists()
+    assert not (out / STAGE_SUMMARY_FILE).exists() and completed_stage(out) is None
+    assert not os.path.exists(lock_path_for(str(out)))  # 锁已释放
+    monkeypatch.undo()
+
+    assert main(1, argv + ["--resume_from_checkpoint", "auto"]) == 0
+    summary = json.loads((out / STAGE_SUMMARY_FILE).read_text())
+    steps = [e["step"] for e in summary["log_history"] if "loss" in e]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 前 3 步来自检查点，后 3 步是续训
+    assert completed_stage(out) == summary
+    best = out / BEST_MODEL_DIR / "model.safetensors"
+    stamp, names = best.stat().st_mtime_ns, sorted(os.listdir(out))
+
+    # 已完成的运行再续训：不多训一步，不覆盖 best_model，摘要不变
+    assert main(1, argv + ["--resume_from_checkpoint", "auto"]) == 0
+    assert best.stat().st_mtime_ns == stamp and sorted(os.listdir(out)) == names
+    assert json.loads((out / STAGE_SUMMARY_FILE).read_text()) == summary
+
+    # 从头重训又被打断：旧的摘要先删掉，目录不再像是完成的
+    w.signal_stages_at(monkeypatch, 2)
+    assert main(1, argv + ["--resume_from_checkpoint", "false"]) == 128 + signal.SIGTERM
+    assert completed_stage(out) is None and not (out / STAGE_SUMMARY_FILE).exists()
+
+
+def test_second_writer_into_a_stage_output_dir_gets_one_line(tmp_path, capsys):
+    out = tmp_path / "s1"
+    with OutputLock(str(out), what="ugt pipeline"):
+        assert main(1, _stage1_argv(tmp_path, out)) == 2
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith(f"stage1: error: {out} is in use by another ugt pipeline (PID {os.getpid()}")
+    assert "\n" not in printed and not out.exists()
+
+
+@pytest.mark.slow
+def test_recipe_process_stopped_by_an_external_sigterm_exits_143(tmp_path):
+    """真实的外部信号：recipes/stage1.py 子进程在训练中收到 SIGTERM，以 143 退出，检查点可续训。"""
+    import subprocess
+    import sys
+    import time
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "s1"
+    argv = _stage1_argv(tmp_path, out, max_steps=400, disable_tqdm=True)
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(repo, "recipes", "stage1.py"), *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.time() + 240
+        for line in proc.stdout:  # HF 每个日志步打印一行 {'loss': ...}：训练已经开始
+            lines.append(line)
+            if "'loss'" in line:
+                break
+            assert time.time() < deadline, "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 143, output
+    assert "stopped by SIGTERM at step" in output and "Traceback" not in output
+    last = get_last_checkpoint(str(out))
+    assert last is not None and not (out / BEST_MODEL_DIR).exists() and not (out / STAGE_SUMMARY_FILE).exists()
+
+
+def test_signal_after_the_last_step_finishes_the_stage_then_stops(tmp_path, monkeypatch, capsys):
+    """信号在最后一步之后、训练收尾时到达：阶段照常完成（best_model + 摘要），但以 128+信号 退出，流水线不再往下跑。"""
+    from ugt_hf.training.callbacks import GracefulShutdownCallback
+
+    original = GracefulShutdownCallback.on_train_end
+
+    def late(self, args, state, control, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # 处理函数还在：只记标志
+        return original(self, args, state, control, **kw)
+
+    monkeypatch.setattr(GracefulShutdownCallback, "on_train_end", late)
+    out = tmp_path / "s1"
+    assert main(1, _stage1_argv(tmp_path, out)) == 143
+    assert "received SIGTERM after the last step: the stage finished" in capsys.readouterr().out
+    assert completed_stage(out) is not None  # 重跑流水线时这个阶段被跳过
+
+
+def test_stage3_stopped_by_a_signal_saves_and_resumes(tmp_path, monkeypatch, capsys):
+    """阶段 3 与阶段 1–2 走同一条路径：信号 -> 检查点（无 pickle 参数）-> 143；续训到完成。"""
+    out = tmp_path / "s3"
+    argv = _stage1_argv(tmp_path, out, from_scratch=True, batch_size=4, gradient_accumulation_steps=1)
+    w.signal_stages_at(monkeypatch, 2)
+    assert main(3, argv) == 143
+    assert "stopped by SIGTERM at step 2" in capsys.readouterr().out
+    last = out / "checkpoint-2"
+    assert get_last_checkpoint(str(out)) == str(last) and not (last / "training_args.bin").exists()
+    assert not (out / BEST_MODEL_DIR).exists()
+    monkeypatch.undo()
+    assert main(3, argv + ["--resume_from_checkpoint", "true"]) == 0
+    summary = completed_stage(out)
+    assert summary is not None and [e["step"] for e in summary["log_history"] if "loss" in e][:2] == [1, 2]

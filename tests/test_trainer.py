@@ -432,3 +432,107 @@ def test_early_stopping_patience_needs_the_best_model_settings(tmp_path):
     with pytest.raises(ConfigError, match="positive integer"):
         w.make_args(tmp_path, eval_strategy="steps", save_strategy="steps", metric_for_best_model="recall@10",
                     load_best_model_at_end=True, early_stopping_patience=0)
+
+
+# ---------------------------------------------------------------- 续训：长度分组采样、已完成的运行、信号与轮转（#16）
+GROUPED = dict(train_sampling_strategy="group_by_length", max_steps=15)  # 每 epoch 6 步：第 3 个 epoch 中间结束
+
+
+def _weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def grouped_reference(tmp_path_factory):
+    trainer = w.make_trainer(tmp_path_factory.mktemp("grouped_ref"), **GROUPED)
+    trainer.train()
+    return _losses(trainer.state.log_history), _weights(trainer)
+
+
+def test_length_grouped_sampler_order_depends_only_on_seed_and_epoch():
+    from ugt_hf.training.trainer import EpochSeededLengthGroupedSampler
+
+    lengths = [1 + (i * 7) % 5 for i in range(40)]
+    a, b = (EpochSeededLengthGroupedSampler(4, lengths, seed=3) for _ in range(2))
+    torch.manual_seed(123)  # 全局 RNG 不影响顺序（HF 的版本用全局 RNG）
+    first = list(a)
+    b.set_epoch(1)
+    torch.manual_seed(0)
+    second = list(b)
+    b.set_epoch(0)
+    assert list(b) == first and second != first and sorted(second) == list(range(40))
+
+
+@pytest.mark.parametrize("stop", [9, 13])  # 第 2 个 epoch 中间；第 3 个 epoch 第 1 步
+def test_group_by_length_resume_is_bit_exact_in_later_epochs(tmp_path, grouped_reference, stop):
+    ref_losses, ref_weights = grouped_reference
+    trainer = w.make_trainer(tmp_path, callbacks=[w.signal_at(stop)], **GROUPED)
+    trainer.train()
+    assert trainer.stopped_by_signal == signal.SIGTERM and trainer.state.global_step == stop
+    assert ckpt.get_last_checkpoint(str(tmp_path)) == str(tmp_path / f"checkpoint-{stop}")
+    resumed = w.make_trainer(tmp_path, **GROUPED)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == GROUPED["max_steps"]
+    assert _losses(resumed.state.log_history) == ref_losses  # 每一步的损失逐位相同
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, ref_weights[k]), k
+
+
+def test_resuming_a_finished_run_is_a_no_op(tmp_path):
+    trainer = w.make_trainer(tmp_path)
+    trainer.train()
+    before, names = _weights(trainer), sorted(os.listdir(tmp_path))
+    again = w.make_trainer(tmp_path)
+    again.train(resume_from_checkpoint=True)
+    assert again.resumed_finished_run and again.state.global_step == w.MAX_STEPS
+    assert sorted(os.listdir(tmp_path)) == names  # 没有 checkpoint-9 / -10
+    for k, v in again.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_signal_stop_keeps_its_checkpoint_with_save_total_limit_one(tmp_path):
+    """save_total_limit=1 + load_best_model_at_end：HF 收尾时删掉最佳以外的检查点——被信号停下时那正是续训点。"""
+    trainer = UGTTrainer(
+        model=w.TinyRecModel(), data_collator=w.collate, train_dataset=w.make_samples(),
+        eval_dataset=w.make_samples(8, seed=5), callbacks=[w.signal_at(5)],
+        args=w.make_args(tmp_path, eval_strategy="steps", eval_steps=2, save_total_limit=1,
+                         load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False))
+    trainer.train()
+    assert trainer.stopped_by_signal == signal.SIGTERM
+    assert trainer.state.best_model_checkpoint != str(tmp_path / "checkpoint-5")
+    assert ckpt.get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-5")
+    # 正常结束时 HF 的规则照旧：只留最佳的那个
+    finished = UGTTrainer(
+        model=w.TinyRecModel(), data_collator=w.collate, train_dataset=w.make_samples(),
+        eval_dataset=w.make_samples(8, seed=5),
+        args=w.make_args(tmp_path, eval_strategy="steps", eval_steps=2, save_total_limit=1,
+                         load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False))
+    finished.train(resume_from_checkpoint=True)
+    assert ckpt.list_checkpoints(str(tmp_path)) == [finished.state.best_model_checkpoint]
+
+
+def test_stray_file_named_like_a_staging_folder_does_not_break_saving(tmp_path):
+    from transformers import TrainerCallback
+
+    class Litter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 1:
+                (tmp_path / ".staging-checkpoint-2").write_text("stray")
+
+    trainer = w.make_trainer(tmp_path, callbacks=[Litter()], max_steps=2)
+    trainer.train()
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]
+
+
+@pytest.mark.parametrize("stop,evaluated", [(3, False), (6, True)])  # epoch 中间 / 恰好在 epoch 末（每 epoch 6 步）
+def test_signal_mid_epoch_adds_no_extra_epoch_end_evaluation(tmp_path, stop, evaluated):
+    trainer = UGTTrainer(
+        model=w.TinyRecModel(), data_collator=w.collate, train_dataset=w.make_samples(),
+        eval_dataset=w.make_samples(8, seed=5), callbacks=[w.signal_at(stop)],
+        args=w.make_args(tmp_path, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                         metric_for_best_model="loss", greater_is_better=False))
+    trainer.train()
+    assert trainer.stopped_by_signal == signal.SIGTERM and trainer.state.global_step == stop
+    evals = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+    assert evals == ([stop] if evaluated else [])
+    assert ckpt.get_last_checkpoint(str(tmp_path)) == str(tmp_path / f"checkpoint-{stop}")

@@ -1,11 +1,17 @@
 """workflow.py：小合成数据上的端到端三阶段运行（每个阶段损失下降，Recall@10 超过流行度基线）。"""
 
 import json
+import os
+import signal
 
+import _resume_worker as w
 import pytest
+import yaml
 from _pipeline_fixtures import pickled_files, write_tiny_pipeline
 
+from ugt_hf.locking import OutputLock
 from ugt_hf.training.arguments import ConfigError
+from ugt_hf.training.checkpointing import CheckpointingMixin
 from ugt_hf.workflow import ensure_prepared, load_pipeline_config, main, run_pipeline
 
 
@@ -86,3 +92,65 @@ def test_cli_missing_data_folder_needs_prepare_flag(tmp_path, capsys):
     assert main(["--data", str(typo), "--prepare", "true", "--config", str(cfg), "--out", str(run),
                  "--stages", "2,3"]) == 2
     assert "stage1" in capsys.readouterr().out and (typo / "meta.json").is_file()
+
+
+# ---------------------------------------------------------------- 信号、重跑续上、锁（#16）
+def _short_pipeline(tmp_path):
+    """write_tiny_pipeline 的配置，每个阶段只训 1 个 epoch（这里只看控制流，不看质量）。"""
+    cfg = write_tiny_pipeline(tmp_path)
+    for n in (1, 2, 3):
+        path = tmp_path / f"stage{n}.yaml"
+        stage = yaml.safe_load(path.read_text())
+        stage.update(max_epochs=1, logging_steps=1)
+        path.write_text(yaml.safe_dump(stage))
+    return cfg
+
+
+@pytest.mark.slow
+def test_interrupted_stage_stops_the_pipeline_and_rerunning_continues(tmp_path, monkeypatch, capsys):
+    cfg, run = _short_pipeline(tmp_path), tmp_path / "run"
+    argv = ["--data", str(tmp_path / "data"), "--config", str(cfg), "--out", str(run), "--prepare", "true"]
+    w.signal_stages_at(monkeypatch, 2)
+    assert main(argv) == 128 + signal.SIGTERM
+    printed = capsys.readouterr().out
+    assert "stopped by SIGTERM at step 2" in printed and "re-run the same `ugt pipeline` command" in printed
+    assert (run / "stage1" / "checkpoint-2").is_dir() and not (run / "stage1" / "best_model").exists()
+    assert not (run / "stage2").exists() and not (run / "report.md").exists()  # 后面的阶段没有跑
+    monkeypatch.undo()
+
+    resumed_from = []
+    original = CheckpointingMixin._load_from_checkpoint
+
+    def spy(self, path, model=None):
+        resumed_from.append(path)
+        return original(self, path, model)
+
+    monkeypatch.setattr(CheckpointingMixin, "_load_from_checkpoint", spy)
+    assert main(argv) == 0  # 同一条命令
+    assert resumed_from == [str(run / "stage1" / "checkpoint-2")]  # 阶段 1 从检查点续训，阶段 2、3 从头
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["stages"]) == {"stage1", "stage2", "stage3"}
+    stamps = {s: (run / s / "best_model" / "model.safetensors").stat().st_mtime_ns for s in results["stages"]}
+    capsys.readouterr()
+
+    # 再跑一次：三个阶段都已完成，跳过（不训练、不重新评估），结果不变
+    def no_training(*a, **k):
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr("ugt_hf.workflow.run_stage", no_training)
+    monkeypatch.setattr("ugt_hf.workflow.evaluate_ranking", no_training)
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("already finished") == 3
+    again = json.loads((run / "results.json").read_text())
+    assert again["stages"] == results["stages"]
+    assert stamps == {s: (run / s / "best_model" / "model.safetensors").stat().st_mtime_ns for s in stamps}
+
+
+def test_second_pipeline_into_the_same_out_gets_one_line(tmp_path, capsys):
+    cfg, run = write_tiny_pipeline(tmp_path), tmp_path / "run"
+    with OutputLock(str(run), what="ugt pipeline"):
+        assert main(["--data", str(tmp_path / "data"), "--config", str(cfg), "--out", str(run)]) == 2
+    printed = capsys.readouterr().out.strip()
+    assert printed == (f"ugt pipeline: error: {run} is in use by another ugt pipeline (PID {os.getpid()}, since "
+                       + printed.split(", since ", 1)[1])
+    assert "lock file" in printed and "\n" not in printed and not run.exists()

@@ -11,6 +11,8 @@
     evaluation: {split: test, k_values: [5, 10, 20], num_beams: 20, exclude_history: false}
     published: {TIGER: {recall@5: ..., ...}}   # 可选：报告里并列的论文数字
 每个阶段从上一阶段的 best_model 开始；阶段的 data_dir / output_dir / pretrained 由流水线给出。
+退出码：0 完成；2 配置错误或 --out 正被另一个进程使用；128 + N 被信号 N 停下（SIGTERM 143、SIGINT 130），
+被打断的阶段已保存检查点，重跑同一命令从那里继续，已完成的阶段跳过。
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any, Dict, Optional, Sequence
 from .argparsing import BEST_MODEL_DIR, ConfigError, arg, close_hint, load_yaml_config, parse_args
 from .data.prepare import prepare
 from .evaluation import evaluate_ranking, popularity_baseline, transition_baseline
+from .locking import OutputLockedError, holding_output_lock
 from .report import REPORT_MD, RESULTS_FILE, log_test_metrics, report_locations, write_report
+from .training.interrupts import TrainingInterrupted
 
 # torch、模型、数据目录与训练阶段在函数里导入：`ugt pipeline --help` 与配置错误不必加载它们（冷启动 5–8 s）
 
@@ -100,17 +104,23 @@ def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print, all
         torch.set_num_threads(threads)  # prepare 为 k-means 固定成 1 线程；训练要恢复
 
 
+@holding_output_lock("ugt pipeline", param="run_dir")  # 同一 run_dir 同一时刻只允许一个流水线
 def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 3),
                  extra_args: Sequence[str] = (), log=print,
-                 prepare_overrides: Optional[dict] = None, allow_prepare: bool = True) -> Dict[str, Any]:
+                 prepare_overrides: Optional[dict] = None, allow_prepare: bool = True,
+                 resume: bool = False) -> Dict[str, Any]:
     """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。
     allow_prepare：data_dir 尚未准备时是否按 prepare 段准备；Python 调用方（测试、benchmarks）给的是算出来的路径，
-    默认允许；命令行默认不允许（见 PipelineArguments.prepare）。"""
+    默认允许；命令行默认不允许（见 PipelineArguments.prepare）。
+    resume：接着上次做——已完成的阶段（best_model/ 与 stage_summary.json 都在）跳过，被打断的阶段从最后一个
+    完整检查点续训；False（Python 调用的默认，benchmarks 要重新计时）时每个阶段都从头训练。命令行默认 True。
+    某个阶段被 SIGTERM/SIGINT 停下时抛 TrainingInterrupted，后面的阶段不跑；run_dir 被另一个进程使用时抛
+    OutputLockedError。"""
     t_start = time.perf_counter()
     cfg = load_pipeline_config(config_path)  # 先于重模块的导入：配置写错时一秒内报错
     from .data.datadir import DataDir
     from .modeling_ugt import UGTForGenerativeRecommendation
-    from .training.stages import run_stage
+    from .training.stages import completed_stage, run_stage
 
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     prepare_opts = {**(cfg.get("prepare") or {}), **(prepare_overrides or {})} or None
@@ -132,23 +142,42 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
     previous = str(earlier) if min(stages) > 1 and earlier.is_dir() else None
     if min(stages) > 1 and previous is None:
         raise ConfigError(f"--stages starts at {min(stages)} but {earlier} does not exist", field="stages")
+    earlier_results = _read_results(run_dir) if resume else {}
     for n in stages:
         name = f"stage{n}"
-        argv = ["--config", cfg["stages"][n], "--data_dir", str(data_dir), "--output_dir", str(run_dir / name)]
-        if previous is not None:
-            argv += ["--pretrained", previous]
-            if n == 3:
-                argv += ["--reference_model_path", previous]
-        argv += list(extra_args)
-        log(f"[pipeline] {name}: {' '.join(argv)}")
-        summary = run_stage(n, argv)
+        out = run_dir / name
+        done = completed_stage(out) if resume else None
+        if done is not None:
+            summary = done
+            log(f"[pipeline] {name}: already finished ({out / BEST_MODEL_DIR}), skipped")
+        else:
+            argv = ["--config", cfg["stages"][n], "--data_dir", str(data_dir), "--output_dir", str(out)]
+            if previous is not None:
+                argv += ["--pretrained", previous]
+                if n == 3:
+                    argv += ["--reference_model_path", previous]
+            if resume:
+                argv += ["--resume_from_checkpoint", "auto"]  # 有完整检查点就从它续训（被打断的阶段），否则从头
+            argv += list(extra_args)
+            log(f"[pipeline] {name}: {' '.join(argv)}")
+            try:
+                summary = run_stage(n, argv)
+            except TrainingInterrupted as e:  # 后面的阶段不跑；提示的续跑方式换成流水线的
+                raise TrainingInterrupted(e.signum, e.step, e.checkpoint, e.output_dir, finished=e.finished,
+                                          how_to_resume="re-run the same `ugt pipeline` command to continue "
+                                                        "from there") from None
         best = summary["best_model_dir"]
-        model = UGTForGenerativeRecommendation.from_pretrained(best).eval()
-        t0 = time.perf_counter()
-        test = evaluate_ranking(model, data_dir, split=ev["split"], k_values=ev["k_values"], num_beams=ev["num_beams"],
-                                exclude_history=ev["exclude_history"], batch_size=ev["batch_size"],
-                                catalogue=catalogue)
-        entry = {"train_seconds": summary["train_seconds"], "eval_seconds": time.perf_counter() - t0,
+        reuse = earlier_results.get("stages", {}).get(name) if done is not None else None
+        if reuse and reuse.get("best_model_dir") == best and "test" in reuse:
+            test, eval_seconds = reuse["test"], reuse.get("eval_seconds")  # 已完成阶段的测试结果不再重算
+        else:
+            model = UGTForGenerativeRecommendation.from_pretrained(best).eval()
+            t0 = time.perf_counter()
+            test = evaluate_ranking(model, data_dir, split=ev["split"], k_values=ev["k_values"],
+                                    num_beams=ev["num_beams"], exclude_history=ev["exclude_history"],
+                                    batch_size=ev["batch_size"], catalogue=catalogue)
+            eval_seconds = time.perf_counter() - t0
+        entry = {"train_seconds": summary["train_seconds"], "eval_seconds": eval_seconds,
                  "best_model_dir": best, "test": test}
         log_test_metrics(run_dir / name, test, summary.get("log_history", ()))  # test/recall@10 ... 进 TensorBoard
         for key in ("preference_source", "num_preference_pairs"):
@@ -166,6 +195,14 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
     return results
 
 
+def _read_results(run_dir: Path) -> Dict[str, Any]:
+    try:
+        data = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 @dataclass
 class PipelineArguments:
     """`ugt pipeline` 的命令行；其余 `--key value` 原样转给每个阶段（覆盖阶段配置）。"""
@@ -174,6 +211,9 @@ class PipelineArguments:
     config: str = arg(dataclasses.MISSING, "pipeline YAML (see recipes/configs/*_pipeline.yaml)")
     out: str = arg(dataclasses.MISSING, "run directory: stage checkpoints, results.json, report.md, PNG plots")
     stages: str = arg("1,2,3", "stages to run, comma-separated")
+    resume: bool = arg(True, "re-running the same command continues: stages whose best_model/ and "
+                             "stage_summary.json exist are skipped, an interrupted stage resumes from its last "
+                             "complete checkpoint; false trains every stage from scratch")
     prepare: bool = arg(False, "if --data is not a prepared data folder yet, prepare it there from the config's "
                                "prepare: section (without this flag a missing --data folder is an error)")
 
@@ -183,10 +223,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ns, extra = parse_args([PipelineArguments], argv, prog="ugt pipeline", config_flag=False,
                                allow_remaining=True)
         stages = [int(s) for s in ns.stages.split(",")]
-        run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra, allow_prepare=ns.prepare)
+        run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra, allow_prepare=ns.prepare,
+                     resume=ns.resume)
     except ConfigError as e:
         print(f"ugt pipeline: {e}")
         return 2
+    except OutputLockedError as e:
+        print(f"ugt pipeline: error: {e}")
+        return 2
+    except TrainingInterrupted as e:
+        print(f"ugt pipeline: {e}", flush=True)
+        return e.exit_code  # 128 + 信号编号
+    except KeyboardInterrupt:  # 训练循环之外（数据准备、评估）按下 Ctrl-C：没有半个阶段需要保存
+        print("ugt pipeline: interrupted (SIGINT); re-run the same command to continue", flush=True)
+        return 130
     print((Path(ns.out) / REPORT_MD).read_text())
     print("\n".join(report_locations(ns.out)))
     return 0

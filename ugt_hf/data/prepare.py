@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..argparsing import ConfigError, arg, parse_args
+from ..locking import holding_output_lock
 from . import schema
 from .schema import DEFAULT_CODEBOOK_SIZES, SOURCES
 
@@ -160,6 +161,7 @@ def _existing_state(out: str, checksum: str, options: Dict[str, Any]) -> str:
     return "up_to_date" if all(os.path.isfile(os.path.join(out, e)) for e in expected) else "different"
 
 
+@holding_output_lock("ugt prepare")  # 两个 prepare 写同一目录时第二个得到一行错误（#16）
 def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = False, progress: bool = True,
             log=print, _fail_after: Optional[str] = None, **kwargs) -> Dict[str, Any]:
     """Python API：准备产物目录并返回 meta 字典（目录已是最新时直接返回已有 meta）。

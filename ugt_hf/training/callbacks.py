@@ -19,6 +19,8 @@ from typing import Dict, Optional, Sequence
 import torch
 from transformers import TrainerCallback
 
+from .interrupts import TrainingInterrupted  # noqa: F401  （历史位置；定义在不依赖 torch 的模块里）
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONSECUTIVE_NONFINITE = 10
@@ -89,6 +91,16 @@ class GracefulShutdownCallback(TrainerCallback):
             control.should_log = True
             control.should_save = True
             control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        """HF 停止训练时跳出 epoch 循环后仍调用 on_epoch_end：eval/save_strategy=epoch 会在 epoch 中间再评估一次、
+        再存一次同一步（大验证集上能拖过抢占的宽限期，还把这次额外的评估写进续训点，续训后的最佳模型选择与
+        不中断的运行不同）。信号停在 epoch 中间时取消这两样；恰好停在 epoch 末时照常（那是正常的 epoch 末评估）。"""
+        if self.stopped_by_signal is not None and state.epoch is not None:
+            if abs(state.epoch - round(state.epoch)) > 1e-6:
+                control.should_evaluate = False
+                control.should_save = False
         return control
 
 

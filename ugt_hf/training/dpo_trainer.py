@@ -233,7 +233,7 @@ def _as_hf_dataset(dataset):
                     f"got {type(dataset).__name__}")
 
 
-class UGTDPOTrainer(DPOTrainer):
+class UGTDPOTrainer(ckpt.CheckpointingMixin, DPOTrainer):
     """TRL `DPOTrainer` 的语义 ID 版本（见模块说明）。args 是 `Stage3Config`（基于 TRL `DPOConfig`）。
 
     参考模型：给了 `ref_model` 就用它；`args.dpo_reference_free` 时参考 log-prob 恒为 0；
@@ -418,20 +418,8 @@ class UGTDPOTrainer(DPOTrainer):
             loss = self.compute_loss(model, inputs, return_outputs=False)
         return loss.detach(), None, None
 
-    def _save_checkpoint(self, model, trial):
-        # TRL 在这里往 output_dir 写它自己的卡；我们的卡由 `_save` 写进每个检查点，直接用 Trainer 的保存逻辑
-        return super(DPOTrainer, self)._save_checkpoint(model, trial)
-
-    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
-        """同 UGTTrainer：HF `_save` 用 torch.save 写的 training_args.bin（pickle）删掉，改写 JSON；再写模型卡。
-        检查点（`_save_checkpoint` -> save_model）与最终的 save_model 都经过这里。"""
-        super()._save(output_dir, state_dict=state_dict)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save:
-            ckpt.drop_pickled_args(output_dir)
-            ckpt.write_args_json(self.args, output_dir)
-            self._write_card(output_dir)
-
+    # 检查点的保存 / 加载 / 续训（staging + rename、完整性标志、拒绝 pickle、信号保存、resume=True）都来自
+    # CheckpointingMixin，与 UGTTrainer 是同一份代码；这里只有模型卡
     def create_model_card(self, model_name: Optional[str] = None, dataset_name: Optional[str] = None,
                           tags=None, **kwargs) -> None:
         """替代 TRL 的卡（push_to_hub 会调用）：写 output_dir/README.md，总是覆盖。"""
@@ -456,16 +444,6 @@ class UGTDPOTrainer(DPOTrainer):
         parts = ["NTP (chosen item)", f"DPO (TRL, loss_type={loss_type}, beta={self.beta:g}, {ref}, "
                                        f"lambda_preference={self.lambda_preference:g})"]
         return " + ".join(parts + auxiliary_objectives(self))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        ckpt.verify_checkpoint_files(resume_from_checkpoint)  # 加载前拒绝不安全的 pickle（同 UGTTrainer）
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def _load_best_model(self) -> None:
-        if self.state.best_model_checkpoint is not None:
-            ckpt.verify_checkpoint_files(self.state.best_model_checkpoint)
-        super()._load_best_model()
-        self._card_best_loaded = True
 
 
 @torch.no_grad()

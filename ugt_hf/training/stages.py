@@ -6,10 +6,12 @@ recipes/stage{1,2,3}.py 只是 `run_stage(n)` 的薄封装；`ugt pipeline` 依�
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -26,8 +28,11 @@ from ..data.datadir import DataDir
 from ..data.datasets import RecommendDataset
 from ..generation import recommend
 from ..interfaces import SEMANTIC_PAD_ID
+from ..locking import OutputLock, OutputLockedError
 from ..modeling_ugt import UGTForGenerativeRecommendation
 from .arguments import ConfigError, StageArguments, parse_stage_args, save_resolved_config
+from .callbacks import TrainingInterrupted
+from .checkpointing import get_last_checkpoint
 from .dpo_trainer import UGTDPOTrainer, pairwise_preference_accuracy
 from .trainer import UGTTrainer
 
@@ -248,6 +253,8 @@ def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Di
     """运行一个阶段；返回摘要（也写到 output_dir/stage_summary.json）。
 
     args：StageArguments，或一个兼有全部字段的配置对象（如规格的 Stage{n}Config），不给则从 argv 解析。
+    被 SIGTERM/SIGINT 停下时抛 TrainingInterrupted（检查点已保存；best_model/ 与摘要不写）；
+    output_dir 正被另一个进程使用时抛 OutputLockedError。
     """
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
@@ -255,8 +262,17 @@ def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Di
         args = parse_stage_args(stage, argv)
     elif not isinstance(args, StageArguments):
         args = StageArguments(args, args, args, args)
-    targs, evargs = args.training, args.evaluation
+    targs = args.training
     check_model_source(stage, args.model)
+    # 同一个 output_dir 只允许一个写入者（多进程时只有主进程加锁：各 rank 共用一个目录）
+    lock = OutputLock(targs.output_dir, what=f"stage {stage} run") if getattr(targs, "process_index", 0) == 0 else None
+    with lock or contextlib.nullcontext():
+        return _train_stage(stage, args)
+
+
+def _train_stage(stage: int, args: StageArguments) -> Dict[str, Any]:
+    """run_stage 拿到输出目录的锁之后的部分。"""
+    targs, evargs = args.training, args.evaluation
     if targs.torch_num_threads:
         torch.set_num_threads(int(targs.torch_num_threads))
     set_seed(targs.seed)
@@ -295,12 +311,28 @@ def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Di
                                 eval_dataset=held_pairs if targs.eval_strategy != "no" else None,
                                 processing_class=tokenizer, ntp_dataset=ntp_ds)
 
+    # 摘要是“阶段已完成”的标志（`ugt pipeline` 据此跳过该阶段）：训练开始前删掉上一次的，完成后才重写
+    summary_path = Path(targs.output_dir, STAGE_SUMMARY_FILE)
+    previous = _read_summary(summary_path)
+    if trainer.is_world_process_zero() and summary_path.exists():
+        summary_path.unlink()
     train_output = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
+    if trainer.stopped_by_signal is not None:
+        raise TrainingInterrupted(trainer.stopped_by_signal, trainer.state.global_step,
+                                  get_last_checkpoint(targs.output_dir), targs.output_dir,
+                                  how_to_resume="run the same command with --resume_from_checkpoint auto to continue")
+    best_dir = os.path.join(targs.output_dir, BEST_MODEL_DIR)
+    if trainer.resumed_finished_run and previous is not None and model_dir_complete(best_dir):
+        # 已完成的运行再续训：什么也没训练，保留原来的 best_model 与摘要
+        logger.warning("%s: the run had already finished; kept %s and %s", targs.output_dir, best_dir,
+                       STAGE_SUMMARY_FILE)
+        if trainer.is_world_process_zero():
+            write_json_atomic(summary_path, previous)
+        return previous
     summary["train_seconds"] = time.perf_counter() - t0
     summary["train_metrics"] = train_output.metrics
     summary["log_history"] = trainer.state.log_history
     summary["best_model_checkpoint"] = trainer.state.best_model_checkpoint
-    best_dir = os.path.join(targs.output_dir, BEST_MODEL_DIR)
     if trainer.is_world_process_zero():
         trainer.save_model(best_dir)  # load_best_model_at_end 时这就是最佳模型
         tokenizer.save_pretrained(best_dir)
@@ -310,16 +342,61 @@ def run_stage(stage: int, argv: Optional[Sequence[str]] = None, args=None) -> Di
                                                                    held_pairs)
     summary["best_model_dir"] = best_dir
     if trainer.is_world_process_zero():
-        Path(targs.output_dir, STAGE_SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+        write_json_atomic(summary_path, summary)
+    late = trainer.shutdown_callback.received if trainer.shutdown_callback is not None else None
+    if late is not None:  # 信号在最后一步之后（收尾评估、保存时）到达：阶段已完成，但进程不该再往下跑
+        raise TrainingInterrupted(late, trainer.state.global_step, None, targs.output_dir, finished=True)
+    return summary
+
+
+def _read_summary(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path, obj) -> None:
+    """先写临时文件再 rename：被杀在中途时不会留下半个 JSON（摘要是阶段完成的标志）。"""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def model_dir_complete(folder) -> bool:
+    """save_pretrained 写完的模型目录：config.json 与权重都在。"""
+    folder = Path(folder)
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return (folder / "config.json").is_file() and any((folder / w).is_file() for w in weights)
+
+
+def completed_stage(output_dir) -> Optional[Dict[str, Any]]:
+    """阶段目录里有完整的 best_model/ 与摘要时返回摘要（该阶段已完成），否则 None。"""
+    summary = _read_summary(Path(output_dir, STAGE_SUMMARY_FILE))
+    if summary is None or not model_dir_complete(Path(output_dir, BEST_MODEL_DIR)):
+        return None
     return summary
 
 
 def main(stage: int, argv: Optional[Sequence[str]] = None) -> int:
-    """recipes/stage{n}.py 的入口：错误配置给一行清楚的错误并以 2 退出。"""
+    """recipes/stage{n}.py 的入口：错误配置、输出目录被占用给一行清楚的错误并以 2 退出；
+    被 SIGTERM/SIGINT 停下时以 128 + 信号编号退出（143 / 130），检查点已保存，可续训。"""
     try:
         summary = run_stage(stage, argv)
     except ConfigError as e:
         print(f"stage{stage}: {e}", flush=True)
         return 2
+    except OutputLockedError as e:
+        print(f"stage{stage}: error: {e}", flush=True)
+        return 2
+    except TrainingInterrupted as e:
+        print(f"stage{stage}: {e}", flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:  # 第二次 Ctrl-C（或训练循环之外）：不等保存，立即退出
+        print(f"stage{stage}: interrupted (SIGINT) before a checkpoint could be saved; the last complete checkpoint "
+              "(if any) can be resumed with --resume_from_checkpoint auto", flush=True)
+        return 128 + signal.SIGINT
     print(json.dumps({k: summary[k] for k in ("stage", "best_model_dir", "train_seconds") if k in summary}))
     return 0

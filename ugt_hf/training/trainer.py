@@ -17,14 +17,12 @@ import json
 import logging
 import math
 import os
-import shutil
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 
 from ..data.collator import DataCollator
 from ..data.schema import RECOMMEND_FIELDS
@@ -36,7 +34,6 @@ from ..model_card import write_model_card
 from . import checkpointing as ckpt
 from .callbacks import (
     DEFAULT_MAX_CONSECUTIVE_NONFINITE,
-    GracefulShutdownCallback,
     NonFiniteGuard,
     TrainingDivergedError,
 )
@@ -107,6 +104,28 @@ class LossComponentAccumulator:
         return out
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """HF 的 LengthGroupedSampler，但每个 epoch 的顺序只由 (seed, epoch) 决定。
+
+    HF 的版本不带 generator，打乱用的是全局 torch RNG：续训时 HF 跳过已训完的 epoch 而不迭代它们，
+    全局 RNG 的状态与不中断的运行不同，从第 2 个 epoch 起顺序就变了（续训不再逐位一致）。
+    这里每次迭代前把自己的 generator 设为 seed + epoch（同 accelerate 的 SeedableRandomSampler）；
+    HF / accelerate 在每个 epoch 开始时调用 set_epoch。
+    """
+
+    def __init__(self, batch_size: int, lengths: Sequence[int], seed: int = 0):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 def target_item_ids_from_labels(labels: torch.Tensor, catalogue: ItemCatalogue) -> torch.Tensor:
     """评估记录（decoder = [BOS]）的目标物品 = labels 第 0 个位置的 (l1, l2, l3)，映射为物品 id [B]。
 
@@ -130,7 +149,7 @@ def make_beam_search_ranker(catalogue, num_beams: int, top_k: int, exclude_histo
     return ranker
 
 
-class UGTTrainer(Trainer):
+class UGTTrainer(ckpt.CheckpointingMixin, Trainer):
     """阶段 1–2 训练器。除 HF Trainer 的参数外：
 
     Args:
@@ -171,13 +190,7 @@ class UGTTrainer(Trainer):
         if data_collator is None:
             data_collator = _default_collator(args)
 
-        callbacks = list(kwargs.pop("callbacks", None) or [])
-        self.shutdown_callback: Optional[GracefulShutdownCallback] = None
-        if graceful_shutdown and not any(isinstance(c, GracefulShutdownCallback) for c in callbacks):
-            self.shutdown_callback = GracefulShutdownCallback()
-            callbacks.append(self.shutdown_callback)
-        elif graceful_shutdown:
-            self.shutdown_callback = next(c for c in callbacks if isinstance(c, GracefulShutdownCallback))
+        callbacks = list(kwargs.pop("callbacks", None) or [])  # 信号回调由 CheckpointingMixin 安装
         patience = getattr(args, "early_stopping_patience", None)
         if patience and not any(isinstance(c, EarlyStoppingCallback) for c in callbacks):
             # 早停由 HF 的回调完成：最佳轮由验证指标挑，轮数上限只是预算
@@ -210,6 +223,7 @@ class UGTTrainer(Trainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             callbacks=callbacks,
+            graceful_shutdown=graceful_shutdown,
             **kwargs,
         )
 
@@ -251,8 +265,9 @@ class UGTTrainer(Trainer):
         encoder 长度（RecommendDataset.lengths），让一个批次里的历史长度相近，padding 少得多。"""
         ds = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and hasattr(ds, "lengths"):
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=ds.lengths())
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=ds.lengths(), seed=seed)
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
@@ -529,34 +544,11 @@ class UGTTrainer(Trainer):
     # ------------------------------------------------------------------ 训练入口
     def train(self, resume_from_checkpoint: Optional[Union[str, bool]] = None, trial=None,
               ignore_keys_for_eval=None, **kwargs):
-        """HF train，外加：解析续训点（只选完整检查点）、加载前安全检查、清理半成品、发散时抛错。
+        """HF train（续训点解析、安全检查、半成品清理在 CheckpointingMixin.train），外加：发散时抛错。
 
         resume_from_checkpoint 为 None 时取 args.resume_from_checkpoint（配置里写了就自动续训；
-        "true"/"latest" 表示 output_dir 里最新的完整检查点）。
+        "true"/"latest" 表示 output_dir 里最新的完整检查点，"auto" 表示有就续训）。
         """
-        if resume_from_checkpoint is None:
-            resume_from_checkpoint = getattr(self.args, "resume_from_checkpoint", None)
-        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "latest", "auto"):
-            resume_from_checkpoint = True
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = ckpt.get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"no complete checkpoint found in output directory ({self.args.output_dir})")
-        elif resume_from_checkpoint is False:
-            resume_from_checkpoint = None
-        if resume_from_checkpoint is not None:
-            if not os.path.isdir(resume_from_checkpoint):
-                raise FileNotFoundError(f"resume_from_checkpoint: folder not found: {resume_from_checkpoint}")
-            if not ckpt.is_complete_checkpoint(resume_from_checkpoint) and not os.path.isfile(
-                os.path.join(resume_from_checkpoint, ckpt.TRAINER_STATE_FILE)
-            ):
-                raise ValueError(
-                    f"resume_from_checkpoint: {resume_from_checkpoint} is not a complete checkpoint "
-                    f"(missing {ckpt.TRAINER_STATE_FILE})"
-                )
-            ckpt.verify_checkpoint_files(resume_from_checkpoint)
-        if self.args.should_save:
-            ckpt.clean_stale_staging(self.args.output_dir)
         self._log_components.reset()
         self._run_components.reset()
         g = self.nonfinite_guard
@@ -569,89 +561,9 @@ class UGTTrainer(Trainer):
             raise TrainingDivergedError(g.diverged_message)
         return output
 
-    @property
-    def stopped_by_signal(self) -> Optional[int]:
-        """上一次 train() 因 SIGTERM/SIGINT 停止时为信号编号，否则 None。"""
-        return self.shutdown_callback.stopped_by_signal if self.shutdown_callback is not None else None
-
-    # ------------------------------------------------------------------ 检查点
-    def _save_checkpoint(self, model, trial) -> None:
-        """HF 的 `_save_checkpoint` 原样执行，只是写进 staging 目录（见 `_write_checkpoint`），再原子 rename；
-        最佳检查点的路径指向最终目录；轮转在 rename 之后按步数进行（rename 会改变 mtime）。"""
-        run_dir = self._get_output_dir(trial=trial)
-        final_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if (
-            self.args.save_strategy in [SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST]
-            and self.state.best_global_step
-        ):
-            best_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
-            # 最佳就是本步时目录还在 staging 里；rename 之后它就存在
-            if self.state.best_global_step == self.state.global_step or os.path.exists(best_dir):
-                self.state.best_model_checkpoint = best_dir
-        self._write_checkpoint(final_dir, model=model, trial=trial)
-        if self.args.should_save:
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,  # rename 会改变目录 mtime；按步数排序才可靠
-            )
-
-    def _get_output_dir(self, trial) -> str:
-        """写检查点期间（`_write_checkpoint`）HF 的 run 目录换成 staging 目录，其余时候不变。"""
-        if getattr(self, "_staging_run_dir", None) is not None:
-            return self._staging_run_dir
-        return super()._get_output_dir(trial)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """staging 目录马上要被 rename：推送等 `_write_checkpoint` 提交之后、对最终目录进行。"""
-        if getattr(self, "_staging_run_dir", None) is not None:
-            return None
-        return super()._push_from_checkpoint(checkpoint_folder)
-
-    def _write_checkpoint(self, final_dir: str, model=None, trial=None) -> None:
-        """在 final_dir 原子地写一个完整检查点（所有 rank 都要调用；只有主进程提交 rename）。
-
-        调用 HF 自己的 `_save_checkpoint`（权重、优化器、调度器、scaler、RNG、回调状态、trainer_state.json），
-        run 目录临时指向 `.staging-<name>`，于是它写出 `.staging-<name>/checkpoint-N`；之后去掉 pickle 版
-        training_args.bin、写 training_args.json、按最终路径重写 trainer_state.json（它的存在就是“完整”的标志，
-        见 checkpointing.is_complete_checkpoint），最后整体 rename 成 final_dir。被杀在中途时只留下 staging。
-        """
-        staging_root = ckpt.staging_dir_for(final_dir)
-        if self.args.should_save and os.path.exists(staging_root):
-            shutil.rmtree(staging_root)
-        self.accelerator.wait_for_everyone()
-
-        best_before = self.state.best_model_checkpoint
-        self._staging_run_dir = staging_root
-        try:
-            super()._save_checkpoint(self.model_wrapped if model is None else model, trial)
-        finally:
-            self._staging_run_dir = None
-        staged = os.path.join(staging_root, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        # HF 在 staging 里找最佳检查点时可能把它指向 staging 路径；换回调用方给定的最终路径
-        self.state.best_model_checkpoint = best_before
-        if self.args.should_save:
-            ckpt.drop_pickled_args(staged)
-            ckpt.write_args_json(self.args, staged)
-            self.state.save_to_json(os.path.join(staged, ckpt.TRAINER_STATE_FILE))
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            ckpt.commit_staging(staged, final_dir, fsync=getattr(self.args, "checkpoint_fsync", True))
-            shutil.rmtree(staging_root, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        if self.args.push_to_hub:
-            self._push_from_checkpoint(final_dir)
-
-    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
-        """HF 的 `_save` 末尾会 torch.save(args)（pickle）；删掉它并写 JSON，再写模型卡（训练器知道的指标与数据）。
-        `save_model()` 单独调用时同样生效；检查点也经过这里。"""
-        super()._save(output_dir, state_dict=state_dict)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save:
-            ckpt.drop_pickled_args(output_dir)
-            ckpt.write_args_json(self.args, output_dir)
-            write_trainer_model_card(self, output_dir)
+    # ------------------------------------------------------------------ 检查点（保存 / 加载见 CheckpointingMixin）
+    def _write_card(self, folder: str, force: bool = False, **kwargs) -> None:
+        write_trainer_model_card(self, folder, force=force, **kwargs)
 
     def create_model_card(self, model_name: Optional[str] = None, dataset=None, tags=None, license=None,
                           **kwargs) -> None:
@@ -661,16 +573,6 @@ class UGTTrainer(Trainer):
             return
         write_trainer_model_card(self, self.args.output_dir, force=True, model_name=model_name, dataset=dataset,
                                  tags=tags, license=license)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        ckpt.verify_checkpoint_files(resume_from_checkpoint)
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def _load_best_model(self) -> None:
-        if self.state.best_model_checkpoint is not None:
-            ckpt.verify_checkpoint_files(self.state.best_model_checkpoint)
-        super()._load_best_model()
-        self._card_best_loaded = True  # 之后保存的是最佳检查点：卡片取那一步的验证指标
 
     def _card_objective(self) -> str:
         return " + ".join(["NTP (hierarchical next-token prediction)", *auxiliary_objectives(self)])
