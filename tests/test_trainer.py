@@ -536,3 +536,56 @@ def test_signal_mid_epoch_adds_no_extra_epoch_end_evaluation(tmp_path, stop, eva
     evals = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
     assert evals == ([stop] if evaluated else [])
     assert ckpt.get_last_checkpoint(str(tmp_path)) == str(tmp_path / f"checkpoint-{stop}")
+
+
+def test_a_step_skipped_by_the_loss_scaler_does_not_skip_the_next_healthy_step(tmp_path):
+    """fp16 的 GradScaler 发现 inf 时根本不调底层 optimizer.step：守卫的标志没人读。这里在 CPU 上模仿它
+    （包在 HF 调用的优化器外面，梯度非有限就直接返回）；第 5 步的梯度被注入 inf。只有第 5 步不更新，
+    第 6 步照常更新（修复前第 6 步也被跳过，日志里多一条误导的 non-finite 警告）。"""
+    import math
+
+    from transformers import TrainerCallback
+
+    from ugt_hf.configuration_ugt import UGTConfig
+    from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
+    from ugt_hf.spec.config import TrainingConfig
+
+    torch.manual_seed(0)
+    model = UGTForGenerativeRecommendation(UGTConfig(
+        vocab_sizes=[6, 5, 7], d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, ffn_dim=64,
+        num_experts=1, num_experts_per_tok=1, dropout=0.0))
+    weight = next(m for m in model.modules() if isinstance(m, nn.Linear)).weight
+    snapshots = {}
+
+    class ScalerLike(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            original = optimizer.step
+
+            def step(*a, **k):
+                if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in model.parameters()):
+                    return None  # GradScaler：found_inf -> 不调用底层 step
+                return original(*a, **k)
+
+            optimizer.step = step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            snapshots[state.global_step] = weight.detach().clone()
+
+    calls = {"n": 0}
+
+    def poison(grad):
+        calls["n"] += 1
+        return grad * math.inf if calls["n"] == 5 else grad
+
+    weight.register_hook(poison)
+    args = TrainingConfig(output_dir=str(tmp_path), batch_size=4, gradient_accumulation_steps=1, fp16=False,
+                          max_steps=8, learning_rate=1e-2, warmup_steps=0,
+                          logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", seed=0,
+                          disable_tqdm=True, lambda_contrastive=0.0, deepspeed=False, dataloader_num_workers=0,
+                          use_cpu=True)
+    trainer = UGTTrainer(model=model, args=args, data_collator=w.collate, train_dataset=w.make_samples(48),
+                         callbacks=[ScalerLike()])
+    trainer.train()
+    unchanged = [s for s in range(2, 9) if torch.equal(snapshots[s - 1], snapshots[s])]
+    assert unchanged == [5]
+    assert trainer.nonfinite_guard.total_skipped == 1

@@ -105,6 +105,18 @@ class GracefulShutdownCallback(TrainerCallback):
 
 
 # ---------------------------------------------------------------- 非有限守卫
+class NonFiniteGuardStepEnd(TrainerCallback):
+    """每个优化步结束时让 NonFiniteGuard 清掉没被读的标志（见 NonFiniteGuard.end_step）。"""
+
+    def __init__(self, guard: "NonFiniteGuard"):
+        self.guard = guard
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.guard.end_step():
+            logger.info("step %d: optimizer update skipped by the fp16 loss scaler (non-finite gradients)",
+                        state.global_step)
+
+
 class NonFiniteGuard:
     """记录每个优化步的损失与梯度范数是否有限，决定是否跳过 `optimizer.step()`。
 
@@ -151,6 +163,13 @@ class NonFiniteGuard:
         else:
             self.consecutive = 0
         return bad
+
+    def end_step(self) -> bool:
+        """优化步结束时调用：标志还没被读（fp16 的 GradScaler 发现 inf 后根本没调底层 step，守卫没机会读）时
+        在这里读出并清空，这一步记为跳过。否则它会留到下一步，把一个健康的步也跳过（每次溢出丢两步）。"""
+        if self._bad is None:
+            return False
+        return self.step_is_bad()
 
     @property
     def exhausted(self) -> bool:

@@ -35,6 +35,7 @@ from . import checkpointing as ckpt
 from .callbacks import (
     DEFAULT_MAX_CONSECUTIVE_NONFINITE,
     NonFiniteGuard,
+    NonFiniteGuardStepEnd,
     TrainingDivergedError,
 )
 from .losses import ContrastiveLoss, level_weights_from
@@ -247,6 +248,7 @@ class UGTTrainer(ckpt.CheckpointingMixin, Trainer):
         if max_consecutive_nonfinite is None:
             max_consecutive_nonfinite = getattr(self.args, "max_consecutive_nonfinite", None)
         self.nonfinite_guard = NonFiniteGuard(max_consecutive_nonfinite or DEFAULT_MAX_CONSECUTIVE_NONFINITE)
+        self.add_callback(NonFiniteGuardStepEnd(self.nonfinite_guard))
         self._log_components = LossComponentAccumulator()  # 日志窗口
         self._run_components = LossComponentAccumulator()  # 整次 train() 调用（train_epoch 的返回值）
         self._eval_components = LossComponentAccumulator()  # 一次评估
