@@ -51,23 +51,46 @@ def resolve_data(args) -> DataDir:
 
 
 def _model_config_kwargs(value) -> Dict[str, Any]:
-    """model_config：dict / JSON 字符串 / config.json 路径 / 含 config.json 的目录。"""
+    """model_config：dict / JSON 字符串 / config.json 路径 / 含 config.json 的目录。未知键是错误（带最接近的合法键）：
+    PretrainedConfig 对未知键照单全收，写错的 `d_modle: 16` 会悄悄训练出默认 d_model 的模型。"""
     if value is None:
         return {}
+    source = None
     if isinstance(value, dict):
-        return dict(value)
-    text = str(value).strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"不是合法 JSON：{e}", field="model_config") from None
-    path = Path(text)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{path} 不存在", field="model_config")
-    return json.loads(path.read_text())
+        kwargs = dict(value)
+    else:
+        text = str(value).strip()
+        if text.startswith("{"):
+            try:
+                kwargs = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"不是合法 JSON：{e}", field="model_config") from None
+        else:
+            path = Path(text)
+            if path.is_dir():
+                path = path / "config.json"
+            if not path.is_file():
+                raise ConfigError(f"{path} 不存在", field="model_config")
+            source = str(path)
+            try:
+                kwargs = json.loads(path.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"not valid UTF-8 ({e.reason} at byte {e.start})", field="model_config",
+                                  source=source) from None
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"invalid JSON: {e.msg}", field="model_config", source=source,
+                                  line=e.lineno) from None
+    from ..configuration_ugt import unknown_config_keys
+
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"expected a mapping of UGTConfig fields, got {type(kwargs).__name__}",
+                          field="model_config", source=source)
+    unknown = unknown_config_keys(kwargs)
+    if unknown:
+        key, close = unknown[0]
+        hint = f"; did you mean '{close}'?" if close else " (see ugt_hf/configuration_ugt.py for the fields)"
+        raise ConfigError(f"unknown UGTConfig field '{key}'{hint}", field=f"model_config.{key}", source=source)
+    return kwargs
 
 
 def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendation:
@@ -96,10 +119,18 @@ def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendati
     catalogue = data.catalogue() if num_items else None
     if num_items == "auto":
         kwargs["num_items"] = num_items = catalogue.num_items
-    if num_items and int(num_items) != catalogue.num_items:
-        raise ConfigError(f"num_items={num_items} 与数据目录的物品数 {catalogue.num_items} 不一致（可写 \"auto\"）",
+    if num_items and (isinstance(num_items, bool) or not isinstance(num_items, int)
+                      or num_items != catalogue.num_items):
+        raise ConfigError(f"num_items={num_items!r} 与数据目录的物品数 {catalogue.num_items} 不一致（可写 \"auto\"）",
                           field="model_config")
-    model = UGTForGenerativeRecommendation(UGTConfig(**kwargs))
+    try:
+        config = UGTConfig(**kwargs)
+    except (ValueError, TypeError) as e:  # UGTConfig 的校验：消息以 "UGTConfig.<字段>" 开头
+        import re
+
+        match = re.match(r"UGTConfig\.(\w+)", str(e))
+        raise ConfigError(str(e), field=f"model_config.{match.group(1)}" if match else "model_config") from None
+    model = UGTForGenerativeRecommendation(config)
     if model.item_head is not None:
         model.set_item_catalogue(catalogue.triples)
     return model
