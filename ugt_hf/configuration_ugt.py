@@ -14,9 +14,10 @@ from transformers import PretrainedConfig
 DEFAULT_VOCAB_SIZES = (1024, 4096, 16384)
 
 
-_INT_FIELDS = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "ffn_dim", "max_position_embeddings",
-               "num_token_types", "num_experts", "num_experts_per_tok", "item_id_buckets", "node_embedding_buckets",
-               "node_embedding_dim", "transition_buckets", "num_items", "semantic_pad_id", "loss_chunk_size")
+_INT_FIELDS = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "ffn_dim",
+               "max_position_embeddings", "num_token_types", "num_experts", "num_experts_per_tok", "item_id_buckets",
+               "node_embedding_buckets", "node_embedding_dim", "transition_buckets", "num_items", "semantic_pad_id",
+               "loss_chunk_size")
 CONFIG_ALIASES = ("top_k", "moe_top_k")  # __post_init__ 认的规格别名
 
 

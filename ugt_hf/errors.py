@@ -130,6 +130,10 @@ def path_from_traceback(exc: BaseException) -> Optional[str]:
                 found = _path_of(local[name])
                 if found:
                     return found
+    for frame in reversed(frames):  # 其次：任何名字的 pathlib 路径，且指向一个存在的文件
+        for value in frame.f_locals.values():
+            if isinstance(value, os.PathLike) and os.path.isfile(value):
+                return os.fspath(value)
     return None
 
 

@@ -111,6 +111,9 @@ class PrepareOptions:
         if not 1 <= self.stride <= self.decoder_max_length:
             raise ConfigError(f"--stride must be in [1, --decoder_max_length={self.decoder_max_length}], got "
                               f"{self.stride}", field="stride")
+        if self.source == "synthetic" and self.num_clusters > self.num_items:
+            raise ConfigError(f"--num_clusters ({self.num_clusters}) must not exceed --num_items ({self.num_items})",
+                              field="num_clusters")
         if not 0.0 < self.preference_cut < 1.0:
             raise ConfigError(f"--preference_cut must be in (0, 1), got {self.preference_cut}", field="preference_cut")
         if not self.rejected_max < self.chosen_min:

@@ -597,6 +597,17 @@ def read_csv(
         raise DataFormatError(f"{path}: cannot parse CSV: {e}") from None
     except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}: cannot decode with encoding '{encoding}': {e.reason}") from None
+    # 含非 UTF-8 字节的列被 pyarrow 推断成 binary，转字符串时只说 "Invalid UTF8 payload"、不提文件与行
+    for column in table.column_names:
+        if pa.types.is_binary(table.schema.field(column).type) or pa.types.is_large_binary(
+                table.schema.field(column).type):
+            for row, value in enumerate(table.column(column).to_pylist()):
+                try:
+                    value is None or value.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataFormatError(
+                        f"{path}: row {row + 1} (data row, header excluded): field '{column}' is not valid UTF-8 "
+                        f"({e.reason}); pass --encoding (e.g. latin-1) or re-save the file as UTF-8") from None
     inter = _table_to_interactions(table, path, user_col, item_col, time_col, rating_col, title_col)
     inter.stats["malformed_lines_skipped"] = len(bad_rows)
     inter.warnings.extend(f"skipped malformed line {b}" for b in bad_rows[:5])
