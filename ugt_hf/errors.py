@@ -157,7 +157,12 @@ def _os_error_message(exc: OSError) -> Optional[Tuple[int, str]]:
     if isinstance(exc, IsADirectoryError):
         return EXIT_ENVIRONMENT, f"{where}is a folder, expected a file{other}"
     if isinstance(exc, FileExistsError):
-        return EXIT_ENVIRONMENT, _one_line(exc) if exc.filename is None else f"{where}already exists{other}"
+        if exc.filename is None:  # 项目自己抛的（如 prepare 的 “pass --force”）：消息里已有路径与改法
+            return EXIT_ENVIRONMENT, _one_line(exc)
+        if os.path.isfile(exc.filename):  # makedirs 撞上同名文件：要的是目录
+            return EXIT_ENVIRONMENT, (f"{where}is a file where a folder is needed{other}: remove or rename it, or "
+                                      "choose another path")
+        return EXIT_ENVIRONMENT, f"{where}already exists{other}"
     if isinstance(exc, FileNotFoundError):
         if exc.filename is None:  # 项目自己抛的 FileNotFoundError：消息里已有路径
             return EXIT_ENVIRONMENT, _one_line(exc)

@@ -16,7 +16,7 @@ from typing import Callable, List, Tuple
 
 import pyarrow.parquet as pq
 
-from ugt_hf.errors import EXIT_CONFIG, EXIT_DATA, EXIT_ENVIRONMENT, EXIT_UNSAFE_CHECKPOINT
+from ugt_hf.errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_ENVIRONMENT, EXIT_UNSAFE_CHECKPOINT
 
 # 很小的模型：配置错误在建模型前后就报出，数据错误在建数据集时报出，都走不到训练
 TINY_MODEL = json.dumps({"d_model": 16, "num_heads": 2, "num_encoder_layers": 1, "num_decoder_layers": 1,
@@ -195,7 +195,8 @@ PREPARE = [
          lambda c: (c.file("out/notes.txt", "mine"), ["prepare", "--source", "synthetic", "--out", c.out()])[1],
          EXIT_ENVIRONMENT, ("out", "--force")),
     Case("out_below_a_file", "prepare",
-         lambda c: _tiny_prepare(c.file("plain.txt", "x") + "/sub"), EXIT_ENVIRONMENT, ("plain.txt",)),
+         lambda c: _tiny_prepare(c.file("plain.txt", "x") + "/sub"), EXIT_ENVIRONMENT,
+         ("plain.txt", "is a file where a folder is needed")),
     Case("out_not_writable", "prepare",
          lambda c: _tiny_prepare("/sys/ugt_fault_test/out"), EXIT_ENVIRONMENT,
          ("/sys/ugt_fault_test", "permission denied")),
@@ -417,12 +418,20 @@ def _pickled_checkpoint(ctx: Ctx) -> List[str]:
     return args[:i] + ["--max_steps", "2"] + args[i + 2:]
 
 
+def _diverging(ctx: Ctx) -> List[str]:
+    args = ctx.stage("--learning_rate", "1e30", "--max_grad_norm", "0", "--max_consecutive_nonfinite", "1")
+    i = args.index("--max_steps")
+    return args[:i] + ["--max_steps", "4"] + args[i + 2:]
+
+
 ENV = [
     Case("output_dir_is_a_file", "env", lambda c: c.stage("--output_dir", c.file("run_file", "x")),
-         EXIT_ENVIRONMENT, ("run_file",)),
+         EXIT_ENVIRONMENT, ("run_file", "is a file where a folder is needed")),
     Case("output_dir_not_writable", "env", lambda c: c.stage("--output_dir", "/sys/ugt_fault_test/run"),
          EXIT_ENVIRONMENT, ("/sys/ugt_fault_test", "permission denied")),
-    Case("stray_staging_file", "env", _stray_staging, EXIT_ENVIRONMENT, (".staging-checkpoint-1",)),
+    Case("stray_staging_file", "env", _stray_staging, EXIT_ENVIRONMENT,
+         (".staging-checkpoint-1", "a file, not a folder")),
+    Case("training_diverges", "env", _diverging, EXIT_DIVERGED, ("non-finite loss", "max_consecutive_nonfinite")),
     Case("resume_from_unsafe_checkpoint", "env", _pickled_checkpoint, EXIT_UNSAFE_CHECKPOINT,
          ("optimizer.pt", "refused to load")),
 ]
