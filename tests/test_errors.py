@@ -105,6 +105,7 @@ def test_debug_flag_and_env_show_the_traceback(tmp_path, capsys, monkeypatch):
 def test_multi_gpu_launch_without_cuda_is_one_line(tmp_path, capsys, monkeypatch):
     """accelerate launch 给 worker 的环境（LOCAL_RANK/WORLD_SIZE，没有 ACCELERATE_USE_CPU），机器上没有 CUDA。"""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(errors.LaunchEnvironmentError, "other_ranks_wait_s", 0.0)
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     for rank, expect_line in (("0", True), ("1", False)):
         monkeypatch.setenv("LOCAL_RANK", rank)

@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import sys
+import time
 import traceback
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -61,6 +62,8 @@ class LaunchEnvironmentError(RuntimeError):
     所以只由 rank 0 打印。"""
 
     rank_zero_only = True
+    # 其余 rank 先等一会儿再退出：torchelastic 在第一个进程非 0 退出时就 SIGTERM 其余进程，rank 0 可能来不及打印
+    other_ranks_wait_s = 3.0
 
 
 def check_launch_environment() -> None:
@@ -224,7 +227,9 @@ def run_guarded(func: Callable[[List[str]], Optional[int]], argv: Optional[Seque
         sys.stdout.flush()
         if debug_enabled():
             traceback.print_exception(exc, file=sys.stderr)
-        if not (getattr(exc, "rank_zero_only", False) and os.environ.get("RANK", "0") != "0"):
+        if getattr(exc, "rank_zero_only", False) and os.environ.get("RANK", "0") != "0":
+            time.sleep(float(getattr(exc, "other_ranks_wait_s", 0.0)))
+        else:
             print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         return code
     finally:

@@ -392,6 +392,17 @@ CLI = [
     Case("pipeline_unknown_key", "cli",
          lambda c: ["pipeline", "--data", c.data, "--config", _pipeline_cfg(c, "dataset: x\nstagez: {}\n"), "--out",
                     c.out()], EXIT_CONFIG, ("pipe.yaml:2", "stagez")),
+    Case("pipeline_stage_model_config_typo", "cli",
+         lambda c: ["pipeline", "--data", c.data, "--out", c.out(), "--config", c.yaml(
+             "dataset: x\nstages: {1: s1.yaml, 2: s1.yaml, 3: s1.yaml}\n", name="pipe.yaml"), "--stages", "1"]
+         if c.yaml("model_config: {d_model: 16, num_heads: 2, n_layers: 1}\nmax_steps: 1\nfp16: false\n"
+                   "report_to: none\n", name="s1.yaml") else None, EXIT_CONFIG, ("model_config.n_layers",)),
+    Case("report_results_not_json", "cli",
+         lambda c: ["report", str(Path(c.file("run/results.json", '{"stages": [')).parent)], EXIT_DATA,
+         ("results.json", "invalid JSON")),
+    Case("evaluate_unknown_split", "cli",
+         lambda c: ["evaluate", "--model", str(_tiny_model(c)), "--data", c.data, "--split", "tset"], EXIT_CONFIG,
+         ("tset",)),
     Case("pipeline_data_typo", "cli",
          lambda c: ["pipeline", "--data", c.data + "x", "--config", _pipeline_cfg(c, "dataset: x\n"), "--out",
                     c.out()], EXIT_CONFIG, ("--data",)),
