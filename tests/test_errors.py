@@ -35,6 +35,7 @@ def test_disk_full_during_torch_save_names_the_file(capsys):
     err = capsys.readouterr().err
     assert rc == errors.EXIT_ENVIRONMENT and "Traceback" not in err
     assert "/dev/full" in _message_line(err, ("/dev/full", "disk is full"))
+    assert Path("/dev/full").is_char_device()  # torch.save 不替换也不删除设备文件（safetensors/pyarrow 会，勿用）
 
 
 @pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs /dev/full")

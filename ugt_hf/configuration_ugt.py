@@ -6,6 +6,7 @@ transformers 5.x 的配置类是 dataclass：字段带类型注解与默认值�
 
 from __future__ import annotations
 
+import numbers
 from typing import List, Optional
 
 from transformers import PretrainedConfig
@@ -133,7 +134,7 @@ class UGTConfig(PretrainedConfig):
             value = getattr(self, name)
             if name == "num_items" or (value is None and name == "loss_chunk_size"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy 整数也算
                 raise ValueError(f"UGTConfig.{name} must be an integer, got {type(value).__name__} {value!r}")
         if len(self.vocab_sizes) != 3 or any(v <= 0 for v in self.vocab_sizes):
             raise ValueError(f"UGTConfig.vocab_sizes must be 3 positive ints (L1, L2, L3), got {self.vocab_sizes}")
@@ -186,13 +187,13 @@ class UGTConfig(PretrainedConfig):
         # 概率与系数：越界值不会报错，只会悄悄训练出别的东西（dropout 2.0 在 torch 里直接抛异常）
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
                 raise ValueError(f"UGTConfig.{name} must be a probability in [0, 1), got {value!r}")
         for name in ("router_aux_loss_coef", "router_z_loss_coef", "initializer_range"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
                 raise ValueError(f"UGTConfig.{name} must be a number >= 0, got {value!r}")
-        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, numbers.Real) \
                 or not self.layer_norm_eps > 0:
             raise ValueError(f"UGTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
 

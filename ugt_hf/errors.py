@@ -52,7 +52,8 @@ PROJECT_ERRORS = {
 # torch.save 写满磁盘时的 RuntimeError（PyTorchStreamWriter 只报位置不符，不说 errno）
 _TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
 # 从回溯的局部变量里找“正在读写的文件”时认的名字（按优先级）
-_PATH_LOCALS = ("filename", "path", "file", "f", "fp", "meta_path", "config_path", "save_directory", "output_dir")
+_PATH_LOCALS = ("filename", "path", "file", "f", "fp", "where", "sink", "file_path", "filepath", "save_path",
+                "meta_path", "config_path", "save_directory", "output_dir")
 
 _debug_depth = 0  # 外层入口收到 --debug 时，内层（嵌套的 run_guarded）也打印回溯
 

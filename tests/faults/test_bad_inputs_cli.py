@@ -72,6 +72,28 @@ def test_valid_control_run_trains(tmp_path, capsys):
     assert (tmp_path / "run" / "best_model" / "config.json").is_file()
 
 
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs /dev/full")
+def test_disk_full_while_saving_a_checkpoint(tmp_path, capsys, monkeypatch):
+    """训练中保存检查点时磁盘写满：HF 的 torch.save 被引到 /dev/full（真实的 ENOSPC，torch 只说 "unexpected pos"）。
+    一行、退出码 4、说的是磁盘满与文件，不是 inline_container.cc 的回溯。"""
+    real_save = torch.save
+
+    def save_to_full_disk(obj, f, *args, **kwargs):
+        return real_save(obj, "/dev/full", *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_to_full_disk)
+    ctx = Ctx(tmp_path, tiny_data_dir())
+    args = ctx.stage()
+    i = args.index("--save_strategy")
+    args[i + 1:i + 2] = ["steps", "--save_steps", "1"]
+    rc = cli.main(args)
+    out, err = capsys.readouterr()
+    assert rc == errors.EXIT_ENVIRONMENT and "Traceback" not in out + err, (out + err)[-3000:]
+    _message_line(err, ("/dev/full", "disk is full", "--output_dir"))
+    assert Path("/dev/full").is_char_device()
+    assert not (tmp_path / "run" / "best_model").exists()  # 没写完的运行不像是完成了
+
+
 # --------------------------------------------------------------------------------------------------- 子进程
 def _subprocess(args):
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
