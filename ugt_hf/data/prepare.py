@@ -111,6 +111,9 @@ class PrepareOptions:
         if not 1 <= self.stride <= self.decoder_max_length:
             raise ConfigError(f"--stride must be in [1, --decoder_max_length={self.decoder_max_length}], got "
                               f"{self.stride}", field="stride")
+        if self.source == "synthetic" and (self.num_items < 2 or self.events_per_user < 3):
+            raise ConfigError("synthetic data needs --num_items >= 2 and --events_per_user >= 3, got "
+                              f"{self.num_items} and {self.events_per_user}", field="events_per_user")
         if self.source == "synthetic" and self.num_clusters > self.num_items:
             raise ConfigError(f"--num_clusters ({self.num_clusters}) must not exceed --num_items ({self.num_items})",
                               field="num_clusters")
@@ -259,7 +262,10 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
                                              window=opts.cooc_window, seed=opts.seed)
     timings["embedding_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    sid = rq_kmeans(emb, opts.codebook_sizes, seed=opts.seed, balanced=opts.balanced, n_iter=opts.kmeans_iters)
+    try:
+        sid = rq_kmeans(emb, opts.codebook_sizes, seed=opts.seed, balanced=opts.balanced, n_iter=opts.kmeans_iters)
+    except ValueError as e:  # 码本装不下目录（消息里写了该调哪个 --codebook_sizes 值）：选项错误，不是程序缺陷
+        raise ConfigError(str(e), field="codebook_sizes") from None
     timings["rq_kmeans_s"] = time.perf_counter() - t
     codes = sid.codes
     full_seqs = [seqs.seq(u) for u in range(seqs.num_users)]
