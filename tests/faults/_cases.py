@@ -303,6 +303,16 @@ def _tiny_model(ctx: Ctx) -> Path:
     return path
 
 
+def _broken_model(ctx: Ctx, config: bytes = None, weights: bytes = None) -> str:
+    """小模型目录，再把 config.json 或权重换成坏内容。"""
+    path = _tiny_model(ctx)
+    if config is not None:
+        (path / "config.json").write_bytes(config)
+    if weights is not None:
+        (path / "model.safetensors").write_bytes(weights)
+    return str(path)
+
+
 # -------------------------------------------------------------------------------------------------------- config
 def _model(**kw) -> str:
     return json.dumps({**json.loads(TINY_MODEL), **kw})
@@ -365,6 +375,35 @@ CONFIG = [
     Case("pretrained_folder_missing", "config",
          lambda c: c.stage("--pretrained", c.out("run/stage1/best_modl"), stage=2, model=None, from_scratch=False),
          EXIT_CONFIG, ("--pretrained", "best_modl")),
+    Case("pretrained_config_not_json", "config",
+         lambda c: c.stage("--pretrained", _broken_model(c, config=b"{oops"), stage=2, model=None,
+                           from_scratch=False), EXIT_CONFIG, ("--pretrained", "config.json", "not a valid JSON")),
+    Case("pretrained_weights_garbage", "config",
+         lambda c: c.stage("--pretrained", _broken_model(c, weights=b"garbage"), stage=2, model=None,
+                           from_scratch=False), EXIT_CONFIG, ("--pretrained", "cannot load the model")),
+    Case("resume_checkpoint_missing", "config", lambda c: c.stage("--resume_from_checkpoint", c.out("ck-9")),
+         EXIT_ENVIRONMENT, ("resume_from_checkpoint", "ck-9", "not found")),
+    Case("eval_data_missing", "config", lambda c: c.stage("--eval_data", c.out("v.jsonl")), EXIT_DATA,
+         ("v.jsonl", "not found")),
+    Case("train_data_folder_without_files", "config",
+         lambda c: c.stage("--train_data", str(Path(c.file("empty_dir/readme.txt", "x")).parent)), EXIT_DATA,
+         ("empty_dir", "no .jsonl")),
+    Case("deepspeed_config_missing", "config", lambda c: c.stage("--deepspeed", c.out("ds.json")), EXIT_CONFIG,
+         ("deepspeed",)),
+    Case("yaml_top_level_list", "config", lambda c: c.stage("--config", c.yaml("- a\n- b\n")), EXIT_CONFIG,
+         ("cfg.yaml",)),
+    Case("max_steps_negative", "config", lambda c: c.stage("--max_steps", "-5"), EXIT_CONFIG, ("max_steps",)),
+    Case("num_beams_zero", "config", lambda c: c.stage("--num_beams", "0"), EXIT_CONFIG, ("num_beams",)),
+    Case("eval_max_samples_negative", "config", lambda c: c.stage("--eval_max_samples", "-1"), EXIT_CONFIG,
+         ("eval_max_samples",)),
+    Case("eval_batch_size_zero", "config", lambda c: c.stage("--per_device_eval_batch_size", "0"), EXIT_CONFIG,
+         ("per_device_eval_batch_size",)),
+    Case("eval_k_values_zero", "config", lambda c: c.stage("--eval_k_values", "0"), EXIT_CONFIG, ("eval_k_values",)),
+    Case("scheduler_misspelt", "config", lambda c: c.stage("--lr_scheduler_type", "cosinee"), EXIT_CONFIG,
+         ("lr_scheduler_type", "cosinee")),
+    Case("reference_model_missing", "config",
+         lambda c: c.stage("--reference_model_path", c.out("ref"), stage=3), EXIT_CONFIG,
+         ("reference_model_path", "ref")),
     Case("unknown_flag", "config", lambda c: c.stage("--batch_sise", "8"), EXIT_CONFIG, ("batch_sise", "batch_size")),
     Case("recipe_unknown_flag", "config", lambda c: ["recipe:1"] + c.stage("--batch_sise", "8")[3:], EXIT_CONFIG,
          ("batch_sise", "batch_size")),

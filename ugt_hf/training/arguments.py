@@ -100,6 +100,12 @@ class EvaluationArguments:
     exclude_history: bool = arg(False, "评估时不推荐用户历史物品（结果表会注明）")
     eval_max_samples: Optional[int] = arg(None, "训练中评估最多用多少个验证样本（最终测试用全部）")
 
+    def __post_init__(self):
+        check_evaluation_arguments(self)
+        parent = getattr(super(), "__post_init__", None)  # 规格配置类多重继承：把链传下去（训练参数的校验在后面）
+        if parent is not None:
+            parent()
+
 
 # 校验表（字段名）；违反时 ConfigError 指出字段
 _NON_NEGATIVE = ("learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "lambda_contrastive",
@@ -168,9 +174,31 @@ def check_steps_and_strategies(obj: Any) -> None:
     workers = getattr(obj, "dataloader_num_workers", 0)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"must be an integer >= 0, got {workers!r}", field="dataloader_num_workers")
+    max_steps = getattr(obj, "max_steps", -1)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not (max_steps == -1 or max_steps > 0):
+        raise ConfigError(f"must be a positive integer, or -1 to train for num_train_epochs, got {max_steps!r}",
+                          field="max_steps")
+    eval_batch = getattr(obj, "per_device_eval_batch_size", 1)
+    if isinstance(eval_batch, bool) or not isinstance(eval_batch, int) or eval_batch < 1:
+        raise ConfigError(f"must be a positive integer, got {eval_batch!r}", field="per_device_eval_batch_size")
+    ks = getattr(obj, "eval_k_values", None) or []
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ConfigError(f"must be positive integers (the K of Recall@K / NDCG@K), got {list(ks)!r}",
+                          field="eval_k_values")
     limit = getattr(obj, "max_consecutive_nonfinite", 1)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ConfigError(f"must be a positive integer, got {limit!r}", field="max_consecutive_nonfinite")
+
+
+def check_evaluation_arguments(obj: Any) -> None:
+    """EvaluationArguments：束宽与样本数必须为正（0 束、-1 个样本会悄悄跑出空评估或在束搜索深处崩）。"""
+    beams = getattr(obj, "num_beams", 1)
+    if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
+        raise ConfigError(f"must be a positive integer (beam width), got {beams!r}", field="num_beams")
+    samples = getattr(obj, "eval_max_samples", None)
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ConfigError(f"must be a positive integer, or null to use every validation sample, got {samples!r}",
+                          field="eval_max_samples")
 
 
 @dataclass
@@ -242,7 +270,6 @@ class _UGTFields:
             raise ConfigError(str(e)) from e
 
     def _validate(self) -> None:
-        check_steps_and_strategies(self)
         positive = _POSITIVE + (("beta",) if isinstance(self, DPOConfig) else ())
         check_ranges(self, _NON_NEGATIVE, positive, _UNIT_INTERVAL, _INTEGER)
         if self.l1_loss_weight + self.l2_loss_weight + self.l3_loss_weight <= 0:
@@ -263,6 +290,7 @@ class _UGTFields:
             if not (self.load_best_model_at_end and self.metric_for_best_model):
                 raise ConfigError("needs load_best_model_at_end: true and metric_for_best_model (early stopping "
                                   "keeps the best evaluation)", field="early_stopping_patience")
+        check_steps_and_strategies(self)
 
     def _resolve_scheduler(self) -> None:
         kwargs = self.lr_scheduler_kwargs

@@ -98,7 +98,15 @@ def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendati
     （位置编码长度取 train_args 的 encoder/decoder_max_length）。"""
     vocab = data.vocab_sizes
     if args.pretrained_model_path:
-        model = UGTForGenerativeRecommendation.from_pretrained(args.pretrained_model_path)
+        from safetensors import SafetensorError
+
+        try:
+            model = UGTForGenerativeRecommendation.from_pretrained(args.pretrained_model_path)
+        except (OSError, ValueError, SafetensorError) as e:  # 坏的 config.json / 权重：指明目录与原因，不是程序缺陷
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--pretrained {args.pretrained_model_path}: cannot load the model ({first}); point it "
+                              "at a save_pretrained folder such as RUN/stage1/best_model",
+                              field="pretrained_model_path") from None
         if list(model.config.vocab_sizes) != vocab:
             raise ConfigError(
                 f"模型 {args.pretrained_model_path} 的 vocab_sizes {model.config.vocab_sizes} 与数据 {vocab} 不一致",
