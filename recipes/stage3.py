@@ -9,7 +9,14 @@
 
 import sys
 
-from ugt_hf.training.stages import main
+from ugt_hf.errors import check_launch_environment, run_guarded
 
 if __name__ == "__main__":
-    sys.exit(main(3))
+    # 错误配置/数据/环境故障：一行消息 + 退出码（ugt_hf/errors.py），--debug 或 UGT_DEBUG=1 显示回溯
+    def _main(argv):
+        from ugt_hf.training.stages import main
+
+        check_launch_environment()
+        return main(3, argv)
+
+    sys.exit(run_guarded(_main, None, prog="stage3"))

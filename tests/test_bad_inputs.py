@@ -140,6 +140,11 @@ def _case_null_user(t):
     return jsonl_with(t, 4, lambda r: r.__setitem__("user_id", None)), dict(line=4, field="user_id", text="missing")
 
 
+def _case_empty_user(t):
+    return jsonl_with(t, 3, lambda r: r.__setitem__("user_id", "  ")), dict(line=3, field="user_id",
+                                                                           text="empty user id")
+
+
 def _case_empty_encoder(t):
     def f(r):
         for k in r:
@@ -291,6 +296,7 @@ CASES = [
     ("bad_mask_value", "recommend", _case_bad_mask, ALL),
     ("negative_token_type", "recommend", _case_negative_token_type, ALL),
     ("null_user_id", "recommend", _case_null_user, ALL),
+    ("empty_user_id", "recommend", _case_empty_user, ALL),
     ("empty_encoder", "recommend", _case_empty_encoder, ALL),
     ("position_beyond_max_seq_length", "recommend", _case_position_too_large, ALL),
     ("empty_file", "recommend", _case_empty_file, ALL),

@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoConfig
 
 from ugt_hf.auto import register
-from ugt_hf.configuration_ugt import UGTConfig
+from ugt_hf.configuration_ugt import UGTConfig, unknown_config_keys
 
 
 def test_defaults_follow_spec():
@@ -29,6 +29,11 @@ def test_top_k_alias_and_dense():
         ({"num_experts": 2, "num_experts_per_tok": 3}, "num_experts_per_tok"),
         ({"user_pooling": "max"}, "user_pooling"),
         ({"num_experts": 0}, "num_experts"),
+        ({"dropout": 2.0}, "dropout"),
+        ({"attention_dropout": -0.1}, "attention_dropout"),
+        ({"d_model": "big"}, "d_model"),
+        ({"layer_norm_eps": 0}, "layer_norm_eps"),
+        ({"router_aux_loss_coef": -1}, "router_aux_loss_coef"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):
@@ -45,3 +50,13 @@ def test_save_load_and_autoconfig(tmp_path):
     assert isinstance(loaded, UGTConfig)
     for key in ("vocab_sizes", "d_model", "num_heads", "num_experts", "num_experts_per_tok", "router_z_loss_coef"):
         assert getattr(loaded, key) == getattr(c, key)
+
+
+def test_unknown_keys_get_a_suggestion_and_saved_configs_have_none(tmp_path):
+    """PretrainedConfig 收下任何键：用户写的 model_config 要先查（training.stages 用它报错）。"""
+    assert unknown_config_keys(["d_modle", "dropout", "top_k", "hidden_size", "zzz"]) == [("d_modle", "d_model"),
+                                                                                          ("zzz", None)]
+    UGTConfig(d_model=16, num_heads=2).save_pretrained(tmp_path)
+    import json
+
+    assert unknown_config_keys(json.loads((tmp_path / "config.json").read_text())) == []

@@ -137,11 +137,11 @@ def test_cli_bad_input_is_clear_error(tmp_path, capsys):
     bad = tmp_path / "b.txt"
     bad.write_text("1 2 3\n2 4 oops\n")
     out = tmp_path / "out"
-    assert ugt_main(["prepare", "--source", "s3rec", "--input", str(bad), "--out", str(out), "--no_progress"]) == 1
+    assert ugt_main(["prepare", "--source", "s3rec", "--input", str(bad), "--out", str(out), "--no_progress"]) == 3
     err = capsys.readouterr().err
     assert "b.txt:2: field 'item' must be an integer, got 'oops'" in err
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["b.txt"]
-    assert ugt_main(["prepare", "--source", "s3rec", "--out", str(out)]) == 1
+    assert ugt_main(["prepare", "--source", "s3rec", "--out", str(out)]) == 2
     assert "--input is required" in capsys.readouterr().err
     assert ugt_main(["prepare", "--source", "synthetic", "--out", str(out), "--codebook_sizes", "8,x,2"]) == 2
 

@@ -151,3 +151,37 @@ def test_parquet_missing_values_named(tmp_path):
     pq.write_table(pa.table({"u": ["a", "a"], "i": [1, 2], "t": [5, 3]}), path)
     inter = read_parquet(path, user_col="u", item_col="i", time_col="t")
     assert inter.item.tolist() == ["1", "2"] and inter.timestamp.dtype == np.int64
+
+
+@pytest.mark.parametrize("value", ["-3", "1e308", "nan", "inf"])
+def test_absurd_ratings_are_errors_with_the_line(tmp_path, value):
+    """负数、NaN、无穷与 1e308（转 float32 后成 inf）是坏数据；行号数的是文件里的行（空行也算）。"""
+    p = _write(tmp_path / "u.data", f"1\t10\t5\t300\n\n1\t20\t{value}\t100\n")
+    with pytest.raises(DataFormatError, match=r"u.data:3: field 'rating' must be a finite number"):
+        read_ml100k(p)
+    c = _write(tmp_path / "r.csv", f"user_id,item_id,rating\nu,a,4\nu,b,{value}\n")
+    with pytest.raises(DataFormatError, match=r"r.csv: row 2 .*field 'rating'"):
+        read_csv(c, rating_col="rating")
+
+
+def test_empty_and_overlong_ids_are_errors(tmp_path):
+    c = _write(tmp_path / "e.csv", "user_id,item_id\nu,a\n  ,b\n")
+    with pytest.raises(DataFormatError, match=r"e.csv: row 2 .*field 'user_id' is empty"):
+        read_csv(c)
+    c = _write(tmp_path / "i.csv", "user_id,item_id\nu,a\nu,\n")
+    with pytest.raises(DataFormatError, match=r"i.csv: row 2 .*field 'item_id' is empty"):
+        read_csv(c)
+    p = _write(tmp_path / "p.txt", "u a\nu " + "x" * 5000 + "\n")
+    with pytest.raises(DataFormatError, match=r"p.txt:2: field 'item' is 5,000 characters long"):
+        read_pairs(p)
+
+
+def test_csv_line_longer_than_the_block_and_invalid_utf8_name_the_line(tmp_path):
+    c = _write(tmp_path / "long.csv", "user_id,item_id\nu,a\nu," + "x" * (2 << 20) + "\nu,b\n")
+    with pytest.raises(DataFormatError, match=r"long.csv:3: line is 2.1 MB long"):
+        read_csv(c)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"user_id,item_id\nu,a\nu,caf\xe9\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv: row 2 .*field 'item_id' is not valid UTF-8.*--encoding"):
+        read_csv(str(bad))
+    assert read_csv(str(bad), encoding="latin-1").item.tolist() == ["a", "café"]

@@ -78,6 +78,7 @@ def test_valid_record_normalises_user_id_and_types():
         (lambda r: r.__setitem__("user_id", None), "user_id", "missing"),
         (lambda r: r.__setitem__("user_id", 1.5), "user_id", "int or a string"),
         (lambda r: r.__setitem__("user_id", True), "user_id", "int or a string"),
+        (lambda r: r.__setitem__("user_id", " "), "user_id", "empty user id"),
         (lambda r: r["encoder_l1_ids"].__setitem__(1, "3"), "encoder_l1_ids", "element 1"),
         (lambda r: r["encoder_l1_ids"].__setitem__(1, True), "encoder_l1_ids", "element 1"),
         (lambda r: r["encoder_l1_ids"].__setitem__(1, 2.0), "encoder_l1_ids", "element 1"),
@@ -306,3 +307,11 @@ def test_vectorised_position_rule_agrees_after_truncation():
         n_bad += want is not None
         assert (None if got is None else got[0]) == want, (trial, kw, got, want)
     assert 30 < n_bad < 270  # 两种结果都被充分覆盖
+
+
+def test_vectorised_rule_rejects_empty_user_id():
+    """整表校验也要查空 user_id，否则整表（非惰性）模式会静默放过。"""
+    recs = [make_record(uid=f"u{i}") for i in range(4)]
+    assert vector_check_table(pa.Table.from_pylist(recs), "recommend", VOCAB, None, None, None) is None
+    recs[2]["user_id"] = ""
+    assert vector_check_table(pa.Table.from_pylist(recs), "recommend", VOCAB, None, None, None) == (2, "user_id")

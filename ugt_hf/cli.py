@@ -61,8 +61,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"ugt: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name, _ = SUBCOMMANDS[name]
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    # 用户错误/环境故障 -> 一行 + 退出码（表见 ugt_hf/errors.py）；导入也在保护之内
+    from .errors import run_guarded
+
+    return run_guarded(lambda args: getattr(importlib.import_module(module_name), func_name)(args), rest,
+                       prog=f"ugt {name}")
 
 
 if __name__ == "__main__":  # pragma: no cover

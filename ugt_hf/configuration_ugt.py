@@ -6,12 +6,20 @@ transformers 5.x 的配置类是 dataclass：字段带类型注解与默认值�
 
 from __future__ import annotations
 
+import numbers
 from typing import List, Optional
 
 from transformers import PretrainedConfig
 
 # 规格的三层语义 ID 词表大小（L1/L2/L3）
 DEFAULT_VOCAB_SIZES = (1024, 4096, 16384)
+
+
+_INT_FIELDS = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "ffn_dim",
+               "max_position_embeddings", "num_token_types", "num_experts", "num_experts_per_tok", "item_id_buckets",
+               "node_embedding_buckets", "node_embedding_dim", "transition_buckets", "num_items", "semantic_pad_id",
+               "loss_chunk_size")
+CONFIG_ALIASES = ("top_k", "moe_top_k")  # __post_init__ 认的规格别名
 
 
 class UGTConfig(PretrainedConfig):
@@ -122,6 +130,12 @@ class UGTConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         """配置错误时给出指明字段的报错，而不是等到 forward 里才出现形状错误。"""
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if name == "num_items" or (value is None and name == "loss_chunk_size"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy 整数也算
+                raise ValueError(f"UGTConfig.{name} must be an integer, got {type(value).__name__} {value!r}")
         if len(self.vocab_sizes) != 3 or any(v <= 0 for v in self.vocab_sizes):
             raise ValueError(f"UGTConfig.vocab_sizes must be 3 positive ints (L1, L2, L3), got {self.vocab_sizes}")
         if self.d_model <= 0 or self.num_heads <= 0 or self.d_model % self.num_heads != 0:
@@ -170,10 +184,45 @@ class UGTConfig(PretrainedConfig):
             raise ValueError(
                 f"UGTConfig.num_token_types must be >= 2 (0 = special, 1 = item), got {self.num_token_types}"
             )
+        # 概率与系数：越界值不会报错，只会悄悄训练出别的东西（dropout 2.0 在 torch 里直接抛异常）
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+                raise ValueError(f"UGTConfig.{name} must be a probability in [0, 1), got {value!r}")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+                raise ValueError(f"UGTConfig.{name} must be a number >= 0, got {value!r}")
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, numbers.Real) \
+                or not self.layer_norm_eps > 0:
+            raise ValueError(f"UGTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
 
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 1
 
+    @classmethod
+    def known_keys(cls) -> List[str]:
+        """model_config 里可写的键：本类字段、HF 通用字段（save_pretrained 写出的 config.json 里都有）、别名。"""
+        import dataclasses
 
-__all__ = ["UGTConfig", "DEFAULT_VOCAB_SIZES"]
+        keys = {f.name for f in dataclasses.fields(cls)} | set(cls.attribute_map) | set(CONFIG_ALIASES)
+        keys |= set(PretrainedConfig().to_dict())
+        return sorted(keys)
+
+
+def unknown_config_keys(keys) -> List[tuple]:
+    """keys 里 UGTConfig 不认识的键，每个配上最接近的合法键（没有则为 None）。PretrainedConfig 对未知键照单全收
+    （写错的 d_modle 会悄悄变成一个没人读的属性、模型按默认 d_model 建），所以用户给的 model_config 要先查。"""
+    import difflib
+
+    known = UGTConfig.known_keys()
+    out = []
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            out.append((key, close[0] if close else None))
+    return out
+
+
+__all__ = ["UGTConfig", "DEFAULT_VOCAB_SIZES", "unknown_config_keys"]

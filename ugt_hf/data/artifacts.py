@@ -34,7 +34,7 @@ import yaml
 
 from ..interfaces import ITEM_TOKEN_TYPE, SPECIAL_TOKEN_TYPE
 from . import schema
-from .readers import Interactions
+from .readers import DataFormatError, Interactions
 
 PROTOCOL = __doc__.split("协议（写进 meta.json 的 protocol 文本）：", 1)[1].strip()
 
@@ -80,8 +80,9 @@ def _sort_ids(ids: np.ndarray) -> np.ndarray:
 def normalise(inter: Interactions, min_events: int = 2) -> Sequences:
     """交互表 -> 用户序列：排序、精确去重、丢弃事件数 < min_events 的用户、物品重新编号。"""
     n = len(inter)
+    source = ", ".join(inter.files) or "input"  # 数据本身的问题：DataFormatError（命令行退出码 3），消息带输入文件
     if n == 0:
-        raise ValueError("no interactions to prepare")
+        raise DataFormatError(f"{source}: no interactions to prepare")
     uniq_u, u_idx = np.unique(inter.user.astype(str), return_inverse=True)
     uniq_i, i_idx = np.unique(inter.item.astype(str), return_inverse=True)
     ts = inter.timestamp.astype(np.int64)
@@ -105,7 +106,8 @@ def normalise(inter: Interactions, min_events: int = 2) -> Sequences:
     if r_s is not None:
         r_s = r_s[ev_keep]
     if len(u_s) == 0:
-        raise ValueError(f"no user has at least {min_events} interactions after filtering")
+        raise DataFormatError(f"{source}: no user has at least {min_events} interactions after filtering "
+                              f"(--min_user_events {min_events}); check the user/item columns or lower the threshold")
     # 物品重新编号（丢掉只被丢弃用户交互过的物品），保持原始 id 的确定性顺序
     present = np.unique(i_s)
     item_raw = uniq_i[present]

@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..generation import ItemCatalogue
@@ -44,6 +46,15 @@ def read_meta(folder: PathLike) -> Dict[str, Any]:
     if not isinstance(meta, dict):
         raise DataValidationError(f"expected a JSON object, got {type(meta).__name__}", path=str(path))
     return meta
+
+
+@contextlib.contextmanager
+def _readable_parquet(path: Path):
+    """pyarrow 对坏 Parquet 抛 ArrowInvalid（消息里有路径，但不是我们的错误类型、CLI 会当成程序缺陷）。"""
+    try:
+        yield
+    except pa.ArrowInvalid as e:
+        raise DataValidationError(f"not a readable Parquet file ({e}); rerun `ugt prepare`", path=str(path)) from None
 
 
 class DataDir:
@@ -155,14 +166,17 @@ class DataDir:
     def catalogue(self) -> ItemCatalogue:
         """items.parquet 的物品目录（按 meta 的词表大小检查越界）；缓存。"""
         if self._catalogue is None:
-            self._catalogue = ItemCatalogue.from_parquet(self.items_path, vocab_sizes=self.meta.get("vocab_sizes"))
+            vocab = self.meta.get("vocab_sizes")
+            with _readable_parquet(self.items_path):
+                self._catalogue = ItemCatalogue.from_parquet(self.items_path, vocab_sizes=vocab)
         return self._catalogue
 
     def tokenizer(self, **kwargs: Any) -> UGTTokenizer:
         """items.parquet 的 UGTTokenizer；词表大小与编码器长度取自 meta（kwargs 可覆盖，传给 from_items_parquet）。"""
         kwargs.setdefault("vocab_sizes", self.meta.get("vocab_sizes"))
         kwargs.setdefault("encoder_max_length", self.encoder_max_length)
-        return UGTTokenizer.from_items_parquet(self.items_path, **kwargs)
+        with _readable_parquet(self.items_path):
+            return UGTTokenizer.from_items_parquet(self.items_path, **kwargs)
 
     def recommend_dataset(
         self,

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..argparsing import ConfigError, arg, parse_args
+from ..errors import run_guarded
 from ..locking import holding_output_lock
 from . import schema
 from .schema import DEFAULT_CODEBOOK_SIZES, SOURCES
@@ -68,16 +69,37 @@ class PrepareOptions:
     num_clusters: int = 20
 
     def __post_init__(self) -> None:
+        # ConfigError（ValueError 子类）带字段名：命令行入口按配置错误报告（退出码 2）
         if self.source not in SOURCES:
-            raise ValueError(f"--source must be one of {SOURCES}, got '{self.source}'")
+            raise ConfigError(f"--source must be one of {SOURCES}, got '{self.source}'", field="source")
         if self.source != "synthetic" and not self.input:
-            raise ValueError(f"--input is required for --source {self.source}")
+            raise ConfigError(f"--input is required for --source {self.source}", field="input")
         if len(self.codebook_sizes) != 3 or any(int(v) < 1 for v in self.codebook_sizes):
-            raise ValueError(f"--codebook_sizes needs three positive integers, got {self.codebook_sizes}")
+            raise ConfigError(f"--codebook_sizes needs three positive integers, got {self.codebook_sizes}",
+                              field="codebook_sizes")
         if self.embedding not in ("collab", "text"):
-            raise ValueError(f"--embedding must be 'collab' or 'text', got '{self.embedding}'")
+            raise ConfigError(f"--embedding must be 'collab' or 'text', got '{self.embedding}'", field="embedding")
         if self.min_user_events < 2:
-            raise ValueError("--min_user_events must be >= 2 (a user needs a history and a target)")
+            raise ConfigError("--min_user_events must be >= 2 (a user needs a history and a target)",
+                              field="min_user_events")
+        for name in ("encoder_max_length", "decoder_max_length", "embedding_dim", "cooc_window", "kmeans_iters",
+                     "max_pairs_per_user", "num_users", "num_items", "events_per_user", "num_clusters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}", field=name)
+        if not 1 <= self.stride <= self.decoder_max_length:
+            raise ConfigError(f"--stride must be in [1, --decoder_max_length={self.decoder_max_length}], got "
+                              f"{self.stride}", field="stride")
+        if self.source == "synthetic" and (self.num_items < 2 or self.events_per_user < 3):
+            raise ConfigError("synthetic data needs --num_items >= 2 and --events_per_user >= 3, got "
+                              f"{self.num_items} and {self.events_per_user}", field="events_per_user")
+        if self.source == "synthetic" and self.num_clusters > self.num_items:
+            raise ConfigError(f"--num_clusters ({self.num_clusters}) must not exceed --num_items ({self.num_items})",
+                              field="num_clusters")
+        if not 0.0 < self.preference_cut < 1.0:
+            raise ConfigError(f"--preference_cut must be in (0, 1), got {self.preference_cut}", field="preference_cut")
+        if not self.rejected_max < self.chosen_min:
+            raise ConfigError(f"--rejected_max ({self.rejected_max}) must be below --chosen_min ({self.chosen_min})",
+                              field="rejected_max")
 
     def content_options(self) -> Dict[str, Any]:
         """记录进 meta.json 的选项；输入路径不算（校验和代表输入内容）。"""
@@ -248,7 +270,10 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
                                              window=opts.cooc_window, seed=opts.seed)
     timings["embedding_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    sid = rq_kmeans(emb, opts.codebook_sizes, seed=opts.seed, balanced=opts.balanced, n_iter=opts.kmeans_iters)
+    try:
+        sid = rq_kmeans(emb, opts.codebook_sizes, seed=opts.seed, balanced=opts.balanced, n_iter=opts.kmeans_iters)
+    except ValueError as e:  # 码本装不下目录（消息里写了该调哪个 --codebook_sizes 值）：选项错误，不是程序缺陷
+        raise ConfigError(str(e), field="codebook_sizes") from None
     timings["rq_kmeans_s"] = time.perf_counter() - t
     codes = sid.codes
     full_seqs = [seqs.seq(u) for u in range(seqs.num_users)]
@@ -389,26 +414,19 @@ class PrepareArguments:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    try:
-        (args,) = parse_args([PrepareArguments], argv, prog="ugt prepare", config_flag=False)
-    except ConfigError as e:
-        print(f"ugt prepare: error: {e}", file=sys.stderr)
-        return 2
-    from .readers import DataFormatError  # 解析之后才导入（pyarrow）：--help 与参数错误不必加载它
+    """`ugt prepare`：错误经 ugt_hf.errors 报成一行（配置 2、输入数据 3、输出目录/磁盘 4），不打印回溯。"""
+    return run_guarded(_main, argv, prog="ugt prepare")
 
+
+def _main(argv: List[str]) -> int:
+    (args,) = parse_args([PrepareArguments], argv, prog="ugt prepare", config_flag=False)
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareOptions)}
     try:
         kw["codebook_sizes"] = [int(v) for v in str(args.codebook_sizes).split(",")]
     except ValueError:
-        print(f"ugt prepare: error: --codebook_sizes must be comma-separated integers, got {args.codebook_sizes!r}",
-              file=sys.stderr)
-        return 2
-    try:
-        opts = PrepareOptions(**kw)
-        prepare(args.out, opts, force=args.force, progress=not args.no_progress)
-    except (DataFormatError, FileExistsError, ValueError) as e:
-        print(f"ugt prepare: error: {e}", file=sys.stderr)
-        return 1
+        raise ConfigError(f"--codebook_sizes must be comma-separated integers, got {args.codebook_sizes!r}",
+                          field="codebook_sizes") from None
+    prepare(args.out, PrepareOptions(**kw), force=args.force, progress=not args.no_progress)
     return 0
 
 

@@ -91,6 +91,53 @@ def _read_text(path: str, encoding: str) -> str:
         raise DataFormatError(f"{path}:{line}: cannot decode bytes with encoding '{encoding}' ({e.reason})")
 
 
+# 评分的合理范围：负数、无穷、NaN、1e308（转 float32 后成了 inf）都是坏数据，不是“很高的评分”。
+# 上限取得很宽（不限定 1-5 或 0-10 的量表），只拦住明显损坏的值
+RATING_MAX = 1e6
+MAX_ID_LENGTH = 1000  # 用户/物品 id 的最大字符数：更长的“id”几乎总是少了换行或分隔符
+_CSV_BLOCK_SIZE = 1 << 20  # pyarrow.csv 的默认块大小；一行比它长时 pyarrow 只说 "straddling object"
+
+
+def _data_line_number(path: str, index: int) -> int:
+    """第 index 个（从 0 开始）非空行在文件里的行号（从 1 开始）；只在报错时调用。"""
+    seen = -1
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if raw.strip():
+                seen += 1
+                if seen == index:
+                    return lineno
+    return index + 1
+
+
+def _check_ratings(rating: Optional[np.ndarray], where: Callable[[int], str]) -> None:
+    """评分必须是 [0, RATING_MAX] 内的有限数；where(i) 给出第 i 个事件的位置（文件:行）。"""
+    if rating is None or len(rating) == 0:
+        return
+    values = np.asarray(rating, dtype=np.float64)
+    bad = ~np.isfinite(values) | (values < 0) | (values > RATING_MAX)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataFormatError(f"{where(i)}: field 'rating' must be a finite number in [0, {RATING_MAX:g}], got "
+                              f"{float(values[i])!r} (fix the value or drop the line)")
+
+
+def _check_ids(values: np.ndarray, what: str, where: Callable[[int], str]) -> None:
+    """id 不能为空（或只有空白），也不能长得离谱（少了换行/分隔符）。values：字符串的 object 数组。"""
+    if len(values) == 0:
+        return
+    arr = pa.array(values, type=pa.string())
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0).fill_null(True)
+    if pc.any(empty).as_py():
+        i = int(pc.index(empty, True).as_py())
+        raise DataFormatError(f"{where(i)}: field '{what}' is empty (every event needs a {what})")
+    too_long = pc.greater(pc.utf8_length(arr), MAX_ID_LENGTH).fill_null(False)
+    if pc.any(too_long).as_py():
+        i = int(pc.index(too_long, True).as_py())
+        raise DataFormatError(f"{where(i)}: field '{what}' is {len(values[i]):,} characters long (ids are at most "
+                              f"{MAX_ID_LENGTH:,}); a missing line break or delimiter?")
+
+
 def _require_nonempty(path: str, n: int) -> None:
     if n == 0:
         raise DataFormatError(f"{path}: file is empty (no interactions)")
@@ -274,7 +321,8 @@ def _ml100k_titles(folder: str, stats: Dict[str, int], warnings: List[str]) -> T
 def _rating_interactions(
     cols: Dict[str, np.ndarray], titles: Dict[str, str], files: List[str], stats: Dict[str, int], warnings: List[str]
 ) -> Interactions:
-    """MovieLens 的 (user, item, rating, timestamp) 列 -> Interactions（100K 与 1M/10M 共用）。"""
+    """MovieLens 的 (user, item, rating, timestamp) 列 -> Interactions（100K 与 1M/10M 共用）。files[0] 是评分文件。"""
+    _check_ratings(cols["rating"], lambda i: f"{files[0]}:{_data_line_number(files[0], i)}")
     return Interactions(
         user=_ids_to_str(cols["user"]),
         item=_ids_to_str(cols["item"]),
@@ -426,6 +474,10 @@ def read_pairs(path: str, encoding: str = "utf-8", skip_bad_lines: bool = False)
             raise DataFormatError(
                 _bad(path, lineno, "inconsistent number of fields (timestamp present on some lines only)")
             )
+        for what, tok in (("user", parts[0]), ("item", parts[1])):
+            if len(tok) > MAX_ID_LENGTH:
+                raise DataFormatError(_bad(path, lineno, f"field '{what}' is {len(tok):,} characters long (ids are at "
+                                           f"most {MAX_ID_LENGTH:,}); a missing line break?"))
         t = _to_int(parts[2], path, lineno, "timestamp") if has_ts else n_ok
         n_ok += 1
         return parts[0], parts[1], t
@@ -467,6 +519,12 @@ def _table_to_interactions(
 
     user = np.asarray(col_nonnull(user_col).cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
     item = np.asarray(col_nonnull(item_col).cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+
+    def where(i: int) -> str:
+        return f"{path}: row {i + 1} (data row, header excluded)"
+
+    _check_ids(user, user_col, where)
+    _check_ids(item, item_col, where)
     if time_col is None:
         ts = np.arange(table.num_rows, dtype=np.int64)
     else:
@@ -485,6 +543,7 @@ def _table_to_interactions(
         c = col_nonnull(rating_col)
         if not (pa.types.is_integer(c.type) or pa.types.is_floating(c.type)):
             raise DataFormatError(f"{path}: field '{rating_col}' must be numeric, got type {c.type}")
+        _check_ratings(c.cast(pa.float64()).to_numpy(), where)
         rating = c.cast(pa.float32()).to_numpy()
     titles: Dict[str, str] = {}
     if title_col is not None:
@@ -493,6 +552,16 @@ def _table_to_interactions(
             if t is not None and i not in titles:
                 titles[i] = t
     return Interactions(user=user, item=item, timestamp=ts, rating=rating, titles=titles, files=[path])
+
+
+def _long_line_message(path: str) -> str:
+    longest, where = 0, 1
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if len(raw) > longest:
+                longest, where = len(raw), lineno
+    return (f"{path}:{where}: line is {longest / 1e6:.1f} MB long (lines longer than {_CSV_BLOCK_SIZE >> 20} MB are "
+            "not supported); a missing line break or an unclosed quote?")
 
 
 def read_csv(
@@ -523,9 +592,22 @@ def read_csv(
     except pa.ArrowInvalid as e:
         if bad_rows:
             raise DataFormatError(bad_rows[-1]) from None
+        if "straddling" in str(e):  # 一行比读取块还长：pyarrow 的原话不提行号
+            raise DataFormatError(_long_line_message(path)) from None
         raise DataFormatError(f"{path}: cannot parse CSV: {e}") from None
     except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}: cannot decode with encoding '{encoding}': {e.reason}") from None
+    # 含非 UTF-8 字节的列被 pyarrow 推断成 binary，转字符串时只说 "Invalid UTF8 payload"、不提文件与行
+    for column in table.column_names:
+        if pa.types.is_binary(table.schema.field(column).type) or pa.types.is_large_binary(
+                table.schema.field(column).type):
+            for row, value in enumerate(table.column(column).to_pylist()):
+                try:
+                    value is None or value.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataFormatError(
+                        f"{path}: row {row + 1} (data row, header excluded): field '{column}' is not valid UTF-8 "
+                        f"({e.reason}); pass --encoding (e.g. latin-1) or re-save the file as UTF-8") from None
     inter = _table_to_interactions(table, path, user_col, item_col, time_col, rating_col, title_col)
     inter.stats["malformed_lines_skipped"] = len(bad_rows)
     inter.warnings.extend(f"skipped malformed line {b}" for b in bad_rows[:5])

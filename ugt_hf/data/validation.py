@@ -240,6 +240,8 @@ def _check_user_id(record: Mapping[str, Any]) -> str:
     if uid is None:
         raise DataValidationError("missing required field (or null)", field="user_id")
     if isinstance(uid, str):
+        if not uid.strip():  # 空 id 会把不同用户的记录并成一个“用户”（评估的排除历史、偏好对都按用户分组）
+            raise DataValidationError("empty user id (every record needs a non-empty user_id)", field="user_id")
         return uid
     if _is_int(uid) and not isinstance(uid, bool):
         return str(int(uid))
@@ -780,6 +782,9 @@ def vector_check_table(
 
     uid = col("user_id")
     rules.append(("user_id", np.asarray(uid.is_null().to_numpy(zero_copy_only=False), dtype=bool)))
+    if pa.types.is_string(uid.type) or pa.types.is_large_string(uid.type):
+        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(uid)), 0).fill_null(False)
+        rules.append(("user_id", np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)))
     if record_type == "recommend":
         names = RECOMMEND_FIELDS[1:]
         cols = {f: _ListCol(col(f)) for f in names}

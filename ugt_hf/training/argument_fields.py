@@ -14,7 +14,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
-from ..argparsing import arg, build_parser
+from ..argparsing import ConfigError, arg, build_parser
 
 
 @dataclass
@@ -59,6 +59,23 @@ class EvaluationArguments:
     exclude_history: bool = arg(False, "never recommend the user's history items during evaluation")
     eval_max_samples: Optional[int] = arg(
         None, "at most this many validation samples per evaluation during training (the final test uses all)")
+
+    def __post_init__(self):
+        check_evaluation_arguments(self)
+        parent = getattr(super(), "__post_init__", None)  # 规格配置类多重继承：把链传下去（训练参数的校验在后面）
+        if parent is not None:
+            parent()
+
+
+def check_evaluation_arguments(obj: Any) -> None:
+    """EvaluationArguments：束宽与样本数必须为正（0 束、-1 个样本会悄悄跑出空评估或在束搜索深处崩）。"""
+    beams = getattr(obj, "num_beams", 1)
+    if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
+        raise ConfigError(f"must be a positive integer (beam width), got {beams!r}", field="num_beams")
+    samples = getattr(obj, "eval_max_samples", None)
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ConfigError(f"must be a positive integer, or null to use every validation sample, got {samples!r}",
+                          field="eval_max_samples")
 
 
 @dataclass

@@ -106,6 +106,54 @@ def check_ranges(obj: Any, non_negative: Sequence[str] = (), positive: Sequence[
             raise ConfigError(f"expected an integer, got {value!r}", field=name)
 
 
+# ---- 步数、线程数与策略字段（#16）：HF 对这些值要么不查（save_steps 0、torch_num_threads -3 静默接受或在深处崩），
+# 要么报一条不带字段名的 ValueError（eval_strategy: sometimes）。这里先查，ConfigError 指出字段与可选值。
+_STEP_FIELDS = ("save_steps", "logging_steps", "eval_steps")  # > 0；< 1 的小数是 HF 的“占总步数比例”
+_STRATEGY_CHOICES = {"eval_strategy": ("no", "steps", "epoch"), "logging_strategy": ("no", "steps", "epoch"),
+                     "save_strategy": ("no", "steps", "epoch", "best")}
+
+
+def check_steps_and_strategies(obj: Any) -> None:
+    """obj：训练参数（或兼有这些字段的规格配置）。缺的字段跳过。"""
+    for name, choices in _STRATEGY_CHOICES.items():
+        value = getattr(obj, name, None)
+        if value is None:
+            continue
+        text = value.value if isinstance(value, Enum) else value
+        if not isinstance(text, str) or text.lower() not in choices:
+            close = difflib.get_close_matches(str(text).lower(), choices, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"must be one of {', '.join(choices)}, got {value!r}{hint}", field=name)
+    for name in _STEP_FIELDS:
+        value = getattr(obj, name, None)
+        if value is None and name == "eval_steps":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"must be a number > 0 (optimizer steps; a fraction < 1 means that share of the "
+                              f"total steps), got {value!r}", field=name)
+    threads = getattr(obj, "torch_num_threads", None)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"must be a positive integer (CPU threads for torch) or null to keep torch's default, "
+                          f"got {threads!r}", field="torch_num_threads")
+    workers = getattr(obj, "dataloader_num_workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"must be an integer >= 0, got {workers!r}", field="dataloader_num_workers")
+    max_steps = getattr(obj, "max_steps", -1)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not (max_steps == -1 or max_steps > 0):
+        raise ConfigError(f"must be a positive integer, or -1 to train for num_train_epochs, got {max_steps!r}",
+                          field="max_steps")
+    eval_batch = getattr(obj, "per_device_eval_batch_size", 1)
+    if isinstance(eval_batch, bool) or not isinstance(eval_batch, int) or eval_batch < 1:
+        raise ConfigError(f"must be a positive integer, got {eval_batch!r}", field="per_device_eval_batch_size")
+    ks = getattr(obj, "eval_k_values", None) or []
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ConfigError(f"must be positive integers (the K of Recall@K / NDCG@K), got {list(ks)!r}",
+                          field="eval_k_values")
+    limit = getattr(obj, "max_consecutive_nonfinite", 1)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"must be a positive integer, got {limit!r}", field="max_consecutive_nonfinite")
+
+
 @dataclass
 class _UGTFields(TrainingFields):
     """TrainingFields 的行为：校验、调度、精度与 DeepSpeed 解析；在 MRO 里位于 TrainingArguments/DPOConfig 之前。
@@ -160,6 +208,7 @@ class _UGTFields(TrainingFields):
             if not (self.load_best_model_at_end and self.metric_for_best_model):
                 raise ConfigError("needs load_best_model_at_end: true and metric_for_best_model (early stopping "
                                   "keeps the best evaluation)", field="early_stopping_patience")
+        check_steps_and_strategies(self)
 
     def _resolve_scheduler(self) -> None:
         kwargs = self.lr_scheduler_kwargs

@@ -58,23 +58,46 @@ def resolve_data(args) -> DataDir:
 
 
 def _model_config_kwargs(value) -> Dict[str, Any]:
-    """model_config：dict / JSON 字符串 / config.json 路径 / 含 config.json 的目录。"""
+    """model_config：dict / JSON 字符串 / config.json 路径 / 含 config.json 的目录。未知键是错误（带最接近的合法键）：
+    PretrainedConfig 对未知键照单全收，写错的 `d_modle: 16` 会悄悄训练出默认 d_model 的模型。"""
     if value is None:
         return {}
+    source = None
     if isinstance(value, dict):
-        return dict(value)
-    text = str(value).strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"not valid JSON: {e}", field="model_config") from None
-    path = Path(text)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist", field="model_config")
-    return json.loads(path.read_text())
+        kwargs = dict(value)
+    else:
+        text = str(value).strip()
+        if text.startswith("{"):
+            try:
+                kwargs = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"not valid JSON: {e}", field="model_config") from None
+        else:
+            path = Path(text)
+            if path.is_dir():
+                path = path / "config.json"
+            if not path.is_file():
+                raise ConfigError(f"{path} does not exist", field="model_config")
+            source = str(path)
+            try:
+                kwargs = json.loads(path.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"not valid UTF-8 ({e.reason} at byte {e.start})", field="model_config",
+                                  source=source) from None
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"invalid JSON: {e.msg}", field="model_config", source=source,
+                                  line=e.lineno) from None
+    from ..configuration_ugt import unknown_config_keys
+
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"expected a mapping of UGTConfig fields, got {type(kwargs).__name__}",
+                          field="model_config", source=source)
+    unknown = unknown_config_keys(kwargs)
+    if unknown:
+        key, close = unknown[0]
+        hint = f"; did you mean '{close}'?" if close else " (see ugt_hf/configuration_ugt.py for the fields)"
+        raise ConfigError(f"unknown UGTConfig field '{key}'{hint}", field=f"model_config.{key}", source=source)
+    return kwargs
 
 
 def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendation:
@@ -82,7 +105,15 @@ def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendati
     （位置编码长度取 train_args 的 encoder/decoder_max_length）。"""
     vocab = data.vocab_sizes
     if args.pretrained_model_path:
-        model = UGTForGenerativeRecommendation.from_pretrained(args.pretrained_model_path)
+        from safetensors import SafetensorError
+
+        try:
+            model = UGTForGenerativeRecommendation.from_pretrained(args.pretrained_model_path)
+        except (OSError, ValueError, SafetensorError) as e:  # 坏的 config.json / 权重：指明目录与原因，不是程序缺陷
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--pretrained {args.pretrained_model_path}: cannot load the model ({first}); point it "
+                              "at a save_pretrained folder such as RUN/stage1/best_model",
+                              field="pretrained_model_path") from None
         if list(model.config.vocab_sizes) != vocab:
             raise ConfigError(
                 f"model {args.pretrained_model_path} has vocab_sizes {model.config.vocab_sizes} but the data has "
@@ -105,11 +136,22 @@ def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendati
     catalogue = data.catalogue() if num_items else None
     if num_items == "auto":
         kwargs["num_items"] = num_items = catalogue.num_items
-    if num_items and int(num_items) != catalogue.num_items:
-        raise ConfigError(f"num_items={num_items} but the data folder has {catalogue.num_items} items (or write "
+    if num_items and (isinstance(num_items, bool) or not isinstance(num_items, int)
+                      or num_items != catalogue.num_items):
+        raise ConfigError(f"num_items={num_items!r} but the data folder has {catalogue.num_items} items (or write "
                           "num_items: auto)",
                           field="model_config")
-    model = UGTForGenerativeRecommendation(UGTConfig(**kwargs))
+    # tokenizer 的 pad id 写进新模型的 config：否则 HF 的 Trainer 发现两者不一致，每次运行都警告
+    # "tokenizer has new PAD/BOS/EOS tokens"（无害，用户也无从处理）
+    kwargs.setdefault("pad_token_id", data.tokenizer().pad_token_id)
+    try:
+        config = UGTConfig(**kwargs)
+    except (ValueError, TypeError) as e:  # UGTConfig 的校验：消息以 "UGTConfig.<字段>" 开头
+        import re
+
+        match = re.match(r"UGTConfig\.(\w+)", str(e))
+        raise ConfigError(str(e), field=f"model_config.{match.group(1)}" if match else "model_config") from None
+    model = UGTForGenerativeRecommendation(config)
     if model.item_head is not None:
         model.set_item_catalogue(catalogue.triples)
     return model
