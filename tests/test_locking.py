@@ -83,7 +83,8 @@ def test_second_ugt_prepare_into_the_same_folder_gets_one_line(tmp_path, capsys)
     with OutputLock(str(out), what="ugt prepare"):
         with pytest.raises(OutputLockedError, match=f"{out} is in use by another ugt prepare"):
             prepare(str(out), source="synthetic", num_users=50, num_items=30)
-        assert prepare_main(["--source", "synthetic", "--out", str(out), "--no_progress", "true"]) == 1
+        # 4 = 环境错误（输出目录被占用），见 ugt_hf/errors.py 的退出码表
+        assert prepare_main(["--source", "synthetic", "--out", str(out), "--no_progress", "true"]) == 4
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"ugt prepare: error: {out} is in use by another ugt prepare (PID {os.getpid()}")
     assert "\n" not in err and not out.exists()  # 什么也没写

@@ -348,7 +348,14 @@ def _train_stage(stage: int, args: StageArguments) -> Dict[str, Any]:
         if args.model.reference_model_path and not targs.dpo_reference_free:
             ref_model = UGTForGenerativeRecommendation.from_pretrained(args.model.reference_model_path).eval()
         # 统一损失的 L_ntp 与阶段 1/2 相同：训练集上的 next-item NTP（与偏好对批次交替抽样，见 UGTDPOTrainer）
-        ntp_ds = _recommend_dataset(data, "train", targs) if data.num_records("train") > 0 else None
+        # 规格的 `--train_data 偏好对文件`（不给 data_dir）时，文件所在目录里没有推荐数据：退回 chosen 物品的 NTP
+        spec_pairs_only = bool(args.data.train_data_path) and not args.data.data_dir
+        ntp_ds = None
+        if not spec_pairs_only and data.num_records("train") > 0:
+            ntp_ds = _recommend_dataset(data, "train", targs)
+        if ntp_ds is None:
+            logger.info("stage 3: no recommendation train split next to the preference pairs; L_ntp is the NTP of "
+                        "the chosen items (pass --data_dir DIR to use DIR's train split)")
         trainer = UGTDPOTrainer(model=model, ref_model=ref_model, args=targs, train_dataset=train_pairs,
                                 eval_dataset=held_pairs if targs.eval_strategy != "no" else None,
                                 processing_class=tokenizer, ntp_dataset=ntp_ds)
