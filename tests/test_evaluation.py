@@ -105,13 +105,13 @@ def test_evaluate_missing_model_folder_names_it_and_close_names(tmp_path, capsys
     _model(DataDir(d).meta).save_pretrained(tmp_path / "run" / "best_model")
     monkeypatch.chdir(tmp_path)
     assert main(["--model", "run/best_modl", "--data", str(d)]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "model folder run/best_modl does not exist (did you mean 'run/best_model'?)" in out
     assert "Repo id" not in out and "Traceback" not in out
     assert main(["--model", "run", "--data", str(d)]) == 2  # 运行目录本身：提示其中的 best_model
-    assert "without config.json" in capsys.readouterr().out
+    assert "without config.json" in capsys.readouterr().err
     assert main(["--model", "run/best_model", "--data", "dta"]) == 2
-    assert "data folder dta does not exist" in capsys.readouterr().out
+    assert "data folder dta does not exist" in capsys.readouterr().err
 
 
 def test_missing_meta_is_clear_error(tmp_path):

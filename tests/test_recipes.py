@@ -50,7 +50,10 @@ def test_recipe_script_rejects_unknown_flag(stage, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / f"stage{stage}.py"), "--batch_sise", "8",
                            "--output_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "batch_sise" in proc.stdout and "batch_size" in proc.stdout  # 指出错误的键并给出最接近的合法名
+    # 指出错误的键并给出最接近的合法名；错误只有一行，在 stderr 上（stdout 留给结果）
+    lines = [ln for ln in proc.stderr.splitlines() if "batch_sise" in ln]
+    assert len(lines) == 1 and "batch_size" in lines[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "batch_sise" not in proc.stdout
 
 
 def test_committed_configs_parse():

@@ -180,7 +180,7 @@ def test_signal_stop_exits_128_plus_signal_then_resume_then_finished_run_is_a_no
     argv = _stage1_argv(tmp_path, out)
     w.signal_stages_at(monkeypatch, 3, signal.SIGINT)
     assert main(1, argv) == 128 + signal.SIGINT
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert f"stopped by SIGINT at step 3: checkpoint {out / 'checkpoint-3'} saved" in printed
     assert "--resume_from_checkpoint auto" in printed and "Traceback" not in printed
     assert (out / "checkpoint-3").is_dir() and not (out / BEST_MODEL_DIR).exists()
@@ -211,7 +211,7 @@ def test_second_writer_into_a_stage_output_dir_gets_one_line(tmp_path, capsys):
     out = tmp_path / "s1"
     with OutputLock(str(out), what="ugt pipeline"):
         assert main(1, _stage1_argv(tmp_path, out)) == 2
-    printed = capsys.readouterr().out.strip()
+    printed = capsys.readouterr().err.strip()
     assert printed.startswith(f"stage1: error: {out} is in use by another ugt pipeline (PID {os.getpid()}")
     assert "\n" not in printed and not out.exists()
 
@@ -262,7 +262,7 @@ def test_signal_after_the_last_step_finishes_the_stage_then_stops(tmp_path, monk
     monkeypatch.setattr(GracefulShutdownCallback, "on_train_end", late)
     out = tmp_path / "s1"
     assert main(1, _stage1_argv(tmp_path, out)) == 143
-    assert "received SIGTERM after the last step: the stage finished" in capsys.readouterr().out
+    assert "received SIGTERM after the last step: the stage finished" in capsys.readouterr().err
     assert completed_stage(out) is not None  # 重跑流水线时这个阶段被跳过
 
 
@@ -272,7 +272,7 @@ def test_stage3_stopped_by_a_signal_saves_and_resumes(tmp_path, monkeypatch, cap
     argv = _stage1_argv(tmp_path, out, from_scratch=True, batch_size=4, gradient_accumulation_steps=1)
     w.signal_stages_at(monkeypatch, 2)
     assert main(3, argv) == 143
-    assert "stopped by SIGTERM at step 2" in capsys.readouterr().out
+    assert "stopped by SIGTERM at step 2" in capsys.readouterr().err
     last = out / "checkpoint-2"
     assert get_last_checkpoint(str(out)) == str(last) and not (last / "training_args.bin").exists()
     assert not (out / BEST_MODEL_DIR).exists()

@@ -78,7 +78,7 @@ def test_cli_missing_data_folder_needs_prepare_flag(tmp_path, capsys):
     (tmp_path / "demo_data").mkdir()
     typo, run = tmp_path / "dmeo_data", tmp_path / "run"
     assert main(["--data", str(typo), "--config", str(cfg), "--out", str(run)]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert f"--data {typo} does not exist (did you mean '{tmp_path / 'demo_data'}'?);" in out
     assert "pass --prepare true" in out and "Traceback" not in out
     assert not typo.exists() and not run.exists()
@@ -91,7 +91,7 @@ def test_cli_missing_data_folder_needs_prepare_flag(tmp_path, capsys):
     # --prepare true：按 prepare 段准备（--stages 2,3 随后因缺阶段 1 停下，准备好的数据留着）
     assert main(["--data", str(typo), "--prepare", "true", "--config", str(cfg), "--out", str(run),
                  "--stages", "2,3"]) == 2
-    assert "stage1" in capsys.readouterr().out and (typo / "meta.json").is_file()
+    assert "stage1" in capsys.readouterr().err and (typo / "meta.json").is_file()
 
 
 # ---------------------------------------------------------------- 信号、重跑续上、锁（#16）
@@ -112,7 +112,7 @@ def test_interrupted_stage_stops_the_pipeline_and_rerunning_continues(tmp_path, 
     argv = ["--data", str(tmp_path / "data"), "--config", str(cfg), "--out", str(run), "--prepare", "true"]
     w.signal_stages_at(monkeypatch, 2)
     assert main(argv) == 128 + signal.SIGTERM
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "stopped by SIGTERM at step 2" in printed and "re-run the same `ugt pipeline` command" in printed
     assert (run / "stage1" / "checkpoint-2").is_dir() and not (run / "stage1" / "best_model").exists()
     assert not (run / "stage2").exists() and not (run / "report.md").exists()  # 后面的阶段没有跑
@@ -150,7 +150,7 @@ def test_second_pipeline_into_the_same_out_gets_one_line(tmp_path, capsys):
     cfg, run = write_tiny_pipeline(tmp_path), tmp_path / "run"
     with OutputLock(str(run), what="ugt pipeline"):
         assert main(["--data", str(tmp_path / "data"), "--config", str(cfg), "--out", str(run)]) == 2
-    printed = capsys.readouterr().out.strip()
+    printed = capsys.readouterr().err.strip()
     assert printed == (f"ugt pipeline: error: {run} is in use by another ugt pipeline (PID {os.getpid()}, since "
                        + printed.split(", since ", 1)[1])
     assert "lock file" in printed and "\n" not in printed and not run.exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
@@ -312,7 +313,7 @@ def main(argv=None) -> int:
         if ns.transition:
             out["transition"] = transition_baseline(ns.data, ns.split, ks, ns.exclude_history)
     except (FileNotFoundError, OSError, ValueError) as e:  # ConfigError 是 ValueError
-        print(f"ugt evaluate: {e}")
+        print(f"ugt evaluate: {e}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=2) if ns.json else format_table(out))
     return 0

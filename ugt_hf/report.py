@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -295,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = write_report(ns.run)
     except FileNotFoundError as e:
-        print(f"ugt report: {e}")
+        print(f"ugt report: {e}", file=sys.stderr)
         return 2
     print(Path(out["markdown"]).read_text())
     print("\n".join(report_locations(ns.run)))

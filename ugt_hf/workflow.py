@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,16 +227,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra, allow_prepare=ns.prepare,
                      resume=ns.resume)
     except ConfigError as e:
-        print(f"ugt pipeline: {e}")
+        print(f"ugt pipeline: {e}", file=sys.stderr)
         return 2
     except OutputLockedError as e:
-        print(f"ugt pipeline: error: {e}")
+        print(f"ugt pipeline: error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(f"ugt pipeline: {e}", flush=True)
+        print(f"ugt pipeline: {e}", flush=True, file=sys.stderr)
         return e.exit_code  # 128 + 信号编号
     except KeyboardInterrupt:  # 训练循环之外（数据准备、评估）按下 Ctrl-C：没有半个阶段需要保存
-        print("ugt pipeline: interrupted (SIGINT); re-run the same command to continue", flush=True)
+        print("ugt pipeline: interrupted (SIGINT); re-run the same command to continue", flush=True, file=sys.stderr)
         return 130
     print((Path(ns.out) / REPORT_MD).read_text())
     print("\n".join(report_locations(ns.out)))

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -435,17 +436,17 @@ def main(stage: int, argv: Optional[Sequence[str]] = None) -> int:
     try:
         summary = run_stage(stage, argv)
     except ConfigError as e:
-        print(f"stage{stage}: {e}", flush=True)
+        print(f"stage{stage}: {e}", flush=True, file=sys.stderr)
         return 2
     except OutputLockedError as e:
-        print(f"stage{stage}: error: {e}", flush=True)
+        print(f"stage{stage}: error: {e}", flush=True, file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(f"stage{stage}: {e}", flush=True)
+        print(f"stage{stage}: {e}", flush=True, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # 第二次 Ctrl-C（或训练循环之外）：不等保存，立即退出
         print(f"stage{stage}: interrupted (SIGINT) before a checkpoint could be saved; the last complete checkpoint "
-              "(if any) can be resumed with --resume_from_checkpoint auto", flush=True)
+              "(if any) can be resumed with --resume_from_checkpoint auto", flush=True, file=sys.stderr)
         return 128 + signal.SIGINT
     print(json.dumps({k: summary[k] for k in ("stage", "best_model_dir", "train_seconds") if k in summary}))
     return 0
