@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from ugt_hf.evaluation import evaluate_ranking, popularity_baseline, transition_baseline  # noqa: E402
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation  # noqa: E402
+from ugt_hf.report import dpo_curve as report_dpo_curve  # noqa: E402
 from ugt_hf.report import metrics_table  # noqa: E402
 from ugt_hf.workflow import run_pipeline  # noqa: E402
 
@@ -52,17 +53,10 @@ def validation_curve(stage_dir: Path) -> dict:
     return {"per_evaluation": evals, "best": best}
 
 
-DPO_KEYS = ("loss", "dpo_loss", "ntp_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
-            "rewards/accuracies")
-
-
 def dpo_curve(stage_dir: Path) -> list:
-    """阶段 3 每个日志步的 DPO 曲线：损失各项、TRL 的 rewards/* 与每层 log-prob 相对参考模型的移动。"""
+    """阶段 3 每个日志步的 DPO 曲线（report.dpo_curve），从 stage_summary.json 读出。"""
     path = stage_dir / "stage_summary.json"
-    history = json.loads(path.read_text()).get("log_history", []) if path.is_file() else []
-    return [{"step": e.get("step"), "epoch": e.get("epoch"),
-             **{k: v for k, v in e.items() if k in DPO_KEYS or k.startswith("logps_delta/")}}
-            for e in history if "rewards/margins" in e]
+    return report_dpo_curve(json.loads(path.read_text()).get("log_history", []) if path.is_file() else [])
 
 
 def run(name: str, shared: Path, work: Path, stages, peer: bool) -> dict:

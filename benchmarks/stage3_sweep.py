@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ugt_hf.report import dpo_curve  # noqa: E402
+from ugt_hf.workflow import git_commit  # noqa: E402
 
 CONFIGS = {"beauty": "recipes/configs/beauty_stage3.yaml", "ml-100k": "recipes/configs/ml100k_stage3.yaml",
            "demo": "recipes/configs/demo_stage3.yaml"}
@@ -34,18 +36,6 @@ VARIANTS = {
     "sdpo_k4": ("self-generated pairs with 4 negatives per prompt (softmax-DPO), lambda_preference 1.0",
                 ["--preference_negatives", "4", "--lambda_preference", "1.0"]),
 }
-DPO_KEYS = ("loss", "dpo_loss", "ntp_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
-            "rewards/accuracies")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def evaluation_protocol(dataset: str) -> dict:
     from ugt_hf.workflow import load_pipeline_config
 
@@ -75,8 +65,7 @@ def run_variant(name: str, extra, args, ev: dict) -> dict:
     train_wall = time.perf_counter() - t0
     t1 = time.perf_counter()
     test = test_metrics(summary["best_model_dir"], args.data, ev)
-    curve = [{"step": e.get("step"), **{k: v for k, v in e.items() if k in DPO_KEYS or k.startswith("logps_delta/")}}
-             for e in summary.get("log_history", []) if "rewards/margins" in e]
+    curve = dpo_curve(summary.get("log_history", []))
     return {"overrides": list(extra) + list(args.set_args), "description": VARIANTS.get(name, ("",))[0],
             "preference_source": summary.get("preference_source"),
             "num_preference_pairs": summary.get("num_preference_pairs"),
@@ -102,7 +91,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     ev = evaluation_protocol(args.dataset)
-    results = {"dataset": args.dataset, "git_commit": git_commit(), "data": args.data, "stage2": args.stage2,
+    results = {"dataset": args.dataset, "git_commit": git_commit(ROOT), "data": args.data, "stage2": args.stage2,
                "config": CONFIGS[args.dataset], "protocol": ev,
                "stage2_test": test_metrics(args.stage2, args.data, ev), "variants": {}}
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"stage3_sweep_{args.dataset}.json"

@@ -9,8 +9,7 @@ pipeline（见 auto.py），之后 `AutoModel.from_pretrained(dir)`、`pipeline(
 `ugt_hf.UGTConfig` 等名字在第一次访问时才导入；注册发生在 transformers 导入之时（见 auto.py）。
 """
 
-import importlib
-
+from ._lazy import lazy_getattr
 from .auto import activate, register
 
 __version__ = "0.1.0"
@@ -24,12 +23,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__():

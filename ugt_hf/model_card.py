@@ -42,7 +42,7 @@ DatasetLike = Union[str, Mapping[str, Any], None]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _number(value: Any) -> Optional[float]:
+def finite_number(value: Any) -> Optional[float]:
     """可写进表格/YAML 的有限数值；bool、非数值、NaN/inf 返回 None。"""
     if isinstance(value, bool):
         return None
@@ -56,7 +56,7 @@ def _number(value: Any) -> Optional[float]:
 def _clean_metrics(metrics: Optional[MetricsLike]) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for k, v in (metrics or {}).items():
-        num = _number(v)
+        num = finite_number(v)
         if num is not None:
             out[str(k)] = round(num, 6)
     return out

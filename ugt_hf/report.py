@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .model_card import finite_number
 
 RESULTS_FILE = "results.json"
 REPORT_MD = "report.md"
@@ -55,22 +56,12 @@ def metrics_table(rows: Dict[str, Dict[str, float]], keys: Sequence[str] = TABLE
     return "\n".join(lines)
 
 
-def _finite(value) -> Optional[float]:
-    if isinstance(value, bool):
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _series(log_history: Sequence[dict], key: str) -> Series:
     """key 的 (epoch, 值)；HF 的训练结束汇总（train_loss 那条）不带 loss 键，不会混进来。"""
     xs, ys = [], []
     for e in log_history:
-        v = _finite(e.get(key))
-        x = _finite(e.get("epoch", e.get("step")))
+        v = finite_number(e.get(key))
+        x = finite_number(e.get("epoch", e.get("step")))
         if v is not None and x is not None:
             xs.append(x)
             ys.append(v)
@@ -84,6 +75,17 @@ def _ranking_keys(log_history: Sequence[dict]) -> List[str]:
     k = (10 if 10 in ks else ks[0]) if ks else None
     chosen = [key for key in (f"eval_recall@{k}", f"eval_ndcg@{k}") if key in keys]
     return chosen + (["eval_mrr"] if any("eval_mrr" in e for e in log_history) else [])
+
+
+DPO_LOG_KEYS = ("loss", "dpo_loss", "ntp_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                "rewards/accuracies")
+
+
+def dpo_curve(log_history: Sequence[dict]) -> List[dict]:
+    """阶段 3 每个日志步的 DPO 曲线：损失各项、TRL 的 rewards/* 与每层 log-prob 相对参考模型的移动。"""
+    return [{"step": e.get("step"), "epoch": e.get("epoch"),
+             **{k: v for k, v in e.items() if k in DPO_LOG_KEYS or k.startswith("logps_delta/")}}
+            for e in log_history if "rewards/margins" in e]
 
 
 def training_curves(log_history: Sequence[dict]) -> Dict[str, Dict[str, Series]]:
@@ -276,11 +278,11 @@ def log_test_metrics(stage_dir, metrics: Mapping[str, float], log_history: Seque
         return None
     from torch.utils.tensorboard import SummaryWriter  # 延迟导入：只画报告时不需要 torch / tensorboard
 
-    step = max((int(e["step"]) for e in log_history if _finite(e.get("step")) is not None), default=0)
+    step = max((int(e["step"]) for e in log_history if finite_number(e.get("step")) is not None), default=0)
     writer = SummaryWriter(log_dir=str(log_dir))
     try:
         for key, value in metrics.items():
-            v = _finite(value)
+            v = finite_number(value)
             if v is not None:
                 writer.add_scalar(f"{prefix}/{key}", v, step)
     finally:

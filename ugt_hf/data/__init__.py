@@ -3,7 +3,7 @@
 再导出的名字惰性导入（PEP 562）：`ugt prepare --help` 只需 data.prepare 的参数类，不加载 torch / pyarrow。
 """
 
-import importlib
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "DataCollator": "collator", "PreferenceCollator": "collator", "PreferenceDataset": "datasets",
@@ -11,12 +11,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = ["DataCollator", "PreferenceCollator", "PreferenceDataset", "RecommendDataset", "StreamingDataset",

@@ -6,17 +6,12 @@
 再导出的名字惰性导入（PEP 562）：`ugt train --help` 要读 training.argument_fields 而不加载 torch。
 """
 
-import importlib
+from .._lazy import lazy_getattr
 
 _LAZY = {"ContrastiveLoss": "losses", "UGTTrainer": "trainer"}
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = ["ContrastiveLoss", "UGTTrainer"]

@@ -331,9 +331,9 @@ class UGTDPOTrainer(ckpt.CheckpointingMixin, DPOTrainer):
                                             label_smoothing=float(getattr(self.args, "label_smoothing", 0.0) or 0.0),
                                             chunk_size=getattr(config, "loss_chunk_size", None),
                                             item_weight=float(getattr(config, "item_loss_weight", 1.0)))
-            for key in ("ntp_item_loss",):
-                if key in comps:
-                    self._metrics[mode][key].append(self.accelerator.gather(comps[key]).mean().item())
+            if "ntp_item_loss" in comps:  # 物品头的全目录 CE（有物品头时）
+                self._metrics[mode]["ntp_item_loss"].append(
+                    self.accelerator.gather(comps["ntp_item_loss"]).mean().item())
             return ntp
         b = log_probs.shape[0] // (self.num_negatives + 1)
         return weighted_item_nll(log_probs[:b], self.level_weights).mean()  # chosen 物品的加权 NTP

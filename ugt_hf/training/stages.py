@@ -215,7 +215,7 @@ def self_generated_pairs(model, dataset: RecommendDataset, catalogue, max_pairs:
                 chosen = labels[row]
                 differs = (cand[row] != chosen).any(-1) & (cand[row] >= 0).all(-1)
                 negatives = differs.nonzero()[:, 0][:num_negatives]
-                if len(negatives) < num_negatives or len(negatives) == 0:
+                if len(negatives) < max(1, num_negatives):
                     continue
                 rejected = cand[row][int(negatives[0])]
                 record = {
