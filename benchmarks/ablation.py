@@ -38,6 +38,9 @@ VARIANTS = {
     "item_scoring_item": ("committed model, ranked by the item head alone (item_scoring: item)", None, "committed"),
     "no_transition_options": ("item head, without the five transition options",
                               lambda m: {k: v for k, v in m.items() if k not in TRANSITION_OPTIONS}, None),
+    # 物品头本身就是每个物品一行的输出向量：看哈希的 L2/L3 节点输出向量在它旁边还值不值（它们占评估时间的一半）
+    "no_node_embeddings": ("item head, without the hashed node output vectors (node_embedding_buckets: 0)",
+                           lambda m: {**m, "node_embedding_buckets": 0}, None),
 }
 
 

@@ -365,6 +365,33 @@ def test_transition_hash_hand_computed_and_level_salt():
     assert 0 <= int(h) < (1 << 21)
 
 
+def test_child_hashes_and_transition_bias_equal_the_per_triple_hash():
+    """束搜索用的增量哈希（前缀部分 + 码字部分）与逐个三元组调用 item_hash / transition_hash 逐位相等，
+    规格最大词表与不整除的桶数都试。"""
+    from ugt_hf.modeling_ugt import UGTTransitionBias, child_hashes, item_hash, transition_hash
+
+    gen = torch.Generator().manual_seed(0)
+    for p, vocab, buckets in [(0, 1024, 65536), (1, 4096, 1 << 21), (2, 16384, 65536), (2, 128, 97)]:
+        pre = torch.randint(0, 16384, (9, p), generator=gen)
+        codes = torch.arange(vocab)
+        triples = torch.cat([pre[:, None, :].expand(9, vocab, p), codes[None, :, None].expand(9, vocab, 1),
+                             torch.zeros(9, vocab, 2 - p, dtype=torch.long)], -1)
+        assert torch.equal(child_hashes(pre, vocab, buckets), item_hash(triples, buckets))
+    bias = UGTTransitionBias(UGTConfig(vocab_sizes=V, transition_buckets=1009, transition_scale=2.0))
+    with torch.no_grad():
+        bias.table.weight.normal_(0, 1.0, generator=gen)
+    for level in (1, 2, 3):
+        prev = torch.randint(0, 8, (4, 5, 3), generator=gen)
+        prev[0, :2] = -1  # 没有前一个物品的行
+        pre = torch.randint(0, 8, (4, 5, level - 1), generator=gen)
+        vocab = V[level - 1]
+        codes = torch.arange(vocab)
+        nodes = torch.cat([pre[..., None, :].expand(4, 5, vocab, level - 1), codes.expand(4, 5, vocab)[..., None],
+                           codes.new_zeros(4, 5, vocab, 3 - level)], -1)
+        want = 2.0 * bias.table.weight[:, 0][transition_hash(prev[..., None, :], nodes, level, 1009)]
+        assert torch.equal(bias(prev, pre, vocab, level), want)
+
+
 def test_transition_bias_zero_init_previous_items_and_teacher_forcing():
     from ugt_hf.modeling_ugt import transition_hash
 

@@ -105,6 +105,9 @@ def stack_semantic_ids(ids: Optional[IdsLike], name: str) -> Optional[torch.Tens
     return ids.long()
 
 
+_HASH_COEF = (1_299_709, 1_951_237, 786_433)
+
+
 def item_hash(triples: torch.Tensor, buckets: int) -> torch.Tensor:
     """完整三元组 -> [0, buckets) 的桶号：[..., 3] -> [...]。
 
@@ -112,10 +115,26 @@ def item_hash(triples: torch.Tensor, buckets: int) -> torch.Tensor:
     在规格最大词表（1024/4096/16384）下也不会溢出 int64。
     """
     t = triples.long()
-    return (t[..., 0] * 1_299_709 + t[..., 1] * 1_951_237 + t[..., 2] * 786_433) % buckets
+    a, b, c = _HASH_COEF
+    return (t[..., 0] * a + t[..., 1] * b + t[..., 2] * c) % buckets
+
+
+def child_hashes(prefix: torch.Tensor, vocab: int, buckets: int) -> torch.Tensor:
+    """父节点 prefix 的每个子节点 (prefix, k, 0...) 的 item_hash，k = 0..vocab-1：[M, P] -> [M, vocab]（int64）。
+
+    与对补齐后的三元组调用 item_hash 逐位相等，但按 (前缀部分 + 码字部分) mod buckets 计算：
+    不用展开 [M, vocab, 3] 的三元组，束搜索里给上万个前缀的全部子节点取哈希时省掉大部分整数运算。
+    """
+    pre = prefix.long()
+    base = torch.zeros(pre.shape[0], dtype=torch.long, device=pre.device)
+    for j in range(pre.shape[1]):
+        base = base + pre[:, j] * _HASH_COEF[j]
+    code = torch.arange(vocab, device=pre.device) * _HASH_COEF[pre.shape[1]] % buckets  # [vocab]
+    return (base % buckets)[:, None].add(code[None]).remainder_(buckets)  # [M, vocab]
 
 
 _CROSS_MOD = 1_000_003  # 交叉哈希里两侧各自先压到的范围（质数）；乘积 ~1e12，int64 不溢出
+_TRANSITION_MUL = 1_000_033
 
 
 def transition_hash(previous: torch.Tensor, nodes: torch.Tensor, level: int, buckets: int) -> torch.Tensor:
@@ -127,7 +146,7 @@ def transition_hash(previous: torch.Tensor, nodes: torch.Tensor, level: int, buc
     hp = item_hash(previous.clamp(min=0), _CROSS_MOD)
     hp = torch.where(previous[..., 0] >= 0, hp, torch.full_like(hp, _CROSS_MOD))  # “无前一物品”单独一个键
     hn = item_hash(nodes, _CROSS_MOD)
-    return ((hp * 1_000_033 + hn) * 3 + (level - 1)) % buckets
+    return ((hp * _TRANSITION_MUL + hn) * 3 + (level - 1)) % buckets
 
 
 def recency_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -328,18 +347,11 @@ class UGTHierarchicalHeads(nn.Module):
         lead = query.shape[:-1]
         q = query.reshape(-1, query.shape[-1])  # [M, r]
         pre = prefix.reshape(-1, prefix.shape[-1]).long()  # [M, P]
-        codes = torch.arange(vocab, device=q.device)
         rows = max(1, max_elements // (vocab * q.shape[-1]))
         outs = []
         for s in range(0, q.shape[0], rows):
-            p = pre[s : s + rows]
-            m = p.shape[0]
-            triples = torch.cat(
-                [p[:, None, :].expand(m, vocab, p.shape[1]), codes[None, :, None].expand(m, vocab, 1)], -1
-            )
-            if triples.shape[-1] == 2:  # L2 节点 (l1, k)：第三位补 0 再哈希
-                triples = torch.cat([triples, torch.zeros_like(triples[..., :1])], -1)
-            e = table(item_hash(triples, table.num_embeddings))  # [m, vocab, r]
+            # L2 节点 (l1, k) 的第三位是 0，不进哈希；child_hashes 与逐个三元组 item_hash 相等
+            e = table(child_hashes(pre[s : s + rows], vocab, table.num_embeddings))  # [m, vocab, r]
             outs.append(torch.bmm(e, q[s : s + rows, :, None]).squeeze(-1))  # [m, vocab]
         return torch.cat(outs).reshape(*lead, vocab)
 
@@ -356,13 +368,16 @@ class UGTTransitionBias(nn.Module):
     def forward(self, previous: torch.Tensor, prefix: torch.Tensor, vocab: int, level: int) -> torch.Tensor:
         """previous: [..., 3]；prefix: [..., level-1]（父节点码字）-> [..., vocab]"""
         lead = prefix.shape[:-1]
-        codes = torch.arange(vocab, device=prefix.device)
-        nodes = torch.cat(
-            [prefix.long()[..., None, :].expand(*lead, vocab, prefix.shape[-1]),
-             codes.expand(*lead, vocab)[..., None],
-             codes.new_zeros(*lead, vocab, 3 - level)], dim=-1)  # [..., vocab, 3]
-        idx = transition_hash(previous.long()[..., None, :], nodes, level, self.table.num_embeddings)  # [..., vocab]
-        return self.scale * self.table.weight[:, 0][idx]
+        pre = prefix.reshape(lead.numel(), prefix.shape[-1])  # [M, level-1]
+        prev = previous.long().reshape(lead.numel(), 3)  # [M, 3]
+        # transition_hash 按 (前一物品部分 + 子节点部分) mod buckets 展开：((hp·C + hn)·3 + lvl) 与逐位计算相等
+        hp = item_hash(prev.clamp(min=0), _CROSS_MOD)
+        hp = torch.where(prev[:, 0] >= 0, hp, torch.full_like(hp, _CROSS_MOD))  # [M]
+        hn = child_hashes(pre, vocab, _CROSS_MOD)  # [M, vocab]
+        nb = self.table.num_embeddings
+        row = (hp * (_TRANSITION_MUL * 3) + (level - 1)) % nb  # [M]
+        idx = hn.mul_(3).add_(row[:, None]).remainder_(nb)  # [M, vocab]
+        return self.scale * self.table.weight[:, 0][idx].reshape(*lead, vocab)
 
 
 class UGTItemHead(nn.Module):
