@@ -212,3 +212,30 @@ def test_item_head_rejects_a_catalogue_that_does_not_match():
                lambda: exhaustive_scores(m, states, other)):
         with pytest.raises(ValueError, match="does not match the item head's catalogue"):
             fn()
+
+
+def test_beam_paths_with_node_vectors_and_transition_bias_score_true_log_p():
+    """第 2 层有两条路：合法 L1 不多于 2 倍束宽时所有用户共用全部 L1 前缀（稠密），否则逐行按 beam 的 L1 算。
+    带哈希节点向量与宽记忆项（两者都走广播）时，两条路给出的分数都必须是该物品真实的 log p。"""
+    vocab = [64, 16, 16]
+    torch.manual_seed(3)
+    m = UGTForGenerativeRecommendation(UGTConfig(
+        vocab_sizes=vocab, d_model=32, num_heads=4, ffn_dim=48, num_experts=2, num_experts_per_tok=1, dropout=0.0,
+        node_embedding_buckets=257, node_embedding_dim=8, transition_buckets=1009, transition_scale=2.0)).eval()
+    with torch.no_grad():
+        for p in (m.heads.node2.weight, m.heads.node3.weight, m.transition.table.weight):
+            p.normal_(0, 1.0)
+    g = np.random.default_rng(5)
+    t = np.unique(np.stack([g.integers(0, 64, 3000), g.integers(0, 16, 3000), g.integers(0, 16, 3000)], 1), axis=0)
+    cat = ItemCatalogue(t[g.permutation(len(t))[:1500]], vocab)
+    assert cat.level1_values.numel() > 2 * 20  # 束宽 10、20 走逐行路径，束宽 64 走共享路径
+    states, prev = 3 * torch.randn(7, 32), cat.triples[torch.randint(0, 1500, (7,))]
+    prev[0] = -1  # 没有前一个物品的用户
+    ex_scores = exhaustive_scores(m, states, cat, previous_items=prev)
+    assert torch.allclose(ex_scores, m.item_log_probs(states, cat.triples[None].expand(7, -1, -1), prev), atol=1e-5)
+    for beams in (10, 20, 64):
+        res = beam_search(m, states, cat, num_beams=beams, top_k=10, previous_items=prev)
+        assert torch.allclose(res.scores, ex_scores.gather(1, res.item_indices), atol=1e-5)
+    width = max(cat.level1_values.numel(), cat.prefix2_l1.numel())
+    beam = beam_search(m, states, cat, num_beams=width, top_k=10, previous_items=prev)
+    assert torch.equal(beam.item_indices, exhaustive_topk(m, states, cat, top_k=10, previous_items=prev).item_indices)

@@ -749,3 +749,26 @@ def test_push_to_hub_fresh_model_keeps_hand_written_hub_card_and_save_pretrained
     assert GENERATED_MARKER in (out / "README.md").read_text(encoding="utf-8")
     assert [c for c in hub.calls if c[0] == "upload_folder"][-1][2]["commit_message"] == "first"
     assert "# owner/local\n" in hub.readme() and read_front_matter(hub.readme())["library_name"] == "ugt-hf"
+
+
+def test_level_heads_broadcast_states_and_shared_prefixes():
+    """states [N, 1, D] 广播到 [N, B] 个前缀、前缀 [1, U] 在用户间共享时，各层 logits 与逐行展开的计算相同。"""
+    torch.manual_seed(0)
+    m = tiny(node_embedding_buckets=97, node_embedding_dim=8, transition_buckets=1009)
+    with torch.no_grad():
+        for p in (m.heads.node2.weight, m.heads.node3.weight, m.transition.table.weight):
+            p.normal_(0, 1.0)
+    n, b = 4, 5
+    s = torch.randn(n, 32)
+    prev = torch.randint(0, 8, (n, b, 3))
+    l1, l2 = torch.randint(0, V[0], (n, b)), torch.randint(0, V[1], (n, b))
+    full = s[:, None].expand(n, b, 32)
+    assert torch.allclose(m.level2_logits(s[:, None], l1, prev), m.level2_logits(full, l1, prev), atol=1e-5)
+    assert torch.allclose(m.level3_logits(s[:, None], l1, l2, prev), m.level3_logits(full, l1, l2, prev), atol=1e-5)
+    shared = torch.randint(0, V[0], (1, b))
+    assert torch.allclose(m.level2_logits(s[:, None], shared, prev),
+                          m.level2_logits(full, shared.expand(n, b), prev), atol=1e-5)
+    # 分解后的条件化与“先拼接再过 MLP”相同
+    e1 = m.embeddings.l1(l1)
+    want = m.heads.norm2(full + m.heads.cond2(torch.cat([full, e1], -1)))
+    assert torch.allclose(m.heads.conditioned(2, s[:, None], [l1], [m.embeddings.l1]), want, atol=1e-5)

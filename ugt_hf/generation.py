@@ -315,8 +315,18 @@ def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl,
     b1 = l1.shape[1]
 
     # 第 2 层：beam 中每个 L1 的子前缀
-    logits2 = model.level2_logits(states[:, None].expand(n, b1, d), l1, **_prev_kw(prev, n, b1))
-    lp2 = torch.log_softmax(logits2.float(), dim=-1)  # [N, B1, V2]
+    u1 = catalogue.level1_values.to(device)  # [U1]
+    if u1.numel() <= 2 * b1:
+        # 合法 L1 不比 beam 多太多时（小 L1 词表），所有用户对全部合法 L1 一起算：前缀在用户间共享，
+        # 节点向量按前缀批量做稠密矩阵乘，比逐行取哈希嵌入快得多；再取各自 beam 的那几行（数值相同）
+        lp2_all = torch.log_softmax(
+            model.level2_logits(states[:, None], u1[None], **_prev_kw(prev, n, u1.numel())).float(), dim=-1
+        )  # [N, U1, V2]
+        pos = torch.searchsorted(u1, l1.contiguous()).clamp(max=u1.numel() - 1)  # [N, B1]；不合法的 L1 分数已是 -inf
+        lp2 = lp2_all.gather(1, pos[..., None].expand(n, b1, lp2_all.shape[-1]))  # [N, B1, V2]
+    else:
+        logits2 = model.level2_logits(states[:, None], l1, **_prev_kw(prev, n, b1))
+        lp2 = torch.log_softmax(logits2.float(), dim=-1)  # [N, B1, V2]
     cand_p2 = children2[l1]  # [N, B1, C2]
     ok = cand_p2 >= 0
     cand_l2 = p2_l2[cand_p2.clamp(min=0)]
@@ -331,7 +341,7 @@ def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl,
     b2 = p2.shape[1]
 
     # 第 3 层：每个二层前缀下的物品
-    logits3 = model.level3_logits(states[:, None].expand(n, b2, d), l1_2, l2_2, **_prev_kw(prev, n, b2))
+    logits3 = model.level3_logits(states[:, None], l1_2, l2_2, **_prev_kw(prev, n, b2))
     lp3 = torch.log_softmax(logits3.float(), dim=-1)  # [N, B2, V3]
     cand_item = children3[p2]  # [N, B2, C3]
     ok = (cand_item >= 0) & torch.isfinite(s2).unsqueeze(-1)
@@ -388,8 +398,7 @@ def exhaustive_scores(
         n, d = s.shape
         prev = None if previous_items is None else previous_items[start : start + batch_size].to(device)
         lp1 = torch.log_softmax(model.level1_logits(s, **_prev_kw(prev, n)).float(), dim=-1)  # [N, V1]
-        lp2_u = _blockwise(lambda blk: model.level2_logits(s[:, None].expand(n, blk.numel(), d),
-                                                           blk[None].expand(n, -1), **_prev_kw(prev, n, blk.numel())),
+        lp2_u = _blockwise(lambda blk: model.level2_logits(s[:, None], blk[None], **_prev_kw(prev, n, blk.numel())),
                            u1, None, n, v2, max_elements)  # [N, U1, V2]
         lp2 = lp2_u[:, pos_in_u1].gather(2, p2_l2[None, :, None].expand(n, -1, 1)).squeeze(-1)  # [N, P2]
         # 第 3 层：逐块的二层前缀，只取目录里存在的 L3
@@ -398,12 +407,9 @@ def exhaustive_scores(
         block = max(1, max_elements // max(1, n * v3))
         for b0 in range(0, p2_count, block):
             pids = torch.arange(b0, min(p2_count, b0 + block), device=device)
-            lg = model.level3_logits(
-                s[:, None].expand(n, pids.numel(), d),
-                p2_l1[pids][None].expand(n, -1),
-                p2_l2[pids][None].expand(n, -1),
-                **_prev_kw(prev, n, pids.numel()),
-            )
+            # 前缀在用户间共享（[1, blk]）：模型按前缀批量算节点向量，状态广播
+            lg = model.level3_logits(s[:, None], p2_l1[pids][None], p2_l2[pids][None],
+                                     **_prev_kw(prev, n, pids.numel()))
             lp3 = torch.log_softmax(lg.float(), dim=-1)  # [N, blk, V3]
             sel = (item_p2 >= b0) & (item_p2 < b0 + pids.numel())
             idx = sel.nonzero(as_tuple=True)[0]

@@ -336,15 +336,44 @@ class UGTHierarchicalHeads(nn.Module):
             self.node2, self.node3 = nn.Embedding(nb, r), nn.Embedding(nb, r)
             self.node_proj2, self.node_proj3 = nn.Linear(d, r, bias=False), nn.Linear(d, r, bias=False)
 
+    def conditioned(self, level: int, states: torch.Tensor, codes, embeddings) -> torch.Tensor:
+        """第 level 层头的输入 norm(s + cond(cat[s, E1(l1), (E2(l2))]))。
+
+        第一层 Linear 按输入块拆开：码字块先在嵌入表上变换（[V, D]，与行数无关）再按码字取行。与先拼接再变换
+        只差浮点舍入，但 states 可以是 [..., 1, D] 广播到每个候选前缀：束搜索不用把状态复制 B 份再做 [N·B, 3D]
+        的矩阵乘。codes：[l1] 或 [l1, l2]；embeddings：对应的 nn.Embedding。
+        """
+        mlp, norm = (self.cond2, self.norm2) if level == 2 else (self.cond3, self.norm3)
+        first = mlp[0]
+        d = states.shape[-1]
+        x = nn.functional.linear(states, first.weight[:, :d], first.bias)
+        for j, (code, emb) in enumerate(zip(codes, embeddings), start=1):
+            x = x + nn.functional.linear(emb.weight, first.weight[:, j * d : (j + 1) * d])[code]
+        for layer in list(mlp)[1:]:
+            x = layer(x)
+        return norm(states + x)
+
     @staticmethod
     def node_scores(query: torch.Tensor, prefix: torch.Tensor, table: nn.Embedding, vocab: int,
                     max_elements: int = 1 << 22) -> torch.Tensor:
         """每个候选子节点的 query · E[hash(prefix, k)]，k = 0..vocab-1。
 
-        query: [..., r]；prefix: [..., P]（父节点的码字）-> [..., vocab]。按行分块，一块最多 max_elements 个取出的数，
+        query: [..., r]；prefix: [..., P]（父节点的码字，前缀维度可以广播到 query 的）
+        -> [..., vocab]。按行分块，一块最多 max_elements 个取出的数，
         束搜索里上万个前缀一起打分时内存也有界。
         """
         lead = query.shape[:-1]
+        if prefix.shape[:-1] != lead:
+            shared = prefix.shape[:-1]
+            if len(shared) == len(lead) and all(x == 1 for x in shared[:-1]) and shared[-1] == lead[-1]:
+                # 前缀只沿最后一维变化（[1, ..., U, P]），所有行共用这 U 个前缀：每个前缀的 [vocab, r] 块只取一次，
+                # 再按前缀批量做稠密矩阵乘——束搜索第 2 层给全部合法 L1 打分时不用逐行按哈希取嵌入
+                u = shared[-1]
+                blocks = table(child_hashes(prefix.reshape(u, prefix.shape[-1]), vocab, table.num_embeddings))
+                q = query.reshape(-1, u, query.shape[-1]).transpose(0, 1)  # [U, M, r]
+                out = torch.bmm(q, blocks.transpose(1, 2))  # [U, M, vocab]
+                return out.transpose(0, 1).reshape(*lead, vocab)
+            prefix = prefix.expand(*lead, prefix.shape[-1])
         q = query.reshape(-1, query.shape[-1])  # [M, r]
         pre = prefix.reshape(-1, prefix.shape[-1]).long()  # [M, P]
         rows = max(1, max_elements // (vocab * q.shape[-1]))
@@ -366,18 +395,19 @@ class UGTTransitionBias(nn.Module):
         self.scale = float(config.transition_scale)
 
     def forward(self, previous: torch.Tensor, prefix: torch.Tensor, vocab: int, level: int) -> torch.Tensor:
-        """previous: [..., 3]；prefix: [..., level-1]（父节点码字）-> [..., vocab]"""
+        """previous: [..., 3]；prefix: [..., level-1]（父节点码字）；两者的前缀维度可以互相广播 -> [..., vocab]"""
         lead = prefix.shape[:-1]
         pre = prefix.reshape(lead.numel(), prefix.shape[-1])  # [M, level-1]
-        prev = previous.long().reshape(lead.numel(), 3)  # [M, 3]
-        # transition_hash 按 (前一物品部分 + 子节点部分) mod buckets 展开：((hp·C + hn)·3 + lvl) 与逐位计算相等
+        prev = previous.long()
+        # transition_hash 按 (前一物品部分 + 子节点部分) mod buckets 展开：((hp·C + hn)·3 + lvl) 与逐位计算相等；
+        # 两部分各按自己的形状算，最后才广播成 [..., vocab]
         hp = item_hash(prev.clamp(min=0), _CROSS_MOD)
-        hp = torch.where(prev[:, 0] >= 0, hp, torch.full_like(hp, _CROSS_MOD))  # [M]
-        hn = child_hashes(pre, vocab, _CROSS_MOD)  # [M, vocab]
+        hp = torch.where(prev[..., 0] >= 0, hp, torch.full_like(hp, _CROSS_MOD))  # previous 的前缀形状
+        hn = child_hashes(pre, vocab, _CROSS_MOD).reshape(*lead, vocab)
         nb = self.table.num_embeddings
-        row = (hp * (_TRANSITION_MUL * 3) + (level - 1)) % nb  # [M]
-        idx = hn.mul_(3).add_(row[:, None]).remainder_(nb)  # [M, vocab]
-        return self.scale * self.table.weight[:, 0][idx].reshape(*lead, vocab)
+        row = (hp * (_TRANSITION_MUL * 3) + (level - 1)) % nb
+        idx = torch.remainder(hn * 3 + row[..., None], nb)  # [..., vocab]
+        return self.scale * self.table.weight[:, 0].take(idx)
 
 
 class UGTItemHead(nn.Module):
@@ -780,9 +810,8 @@ class UGTForGenerativeRecommendation(UGTModel):
 
     def level2_logits(self, states: torch.Tensor, l1: torch.Tensor,
                       previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """states: [..., D]，l1: [...]（与 states 前缀维度一致）-> [..., V2]"""
-        e1 = self.embeddings.l1(l1)
-        h = self.heads.norm2(states + self.heads.cond2(torch.cat([states, e1], dim=-1)))
+        """states: [..., D]，l1: [...]（states 的前缀维度可以广播到 l1 的，如 [N, 1, D] 对 [N, B]）-> [..., V2]"""
+        h = self.heads.conditioned(2, states, [l1], [self.embeddings.l1])
         logits = self.heads.out2(h)
         if self.heads.node2 is not None:
             logits = logits + self.heads.node_scores(self.heads.node_proj2(h), l1[..., None], self.heads.node2,
@@ -791,9 +820,8 @@ class UGTForGenerativeRecommendation(UGTModel):
 
     def level3_logits(self, states: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor,
                       previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """states: [..., D]，l1/l2: [...] -> [..., V3]"""
-        e1, e2 = self.embeddings.l1(l1), self.embeddings.l2(l2)
-        h = self.heads.norm3(states + self.heads.cond3(torch.cat([states, e1, e2], dim=-1)))
+        """states: [..., D]，l1/l2: [...]（states 可广播，见 level2_logits）-> [..., V3]"""
+        h = self.heads.conditioned(3, states, [l1, l2], [self.embeddings.l1, self.embeddings.l2])
         logits = self.heads.out3(h)
         if self.heads.node3 is not None:
             logits = logits + self.heads.node_scores(self.heads.node_proj3(h), torch.stack([l1, l2], -1),
@@ -817,7 +845,7 @@ class UGTForGenerativeRecommendation(UGTModel):
         prev_m = None if prev is None else prev.unsqueeze(1).expand(b, m, 3)
         logits1 = self.level1_logits(states, prev)  # [B, V1]
         lp1 = torch.log_softmax(logits1.float(), dim=-1).gather(1, l1)  # [B, M]
-        s = states.unsqueeze(1).expand(b, m, states.shape[-1])  # [B, M, D]
+        s = states.unsqueeze(1)  # [B, 1, D]，在各层头里广播到 M 个物品
         logits2 = self.level2_logits(s, l1, prev_m)  # [B, M, V2]
         lp2 = torch.log_softmax(logits2.float(), dim=-1).gather(2, l2.unsqueeze(-1)).squeeze(-1)
         logits3 = self.level3_logits(s, l1, l2, prev_m)  # [B, M, V3]
