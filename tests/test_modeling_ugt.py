@@ -376,7 +376,7 @@ def test_child_hashes_and_transition_bias_equal_the_per_triple_hash():
         codes = torch.arange(vocab)
         triples = torch.cat([pre[:, None, :].expand(9, vocab, p), codes[None, :, None].expand(9, vocab, 1),
                              torch.zeros(9, vocab, 2 - p, dtype=torch.long)], -1)
-        assert torch.equal(child_hashes(pre, vocab, buckets), item_hash(triples, buckets))
+        assert torch.equal(child_hashes(pre, vocab, buckets).long(), item_hash(triples, buckets))
     bias = UGTTransitionBias(UGTConfig(vocab_sizes=V, transition_buckets=1009, transition_scale=2.0))
     with torch.no_grad():
         bias.table.weight.normal_(0, 1.0, generator=gen)
@@ -772,3 +772,24 @@ def test_level_heads_broadcast_states_and_shared_prefixes():
     e1 = m.embeddings.l1(l1)
     want = m.heads.norm2(full + m.heads.cond2(torch.cat([full, e1], -1)))
     assert torch.allclose(m.heads.conditioned(2, s[:, None], [l1], [m.embeddings.l1]), want, atol=1e-5)
+
+
+def test_node_scores_grouped_by_repeated_prefix_equal_per_row():
+    """行多、前缀重复多时（束搜索第 3 层）按前缀分组做 bmm；结果与梯度都与逐行 query · E[hash] 相同。"""
+    from ugt_hf.modeling_ugt import UGTHierarchicalHeads, item_hash
+
+    gen = torch.Generator().manual_seed(1)
+    table = nn.Embedding(97, 8)
+    pool = torch.randint(0, 16, (7, 2), generator=gen)
+    sizes = [1, 2, 3, 5, 9, 40, 300]  # 各档组大小（补齐到 2 的幂）都出现
+    prefix = torch.cat([pool[i].expand(n, 2) for i, n in enumerate(sizes)])[torch.randperm(sum(sizes), generator=gen)]
+    q = torch.randn(len(prefix), 8, generator=gen, requires_grad=True)
+    assert UGTHierarchicalHeads._grouped_node_scores(q, prefix, table, 16, 1 << 22) is not None  # 走分组路径
+    got = UGTHierarchicalHeads.node_scores(q, prefix, table, 16, max_elements=16 * 8 * 4)  # 小块：组也分批
+    codes = torch.arange(16)
+    triples = torch.cat([prefix[:, None, :].expand(-1, 16, 2), codes[None, :, None].expand(len(prefix), 16, 1)], -1)
+    want = (table(item_hash(triples, 97)) * q[:, None, :]).sum(-1)
+    assert torch.allclose(got, want, atol=1e-5)
+    g_got = torch.autograd.grad(got.square().sum(), [q, table.weight])
+    g_want = torch.autograd.grad(want.square().sum(), [q, table.weight])
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_got, g_want))

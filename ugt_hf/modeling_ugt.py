@@ -130,7 +130,10 @@ def child_hashes(prefix: torch.Tensor, vocab: int, buckets: int) -> torch.Tensor
     for j in range(pre.shape[1]):
         base = base + pre[:, j] * _HASH_COEF[j]
     code = torch.arange(vocab, device=pre.device) * _HASH_COEF[pre.shape[1]] % buckets  # [vocab]
-    return (base % buckets)[:, None].add(code[None]).remainder_(buckets)  # [M, vocab]
+    # 两部分都已 < buckets：和 < 2·buckets，桶数 < 2^30 时 [M, vocab] 这一步用 int32（整数取模快一倍，嵌入/
+    # index_select 都接受 int32 下标）
+    dtype = torch.int32 if buckets < (1 << 30) else torch.long
+    return (base % buckets).to(dtype)[:, None].add(code.to(dtype)[None]).remainder_(buckets)  # [M, vocab]
 
 
 _CROSS_MOD = 1_000_003  # 交叉哈希里两侧各自先压到的范围（质数）；乘积 ~1e12，int64 不溢出
@@ -376,6 +379,9 @@ class UGTHierarchicalHeads(nn.Module):
             prefix = prefix.expand(*lead, prefix.shape[-1])
         q = query.reshape(-1, query.shape[-1])  # [M, r]
         pre = prefix.reshape(-1, prefix.shape[-1]).long()  # [M, P]
+        grouped = UGTHierarchicalHeads._grouped_node_scores(q, pre, table, vocab, max_elements)
+        if grouped is not None:
+            return grouped.reshape(*lead, vocab)
         rows = max(1, max_elements // (vocab * q.shape[-1]))
         outs = []
         for s in range(0, q.shape[0], rows):
@@ -383,6 +389,43 @@ class UGTHierarchicalHeads(nn.Module):
             e = table(child_hashes(pre[s : s + rows], vocab, table.num_embeddings))  # [m, vocab, r]
             outs.append(torch.bmm(e, q[s : s + rows, :, None]).squeeze(-1))  # [m, vocab]
         return torch.cat(outs).reshape(*lead, vocab)
+
+
+    @staticmethod
+    def _grouped_node_scores(q: torch.Tensor, pre: torch.Tensor, table: nn.Embedding, vocab: int,
+                             max_elements: int) -> Optional[torch.Tensor]:
+        """行数远多于不同前缀时（束搜索第 3 层：每个用户的 beam 大多落在同一批热门前缀上）按前缀分组算：
+        每个前缀的 [vocab, r] 节点块只取一次，同组的行拼成一个矩阵做 bmm。组按大小补齐到 2 的幂，
+        同一档的组一起算（补齐的行不超过一倍）。q: [M, r]，pre: [M, P] -> [M, vocab]；重复不多时返回 None。
+        """
+        m, r = q.shape
+        if m < 64 or pre.shape[1] == 0:
+            return None
+        key = pre[:, 0]
+        for j in range(1, pre.shape[1]):  # 码字 < 2^21（规格最大词表 16384），两位前缀拼成一个 int64 键
+            key = key * (1 << 21) + pre[:, j]
+        uniq, inv = torch.unique(key, return_inverse=True)
+        u = uniq.numel()
+        if m < 4 * u:
+            return None
+        order = torch.argsort(inv, stable=True)  # 按组排好的行号
+        counts = torch.bincount(inv, minlength=u)  # [U]
+        starts = torch.cumsum(counts, 0) - counts
+        first = order[starts]  # 每组的一行，用来取该组的前缀
+        cap = torch.pow(2, torch.ceil(torch.log2(counts.double()))).long()  # 每组补齐后的行数
+        out = q.new_empty(m, vocab)
+        for c in torch.unique(cap).tolist():
+            groups = (cap == c).nonzero(as_tuple=True)[0]
+            step = max(1, max_elements // (vocab * max(c, r)))  # 一次最多取 step 个组：节点块与结果都有界
+            for g0 in range(0, groups.numel(), step):
+                g = groups[g0 : g0 + step]
+                slot = torch.arange(c, device=q.device)
+                valid = slot[None] < counts[g][:, None]  # [G, c]
+                rows = order[(starts[g][:, None] + slot[None]).clamp(max=m - 1)]  # [G, c]
+                blocks = table(child_hashes(pre[first[g]], vocab, table.num_embeddings))  # [G, vocab, r]
+                res = torch.bmm(q[rows], blocks.transpose(1, 2))  # [G, c, vocab]
+                out[rows[valid]] = res[valid]
+        return out
 
 
 class UGTTransitionBias(nn.Module):
@@ -406,8 +449,10 @@ class UGTTransitionBias(nn.Module):
         hn = child_hashes(pre, vocab, _CROSS_MOD).reshape(*lead, vocab)
         nb = self.table.num_embeddings
         row = (hp * (_TRANSITION_MUL * 3) + (level - 1)) % nb
-        idx = torch.remainder(hn * 3 + row[..., None], nb)  # [..., vocab]
-        return self.scale * self.table.weight[:, 0].take(idx)
+        if nb < (1 << 29):  # 3·hn + row < 3·_CROSS_MOD + nb 放得进 int32
+            row = row.int()
+        idx = torch.remainder(hn.to(row.dtype) * 3 + row[..., None], nb)  # [..., vocab]
+        return self.scale * self.table.weight[:, 0].index_select(0, idx.reshape(-1)).view(idx.shape)
 
 
 class UGTItemHead(nn.Module):
