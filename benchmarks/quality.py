@@ -59,7 +59,19 @@ def dpo_curve(stage_dir: Path) -> list:
     return report_dpo_curve(json.loads(path.read_text()).get("log_history", []) if path.is_file() else [])
 
 
-def run(name: str, shared: Path, work: Path, stages, peer: bool) -> dict:
+def load_peer(path: Path, name: str) -> dict:
+    """复用 peer_sasrec.py 写出的 JSON（它不依赖本仓库的模型代码：同一数据、同一指标代码、同一种子，重跑结果相同），
+    省掉二十多分钟；数据集不符或缺字段时报错，不悄悄混用。"""
+    peer = json.loads(path.read_text())
+    for key in ("dataset", "git_commit", "config", "best_epoch", "epochs_run", "wall_seconds", "valid", "test"):
+        if key not in peer:
+            raise SystemExit(f"{path}: missing field '{key}' (write it with benchmarks/peer_sasrec.py)")
+    if peer["dataset"] != name:
+        raise SystemExit(f"{path}: field 'dataset' is {peer['dataset']!r}, expected {name!r}")
+    return peer
+
+
+def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path = None) -> dict:
     spec = DATASETS[name]
     data_dir, run_dir = work / f"{name}_data", work / f"{name}_run"
     t0 = time.perf_counter()
@@ -84,9 +96,12 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool) -> dict:
         protocols[label] = rows
     extra_seconds = time.perf_counter() - t1
     peer_out = None
-    if peer:
+    if peer_json is not None:
+        peer_out = load_peer(peer_json, name)
+    elif peer:
         module = _peer_module()
         peer_out = module.run(module.parse(["--data", str(data_dir), "--dataset", name, *PEER_ARGS]))
+    if peer_out is not None:
         for label in PROTOCOLS:
             protocols[label]["SASRec-CE (measured)"] = peer_out["test"][f"history_{label}"]
     out = {
@@ -108,6 +123,7 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool) -> dict:
                                 if "preference_accuracy" in v},
         "dpo_curves": {k: dpo_curve(run_dir / k) for k in results["stages"] if dpo_curve(run_dir / k)},
         "peer_sasrec": None if peer_out is None else {
+            "git_commit": peer_out.get("git_commit"), "reused_from": None if peer_json is None else str(peer_json),
             "config": peer_out["config"], "best_epoch": peer_out["best_epoch"], "epochs_run": peer_out["epochs_run"],
             "wall_seconds": peer_out["wall_seconds"], "valid": peer_out["valid"], "test": peer_out["test"]},
         "published": results.get("published"),
@@ -138,11 +154,18 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/ugt_quality")
     parser.add_argument("--stages", default="1,2,3")
     parser.add_argument("--no_peer", action="store_true", help="skip the measured SASRec-CE peer")
+    parser.add_argument("--peer_json", default=None,
+                        help="reuse a SASRec-CE result written by benchmarks/peer_sasrec.py (e.g. "
+                             "benchmarks/results/peer_sasrec_beauty.json) instead of training it again; "
+                             "only with a single --dataset")
     ns = parser.parse_args()
+    if ns.peer_json and ns.dataset == "all":
+        parser.error("--peer_json belongs to one data set: pass --dataset beauty or --dataset ml-100k")
     stages = [int(s) for s in ns.stages.split(",")]
     names = list(DATASETS) if ns.dataset == "all" else [ns.dataset]
     for name in names:
-        run(name, Path(ns.shared), Path(ns.work), stages, peer=not ns.no_peer)
+        run(name, Path(ns.shared), Path(ns.work), stages, peer=not ns.no_peer,
+            peer_json=Path(ns.peer_json) if ns.peer_json else None)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 用法（由 tests/test_distributed.py 启动）：
     python -m torch.distributed.run --nproc_per_node=2 tests/_ddp_worker.py \
-        RESULT_DIR OUTPUT_DIR BATCH [STOP_STEP|-] [resume]
+        RESULT_DIR OUTPUT_DIR BATCH [STOP_STEP|-] [resume] [fsdp]
 
 每个 rank 把 log_history 中的 loss/grad_norm 写进 RESULT_DIR/rank{r}.json、
 最终权重写进 RESULT_DIR/rank{r}.safetensors；
@@ -81,7 +81,7 @@ def make_args(output_dir: str, batch: int, **overrides):
     return TrainingConfig(**kw)
 
 
-def run(output_dir: str, batch: int, stop_step: Optional[int] = None, resume: bool = False):
+def run(output_dir: str, batch: int, stop_step: Optional[int] = None, resume: bool = False, **overrides):
     """训练 MAX_STEPS 步（stop_step 给出时在该步保存后停下，模拟被抢占）；
     resume=True 从 output_dir 里最新的完整检查点续训。
 
@@ -101,7 +101,7 @@ def run(output_dir: str, batch: int, stop_step: Optional[int] = None, resume: bo
 
     model = make_model()
     trainer = UGTTrainer(
-        model=model, args=make_args(output_dir, batch), data_collator=DataCollator(vocab_sizes=VOCAB),
+        model=model, args=make_args(output_dir, batch, **overrides), data_collator=DataCollator(vocab_sizes=VOCAB),
         train_dataset=make_records(), callbacks=[StopAt()], graceful_shutdown=False,
     )
     trainer.train(resume_from_checkpoint=True if resume else None)
@@ -131,8 +131,10 @@ def main(argv: List[str]) -> int:
     torch.set_num_threads(1)  # 共享的 2 核机器：每进程 2 线程慢一个数量级
     result_dir, output_dir, batch = argv[0], argv[1], int(argv[2])
     stop_step = int(argv[3]) if len(argv) > 3 and argv[3] != "-" else None
-    resume = len(argv) > 4 and argv[4] == "resume"
-    trainer = run(output_dir, batch, stop_step=stop_step, resume=resume)
+    resume = "resume" in argv[4:]
+    # "fsdp"：请求 FSDP2（test_fsdp_on_cpu_is_refused 检查它在 CPU 上被明确拒绝，而不是悄悄跑成 DDP）
+    overrides = {"fsdp": True, "fsdp_config": {"version": 2}} if "fsdp" in argv[4:] else {}
+    trainer = run(output_dir, batch, stop_step=stop_step, resume=resume, **overrides)
 
     from safetensors.torch import save_file
 

@@ -40,7 +40,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(result_dir, output_dir, stop_step=None, resume=False):
+def _launch(result_dir, output_dir, stop_step=None, resume=False, extra=(), expect_ok=True):
     """torchrun 起 2 个进程跑 _ddp_worker；失败时把输出贴进断言信息。"""
     inherited = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # 外层若也在分布式环境里
     env = {k: v for k, v in os.environ.items() if k not in inherited and not k.startswith("ACCELERATE_")}
@@ -51,9 +51,11 @@ def _launch(result_dir, output_dir, stop_step=None, resume=False):
            str(result_dir), str(output_dir), str(PER_RANK_BATCH), str(stop_step) if stop_step else "-"]
     if resume:
         cmd.append("resume")
+    cmd.extend(extra)
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
-    assert proc.returncode == 0, f"2-process run failed (rc={proc.returncode}):\n{proc.stdout[-6000:]}"
-    return proc.stdout
+    if expect_ok:
+        assert proc.returncode == 0, f"2-process run failed (rc={proc.returncode}):\n{proc.stdout[-6000:]}"
+    return proc
 
 
 def _read(result_dir):
@@ -156,3 +158,11 @@ def test_logged_ntp_loss_is_global_under_ddp(runs):
     (s0, _), (s1, _) = runs["full"]
     assert s0["ntp_loss"] == pytest.approx(s0["loss"], abs=ATOL)
     assert s1["ntp_loss"] == pytest.approx(s0["ntp_loss"], abs=ATOL)
+
+
+def test_fsdp_on_cpu_is_refused_not_run_as_ddp(tmp_path):
+    """accelerate 1.15 在 MULTI_CPU（Gloo）下丢掉 fsdp 插件、照跑 DDP；我们在训练前报一行错，不写任何检查点。"""
+    proc = _launch(tmp_path / "res", tmp_path / "out", extra=["fsdp"], expect_ok=False)
+    assert proc.returncode != 0
+    assert "fsdp is set but accelerate did not enable FSDP (distributed type MULTI_CPU)" in proc.stdout
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("checkpoint-*"))

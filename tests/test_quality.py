@@ -24,3 +24,20 @@ def test_dpo_curve_keeps_rewards_losses_and_level_movement(tmp_path):
     assert curve[0] == {"step": 10, "epoch": 0.5, "loss": 2.0, "dpo_loss": 0.69, "ntp_loss": 1.9,
                         "rewards/margins": 0.01, "rewards/accuracies": 0.55, "logps_delta/rejected_l1": -0.2}
     assert quality.dpo_curve(tmp_path / "missing") == []
+
+
+def test_load_peer_checks_dataset_and_fields(tmp_path):
+    import json
+
+    import pytest
+
+    good = {"dataset": "beauty", "git_commit": "abc", "config": {}, "best_epoch": 3, "epochs_run": 8,
+            "wall_seconds": {"total": 1.0}, "valid": {}, "test": {"history_allowed": {}, "history_masked": {}}}
+    path = tmp_path / "peer.json"
+    path.write_text(json.dumps(good))
+    assert quality.load_peer(path, "beauty")["best_epoch"] == 3
+    with pytest.raises(SystemExit, match="'dataset' is 'beauty', expected 'ml-100k'"):
+        quality.load_peer(path, "ml-100k")
+    path.write_text(json.dumps({k: v for k, v in good.items() if k != "test"}))
+    with pytest.raises(SystemExit, match="missing field 'test'"):
+        quality.load_peer(path, "beauty")

@@ -88,6 +88,19 @@ def check_launch_environment() -> None:
         "accelerate_configs/cpu.yaml or plain `python`, or run on a GPU machine")
 
 
+def check_sharding_engine(args, accelerator_state) -> None:
+    """要了 FSDP 却没开成时报错。accelerate（1.15）只在 GPU 类设备的多进程运行里把 fsdp_plugin 变成
+    DistributedType.FSDP；CPU（MULTI_CPU / Gloo）或单进程时它悄悄丢掉插件，跑的是 DDP 或单进程——
+    用户以为参数已分片，内存却按完整副本算。"""
+    if not getattr(args, "fsdp", None) or getattr(accelerator_state, "fsdp_plugin", None) is not None:
+        return
+    kind = getattr(getattr(accelerator_state, "distributed_type", None), "value", "unknown")
+    raise LaunchEnvironmentError(
+        f"fsdp is set but accelerate did not enable FSDP (distributed type {kind}): FSDP runs only on GPUs "
+        "under a distributed launch (`accelerate launch --config_file accelerate_configs/fsdp.yaml`); on CPU use "
+        "DDP (accelerate_configs/multi_cpu.yaml) or unset fsdp")
+
+
 def debug_enabled() -> bool:
     return _debug_depth > 0 or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 

@@ -25,6 +25,7 @@ from typing import Iterable, List, Optional
 import numpy as np
 import torch
 
+from ..errors import check_sharding_engine
 from .callbacks import GracefulShutdownCallback
 
 logger = logging.getLogger(__name__)
@@ -369,6 +370,8 @@ class CheckpointingMixin:
         self.resumed_finished_run = False
         self._staging_run_dir: Optional[str] = None
         super().__init__(*args, callbacks=callbacks, **kwargs)
+        # 两个训练器都经过这里：accelerate 悄悄丢掉 FSDP 时（CPU、单进程）在训练前就报错
+        check_sharding_engine(self.args, self.accelerator.state)
 
     @property
     def stopped_by_signal(self) -> Optional[int]:
