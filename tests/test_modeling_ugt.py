@@ -793,3 +793,21 @@ def test_node_scores_grouped_by_repeated_prefix_equal_per_row():
     g_got = torch.autograd.grad(got.square().sum(), [q, table.weight])
     g_want = torch.autograd.grad(want.square().sum(), [q, table.weight])
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_got, g_want))
+
+
+def test_trainer_token_alignment_finds_nothing_to_change(monkeypatch):
+    """HF Trainer 开训前把 tokenizer 的 pad id 对齐进 config 与 generation_config，不一致就警告一次
+    （"tokenizer has new PAD/BOS/EOS tokens"）；模型的两个 config 都带着同一个 pad id，就没有可改的。"""
+    import transformers.trainer_utils as tu
+
+    if not hasattr(tu, "align_special_tokens"):
+        pytest.skip("this transformers version has no align_special_tokens")
+    said = []
+    monkeypatch.setattr(tu.logger, "warning", lambda msg, *a, **k: said.append(msg))
+    m = tiny(pad_token_id=7)
+
+    class Tok:
+        pad_token_id, bos_token_id, eos_token_id = 7, None, None
+
+    tu.align_special_tokens(m, Tok())
+    assert said == [] and m.generation_config.pad_token_id == 7 and m.config.pad_token_id == 7

@@ -827,8 +827,10 @@ class UGTForGenerativeRecommendation(UGTModel):
         # 物品头最后注册：开启时前面所有参数的初始化随机数不变，不开时模型与之前完全相同
         self.item_head = UGTItemHead(config) if config.num_items > 0 else None
         # 本模型不走 HF generate()（束搜索在 generation.py），但 TRL 的 DPOTrainer 会无条件写
-        # model.generation_config.pad_token_id，所以给一个空的 GenerationConfig（can_generate() 为 False，不会被保存）
-        self.generation_config = GenerationConfig()
+        # model.generation_config.pad_token_id，所以给一个只带 pad id 的 GenerationConfig（can_generate() 为 False，
+        # 不会被保存）。pad id 与 config 一致：否则 HF Trainer 对比 tokenizer 时发现 generation_config 缺 pad，
+        # 每次训练都警告 "tokenizer has new PAD/BOS/EOS tokens"
+        self.generation_config = GenerationConfig(pad_token_id=config.pad_token_id)
         self.post_init()
 
     # ---- 层次化输出头（束搜索与打分直接调用） ----
