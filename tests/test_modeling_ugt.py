@@ -811,3 +811,18 @@ def test_trainer_token_alignment_finds_nothing_to_change(monkeypatch):
 
     tu.align_special_tokens(m, Tok())
     assert said == [] and m.generation_config.pad_token_id == 7 and m.config.pad_token_id == 7
+
+
+def test_loading_a_saved_state_dict_misses_exactly_the_keys_ignored_on_save(tmp_path):
+    """HF Trainer 加载最佳模型（strict=False）后：缺的键正好是 _keys_to_ignore_on_save 时只重新绑定，否则警告。
+    绑定的输出头不单独存，所以缺的就是它们；不绑定时全部都存、什么也不缺。"""
+    from safetensors.torch import load_file
+
+    for tied in (True, False):
+        m = tiny(tie_word_embeddings=tied)
+        m.save_pretrained(tmp_path / str(tied))
+        fresh = tiny(tie_word_embeddings=tied)
+        result = fresh.load_state_dict(load_file(tmp_path / str(tied) / "model.safetensors"), strict=False)
+        assert set(result.missing_keys) == set(fresh._keys_to_ignore_on_save or [])
+        assert bool(result.missing_keys) == tied and not result.unexpected_keys
+        assert torch.equal(fresh.heads.out3.weight, m.heads.out3.weight)

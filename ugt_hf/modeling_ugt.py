@@ -831,6 +831,9 @@ class UGTForGenerativeRecommendation(UGTModel):
         # 不会被保存）。pad id 与 config 一致：否则 HF Trainer 对比 tokenizer 时发现 generation_config 缺 pad，
         # 每次训练都警告 "tokenizer has new PAD/BOS/EOS tokens"
         self.generation_config = GenerationConfig(pad_token_id=config.pad_token_id)
+        # 绑定权重时输出头本来就不单独存（safetensors 去重）；写进 _keys_to_ignore_on_save 后，HF Trainer 加载最佳
+        # 模型时把“缺的正是这几个键”当作正常并重新绑定，而不是每个阶段末尾都警告 missing keys
+        self._keys_to_ignore_on_save = set(self._tied_weights_keys) if config.tie_word_embeddings else None
         self.post_init()
 
     # ---- 层次化输出头（束搜索与打分直接调用） ----
