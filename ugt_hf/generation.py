@@ -302,7 +302,7 @@ def _prev_kw(prev: Optional[torch.Tensor], *lead: int) -> dict:
 
 def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl, prev=None):
     device = states.device
-    n, d = states.shape
+    n = states.shape[0]
     children2 = catalogue.children2.to(device)
     children3 = catalogue.children3.to(device)
     p2_l2 = catalogue.prefix2_l2.to(device)
@@ -395,7 +395,7 @@ def exhaustive_scores(
     out = []
     for start in range(0, states.shape[0], batch_size):
         s = states[start : start + batch_size]
-        n, d = s.shape
+        n = s.shape[0]
         prev = None if previous_items is None else previous_items[start : start + batch_size].to(device)
         lp1 = torch.log_softmax(model.level1_logits(s, **_prev_kw(prev, n)).float(), dim=-1)  # [N, V1]
         lp2_u = _blockwise(lambda blk: model.level2_logits(s[:, None], blk[None], **_prev_kw(prev, n, blk.numel())),

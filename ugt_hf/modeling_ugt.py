@@ -120,7 +120,8 @@ def item_hash(triples: torch.Tensor, buckets: int) -> torch.Tensor:
 
 
 def child_hashes(prefix: torch.Tensor, vocab: int, buckets: int) -> torch.Tensor:
-    """父节点 prefix 的每个子节点 (prefix, k, 0...) 的 item_hash，k = 0..vocab-1：[M, P] -> [M, vocab]（int64）。
+    """父节点 prefix 的每个子节点 (prefix, k, 0...) 的 item_hash，k = 0..vocab-1：[M, P] -> [M, vocab]
+    （buckets < 2^30 时 int32，否则 int64）。
 
     与对补齐后的三元组调用 item_hash 逐位相等，但按 (前缀部分 + 码字部分) mod buckets 计算：
     不用展开 [M, vocab, 3] 的三元组，束搜索里给上万个前缀的全部子节点取哈希时省掉大部分整数运算。
@@ -390,7 +391,6 @@ class UGTHierarchicalHeads(nn.Module):
             outs.append(torch.bmm(e, q[s : s + rows, :, None]).squeeze(-1))  # [m, vocab]
         return torch.cat(outs).reshape(*lead, vocab)
 
-
     @staticmethod
     def _grouped_node_scores(q: torch.Tensor, pre: torch.Tensor, table: nn.Embedding, vocab: int,
                              max_elements: int) -> Optional[torch.Tensor]:
@@ -417,9 +417,9 @@ class UGTHierarchicalHeads(nn.Module):
         for c in torch.unique(cap).tolist():
             groups = (cap == c).nonzero(as_tuple=True)[0]
             step = max(1, max_elements // (vocab * max(c, r)))  # 一次最多取 step 个组：节点块与结果都有界
+            slot = torch.arange(c, device=q.device)
             for g0 in range(0, groups.numel(), step):
                 g = groups[g0 : g0 + step]
-                slot = torch.arange(c, device=q.device)
                 valid = slot[None] < counts[g][:, None]  # [G, c]
                 rows = order[(starts[g][:, None] + slot[None]).clamp(max=m - 1)]  # [G, c]
                 blocks = table(child_hashes(pre[first[g]], vocab, table.num_embeddings))  # [G, vocab, r]
