@@ -253,3 +253,39 @@ def test_streaming_worker_error_names_shard_and_line(tmp_path):
     # 经过 DataLoader 工作进程后异常类型不变，消息仍带文件、行号、字段
     with pytest.raises(DataValidationError, match=r"shard_1\.jsonl, line 4, field 'labels_l1'"):
         list(dl)
+
+
+def _varied_records():
+    """长度不一、部分超长（开头有/没有特殊位）、位置不从 0 连续的记录，覆盖 collate 的每条截断分支。"""
+    recs = []
+    for u, (n, m) in enumerate([(3, 2), (9, 5), (6, 1), (12, 4), (1, 3), (8, 6)]):
+        r = make_record(f"u{u}", n=n, m=m, base=u)
+        r["encoder_positions"] = [2 * i + u for i in range(n)]  # 有间隔：截断后的平移看得出来
+        r["encoder_mask"] = [1] * (n - 1) + [0] if n > 2 else [1] * n
+        if u % 2:  # 奇数行第一个 token 是特殊位（规格示例里的用户位），超长时要保留
+            r["encoder_token_types"] = [0] + [1] * (n - 1)
+        recs.append(r)
+    return recs
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_recommend_dataset_collate_equals_per_row_collator(tmp_path, cache, lazy):
+    from ugt_hf.data.collator import DataCollator
+
+    path = write_parquet(tmp_path / "v.parquet", _varied_records())
+    ds = RecommendDataset(path, max_encoder_length=5, max_decoder_length=3, vocab_sizes=VOCAB, cache_dir=cache,
+                          lazy_loading=lazy)
+    for indices in ([0, 1, 2, 3, 4, 5], [3, 1], [5], [4, 0, 4, -1]):
+        want = DataCollator(semantic_pad_id=7)([ds[i] for i in indices])
+        got = ds.collate(indices, semantic_pad_id=7)
+        assert list(got) == list(want)
+        for k in want:
+            assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), (indices, k)
+    got = ds.collate([1, 3])
+    # 第 1 行 9 个 token、开头是特殊位：保留特殊位 + 最近 4 个；位置 [1, 3, 5, ...] 的尾部平移到紧接特殊位之后
+    assert got["encoder_token_types"][0].tolist() == [0, 1, 1, 1, 1]
+    assert got["encoder_positions"][0].tolist() == [1, 3, 5, 7, 9]
+    assert got["encoder_semantic_ids"][0, 1:, 0].tolist() == [(1 + i) % VOCAB[0] for i in range(5, 9)]
+    assert got["labels"][1, :, 0].tolist() == [5, 5, 5]  # decoder/labels 留前 3 个
+    with pytest.raises(IndexError, match="index 6 is out of range"):
+        ds.collate([0, 6])

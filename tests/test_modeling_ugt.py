@@ -377,10 +377,10 @@ def test_child_hashes_and_transition_bias_equal_the_per_triple_hash():
         triples = torch.cat([pre[:, None, :].expand(9, vocab, p), codes[None, :, None].expand(9, vocab, 1),
                              torch.zeros(9, vocab, 2 - p, dtype=torch.long)], -1)
         assert torch.equal(child_hashes(pre, vocab, buckets).long(), item_hash(triples, buckets))
-    bias = UGTTransitionBias(UGTConfig(vocab_sizes=V, transition_buckets=1009, transition_scale=2.0))
-    with torch.no_grad():
-        bias.table.weight.normal_(0, 1.0, generator=gen)
-    for level in (1, 2, 3):
+    for nb, level in [(nb, level) for nb in (1009, 1 << 10) for level in (1, 2, 3)]:  # 2 的幂走按位与
+        bias = UGTTransitionBias(UGTConfig(vocab_sizes=V, transition_buckets=nb, transition_scale=2.0))
+        with torch.no_grad():
+            bias.table.weight.normal_(0, 1.0, generator=gen)
         prev = torch.randint(0, 8, (4, 5, 3), generator=gen)
         prev[0, :2] = -1  # 没有前一个物品的行
         pre = torch.randint(0, 8, (4, 5, level - 1), generator=gen)
@@ -388,7 +388,7 @@ def test_child_hashes_and_transition_bias_equal_the_per_triple_hash():
         codes = torch.arange(vocab)
         nodes = torch.cat([pre[..., None, :].expand(4, 5, vocab, level - 1), codes.expand(4, 5, vocab)[..., None],
                            codes.new_zeros(4, 5, vocab, 3 - level)], -1)
-        want = 2.0 * bias.table.weight[:, 0][transition_hash(prev[..., None, :], nodes, level, 1009)]
+        want = 2.0 * bias.table.weight[:, 0][transition_hash(prev[..., None, :], nodes, level, nb)]
         assert torch.equal(bias(prev, pre, vocab, level), want)
 
 

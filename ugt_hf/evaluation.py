@@ -73,7 +73,11 @@ def _rank_dataset(model, dataset, catalogue, top_k, num_beams, exclude_history, 
     model.eval()
     try:
         for start in range(0, n, batch_size):
-            batch = collator([dataset[i] for i in range(start, min(start + batch_size, n))])
+            rows = range(start, min(start + batch_size, n))
+            if hasattr(dataset, "collate"):  # RecommendDataset：整批在 Arrow 列上拼（逐条取样本占排序时间约 1/5）
+                batch = dataset.collate(rows, semantic_pad_id=SEMANTIC_PAD_ID)
+            else:
+                batch = collator([dataset[i] for i in rows])
             labels = batch.pop("labels")
             batch = {k: v.to(device) for k, v in batch.items()}
             result = recommend(model, batch, catalogue, top_k=top_k, num_beams=max(num_beams, top_k),

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from ugt_hf.data.collator import DataCollator, collate_recommend_table
 from ugt_hf.data.schema import (
     DECODER_LIST_FIELDS,
     ENCODER_LIST_FIELDS,
@@ -50,6 +51,7 @@ from ugt_hf.data.validation import (
     validate_recommend_record,
     vector_check_table,
 )
+from ugt_hf.interfaces import IGNORE_INDEX
 
 __all__ = [
     "DataValidationError",
@@ -333,6 +335,25 @@ class RecommendDataset(_ValidatedArrowDataset):
 
     def _to_sample(self, arrays):
         return recommend_sample(arrays, self.max_encoder_length, self.max_decoder_length)
+
+    def collate(self, indices: Sequence[int], semantic_pad_id: int = 0,
+                label_pad_token_id: int = IGNORE_INDEX) -> Dict[str, torch.Tensor]:
+        """这些行拼成的批次，等于 `DataCollator(semantic_pad_id=..., label_pad_token_id=...)([self[i] for i in
+        indices])`，但在 Arrow 列上整批截断与 padding（见 collate_recommend_table：评估与自生成偏好对逐条取样本
+        的开销）。惰性模式的记录还没校验，走逐条路径（逐条校验、报错带位置）。"""
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise ValueError("RecommendDataset.collate got no indices")
+        n = len(self)
+        bad = [i for i in idx if not -n <= i < n]
+        if bad:
+            raise IndexError(f"index {bad[0]} is out of range for a dataset of {n} rows")
+        if self.lazy_loading:
+            return DataCollator(semantic_pad_id=semantic_pad_id, label_pad_token_id=label_pad_token_id)(
+                [self[i] for i in idx])
+        table = self.hf_dataset.with_format("arrow")[[i % n for i in idx]]
+        return collate_recommend_table(table, self.max_encoder_length, self.max_decoder_length,
+                                       semantic_pad_id, label_pad_token_id)
 
     def lengths(self) -> List[int]:
         """每条样本截断后的 encoder 长度（按长度分组采样用；直接读 Arrow 列，不逐条解码）。"""

@@ -204,8 +204,13 @@ def self_generated_pairs(model, dataset: RecommendDataset, catalogue, max_pairs:
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size].tolist()
-            samples = [dataset[i] for i in idx]
-            batch = collator(samples)
+            if hasattr(dataset, "collate"):  # RecommendDataset：整批在 Arrow 列上拼，user_id 单独取一列
+                batch = dataset.collate(idx, semantic_pad_id=SEMANTIC_PAD_ID)
+                user_ids = dataset.hf_dataset.select_columns(["user_id"])[idx]["user_id"]
+            else:
+                samples = [dataset[i] for i in idx]
+                batch = collator(samples)
+                user_ids = [s.get("user_id", i) for s, i in zip(samples, idx)]
             labels = batch.pop("labels")[:, 0, :]  # [B, 3]：BOS 位置预测的下一个物品
             model_batch = {k: v.to(device) for k, v in batch.items()
                            if k.startswith("encoder_")}  # 从 BOS 出发，与评估一致
@@ -219,7 +224,7 @@ def self_generated_pairs(model, dataset: RecommendDataset, catalogue, max_pairs:
                     continue
                 rejected = cand[row][int(negatives[0])]
                 record = {
-                    "user_id": str(samples[row].get("user_id", idx[row])),
+                    "user_id": str(user_ids[row]),
                     "user_sequence": _seq_from_encoder(batch["encoder_semantic_ids"][row],
                                                        batch["encoder_attention_mask"][row]),
                     "chosen_item": dict(zip(("l1_id", "l2_id", "l3_id"), chosen.tolist())),
