@@ -33,6 +33,7 @@ VARIANTS = {
                  ["--lambda_preference", "0.0"]),
     "dpo_light": ("lambda_preference 0.3, beta 1.0", ["--lambda_preference", "0.3", "--dpo_beta", "1.0"]),
     "dpo_heavy": ("lambda_preference 5.0, beta 0.5", ["--lambda_preference", "5.0", "--dpo_beta", "0.5"]),
+    "two_epochs": ("committed config with max_epochs 2 (half the stage-3 wall time)", ["--max_epochs", "2"]),
     "sdpo_k4": ("self-generated pairs with 4 negatives per prompt (softmax-DPO), lambda_preference 1.0",
                 ["--preference_negatives", "4", "--lambda_preference", "1.0"]),
 }

@@ -124,6 +124,34 @@ def test_write_jsonl_roundtrip(tmp_path):
     assert rows == tbl.to_pylist()
 
 
+def test_write_jsonl_fast_path_is_byte_identical_to_json(tmp_path):
+    """字符串 + 整数列表（推荐样本）与嵌套结构 + 浮点（偏好对）的表走 Arrow 拼接：与逐行 json 编码逐字节相同
+    （转义、空列表、负数、大整数、跨块切片）；其余的表逐行编码，结果同样相同。"""
+    import pyarrow as pa
+
+    uids = ['a"b', "c\\d", "e\nf", "中文", "x", "\u2028", "tab\t"]
+    fast = pa.table({
+        "user_id": pa.array([uids[i % 7] for i in range(50)], pa.string()),
+        "l": pa.array([[i, -100, 2 ** 40][: i % 4] for i in range(50)], pa.list_(pa.int64())),
+        "m": pa.array([list(range(i % 5)) for i in range(50)], pa.list_(pa.int32())),
+    })
+    # 偏好对的形状：嵌套结构 + 浮点（Python 的 repr：1.0、1e-07）也走拼接；布尔列不支持，逐行编码
+    seq = pa.StructArray.from_arrays([fast.column("l").combine_chunks(), fast.column("m").combine_chunks()],
+                                     names=["encoder_l1_ids", "encoder_mask"])
+    nested = pa.table({"user_id": fast.column("user_id"), "user_sequence": seq,
+                       "chosen_item": pa.StructArray.from_arrays([pa.array(np.arange(50)), pa.array(-np.arange(50))],
+                                                                 names=["l1_id", "l2_id"]),
+                       "preference_score": pa.array(np.r_[np.linspace(0, 1, 47), [1e-7, 1.0, 3e20]])})
+    slow = fast.append_column("flag", pa.array([i % 2 == 0 for i in range(50)]))
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    for name, table in (("fast", fast), ("nested", nested), ("slow", slow)):
+        counted = []
+        write_jsonl(table, str(tmp_path / f"{name}.jsonl"), progress=counted.append, chunk_rows=16)
+        text = (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8")
+        assert text == "".join(dumps(r) + "\n" for r in table.to_pylist())
+        assert counted == [16, 16, 16, 2]
+
+
 def test_atomic_dir_leaves_nothing_on_error(tmp_path):
     target = tmp_path / "out"
     with pytest.raises(RuntimeError):

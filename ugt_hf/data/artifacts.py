@@ -383,14 +383,61 @@ def preference_table(pb: PreferenceBlock, seqs: Sequences, codes: np.ndarray) ->
 
 def write_jsonl(table: pa.Table, path: str, progress: Optional[Callable[[int], None]] = None,
                 chunk_rows: int = 20000) -> None:
-    """pyarrow 表 -> JSON Lines（紧凑分隔符，字段顺序与表一致）。按块转换以控制内存。"""
+    """pyarrow 表 -> JSON Lines（紧凑分隔符，字段顺序与表一致）。按块转换以控制内存。
+
+    列都是字符串、整数、浮点、整数列表或它们组成的结构（prepare 写的推荐样本与偏好对）时，在 Arrow 里整块拼出每行的
+    JSON 文本，与逐行 `json` 编码逐字节相同；逐行编码是 100 万条交互时 `ugt prepare` 的大头（写出 100 s 的大部分）。
+    其余的表逐行编码。
+    """
     dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    fast = table.num_columns > 0 and all(_json_fast_type(t) for t in table.schema.types)
     with open(path, "w", encoding="utf-8") as f:
         for batch in table.to_batches(max_chunksize=chunk_rows):
-            rows = batch.to_pylist()
-            f.write("".join(dumps(r) + "\n" for r in rows))
+            if fast and batch.num_rows and not any(c.null_count for c in batch.columns):
+                rows = _json_object(list(batch.schema.names), list(batch.columns), dumps)
+                f.write("\n".join(rows.to_pylist()) + "\n")
+            else:
+                f.write("".join(dumps(r) + "\n" for r in batch.to_pylist()))
             if progress is not None:
-                progress(len(rows))
+                progress(batch.num_rows)
+
+
+def _json_fast_type(t: pa.DataType) -> bool:
+    if pa.types.is_struct(t):
+        return all(_json_fast_type(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t):
+        return pa.types.is_integer(t.value_type)
+    return pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _json_values(arr: pa.Array, dumps: Callable[[object], str]) -> pa.Array:
+    """一列 -> 每行的 JSON 文本（string 数组）；类型见 _json_fast_type，没有 null。"""
+    import pyarrow.compute as pc
+
+    if pa.types.is_struct(arr.type):
+        children = arr.flatten()  # 按结构自身的切片偏移取子列
+        if arr.null_count or any(c.null_count for c in children):
+            raise ValueError("write_jsonl's fast path expects no nulls")
+        return _json_object([arr.type.field(i).name for i in range(arr.type.num_fields)], children, dumps)
+    if pa.types.is_list(arr.type):
+        joined = pc.binary_join(pc.cast(arr, pa.list_(pa.string())), ",")  # 空列表 -> ""
+        return pc.binary_join_element_wise("[", joined, "]", "")
+    if pa.types.is_integer(arr.type):
+        return pc.cast(arr, pa.string())
+    # 字符串（引号、反斜杠、控制字符的转义）与浮点（Python 的最短 repr，如 1.0）交给 json：每个不同的值编码一次
+    uniq = pc.unique(arr)
+    enc = pa.array([dumps(v) for v in uniq.to_pylist()], pa.string())
+    return pc.take(enc, pc.index_in(arr, value_set=uniq))
+
+
+def _json_object(names: List[str], columns: List[pa.Array], dumps: Callable[[object], str]) -> pa.Array:
+    import pyarrow.compute as pc
+
+    parts: List[object] = []
+    for i, (name, col) in enumerate(zip(names, columns)):
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        parts += [("{" if i == 0 else ",") + dumps(name) + ":", _json_values(col, dumps)]
+    return pc.binary_join_element_wise(*parts, "}", "")
 
 
 def write_table(table: pa.Table, folder: str, name: str, progress: Optional[Callable[[int], None]] = None) -> None:
