@@ -420,6 +420,8 @@ def _json_values(arr: pa.Array, dumps: Callable[[object], str]) -> pa.Array:
             raise ValueError("write_jsonl's fast path expects no nulls")
         return _json_object([arr.type.field(i).name for i in range(arr.type.num_fields)], children, dumps)
     if pa.types.is_list(arr.type):
+        # 先按切片重建成紧凑的列表：对切片后的 ListArray 做 cast 会转换整个子数组（整块的全部值），而不只是这一段
+        arr = pa.ListArray.from_arrays(pc.subtract(arr.offsets, arr.offsets[0]), arr.flatten())
         joined = pc.binary_join(pc.cast(arr, pa.list_(pa.string())), ",")  # 空列表 -> ""
         return pc.binary_join_element_wise("[", joined, "]", "")
     if pa.types.is_integer(arr.type):
