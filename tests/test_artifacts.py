@@ -141,10 +141,12 @@ def test_write_jsonl_fast_path_is_byte_identical_to_json(tmp_path):
     nested = pa.table({"user_id": fast.column("user_id"), "user_sequence": seq,
                        "chosen_item": pa.StructArray.from_arrays([pa.array(np.arange(50)), pa.array(-np.arange(50))],
                                                                  names=["l1_id", "l2_id"]),
-                       "preference_score": pa.array(np.r_[np.linspace(0, 1, 47), [1e-7, 1.0, 3e20]])})
+                       "preference_score": pa.array(np.r_[np.linspace(0, 1, 46), [-0.0, 1e-7, 1.0, 3e20]])})
     slow = fast.append_column("flag", pa.array([i % 2 == 0 for i in range(50)]))
+    # 列表里有 null 元素的块走逐行编码（null -> JSON 的 null），其余块照样拼接
+    holes = fast.set_column(1, "l", pa.array([[i, None] if i == 20 else [i] for i in range(50)], pa.list_(pa.int64())))
     dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    for name, table in (("fast", fast), ("nested", nested), ("slow", slow)):
+    for name, table in (("fast", fast), ("nested", nested), ("slow", slow), ("holes", holes)):
         counted = []
         write_jsonl(table, str(tmp_path / f"{name}.jsonl"), progress=counted.append, chunk_rows=16)
         text = (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8")

@@ -393,7 +393,7 @@ def write_jsonl(table: pa.Table, path: str, progress: Optional[Callable[[int], N
     fast = table.num_columns > 0 and all(_json_fast_type(t) for t in table.schema.types)
     with open(path, "w", encoding="utf-8") as f:
         for batch in table.to_batches(max_chunksize=chunk_rows):
-            if fast and batch.num_rows and not any(c.null_count for c in batch.columns):
+            if fast and batch.num_rows and not any(_has_nulls(c) for c in batch.columns):
                 rows = _json_object(list(batch.schema.names), list(batch.columns), dumps)
                 f.write("\n".join(rows.to_pylist()) + "\n")
             else:
@@ -410,14 +410,23 @@ def _json_fast_type(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
+def _has_nulls(arr: pa.Array) -> bool:
+    """任何一层有 null（结构的字段、列表的元素）：快速路径不处理，逐行编码。"""
+    if arr.null_count:
+        return True
+    if pa.types.is_struct(arr.type):
+        return any(_has_nulls(c) for c in arr.flatten())
+    if pa.types.is_list(arr.type):
+        return arr.flatten().null_count > 0
+    return False
+
+
 def _json_values(arr: pa.Array, dumps: Callable[[object], str]) -> pa.Array:
-    """一列 -> 每行的 JSON 文本（string 数组）；类型见 _json_fast_type，没有 null。"""
+    """一列 -> 每行的 JSON 文本（string 数组）；类型见 _json_fast_type，没有 null（见 _has_nulls）。"""
     import pyarrow.compute as pc
 
     if pa.types.is_struct(arr.type):
         children = arr.flatten()  # 按结构自身的切片偏移取子列
-        if arr.null_count or any(c.null_count for c in children):
-            raise ValueError("write_jsonl's fast path expects no nulls")
         return _json_object([arr.type.field(i).name for i in range(arr.type.num_fields)], children, dumps)
     if pa.types.is_list(arr.type):
         # 先按切片重建成紧凑的列表：对切片后的 ListArray 做 cast 会转换整个子数组（整块的全部值），而不只是这一段
@@ -426,7 +435,9 @@ def _json_values(arr: pa.Array, dumps: Callable[[object], str]) -> pa.Array:
         return pc.binary_join_element_wise("[", joined, "]", "")
     if pa.types.is_integer(arr.type):
         return pc.cast(arr, pa.string())
-    # 字符串（引号、反斜杠、控制字符的转义）与浮点（Python 的最短 repr，如 1.0）交给 json：每个不同的值编码一次
+    if pa.types.is_floating(arr.type):  # Python 的最短 repr（1.0、1e-07、-0.0）：逐个交给 json，只有这一列
+        return pa.array([dumps(v) for v in arr.to_pylist()], pa.string())
+    # 字符串的转义（引号、反斜杠、控制字符）交给 json：每个不同的值编码一次
     uniq = pc.unique(arr)
     enc = pa.array([dumps(v) for v in uniq.to_pylist()], pa.string())
     return pc.take(enc, pc.index_in(arr, value_set=uniq))
