@@ -134,7 +134,7 @@ def child_hashes(prefix: torch.Tensor, vocab: int, buckets: int) -> torch.Tensor
     # 两部分都已 < buckets：和 < 2·buckets，桶数 < 2^30 时 [M, vocab] 这一步用 int32（整数取模快一倍，嵌入/
     # index_select 都接受 int32 下标）
     dtype = torch.int32 if buckets < (1 << 30) else torch.long
-    return _mod_(((base % buckets).to(dtype)[:, None].add(code.to(dtype)[None])), buckets)  # [M, vocab]
+    return _mod_((base % buckets).to(dtype)[:, None].add(code.to(dtype)[None]), buckets)  # [M, vocab]
 
 
 def _mod_(x: torch.Tensor, buckets: int) -> torch.Tensor:

@@ -448,7 +448,6 @@ def _json_object(names: List[str], columns: List[pa.Array], dumps: Callable[[obj
 
     parts: List[object] = []
     for i, (name, col) in enumerate(zip(names, columns)):
-        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
         parts += [("{" if i == 0 else ",") + dumps(name) + ":", _json_values(col, dumps)]
     return pc.binary_join_element_wise(*parts, "}", "")
 

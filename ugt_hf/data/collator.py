@@ -20,15 +20,17 @@ import torch
 from ugt_hf.data.schema import DECODER_LIST_FIELDS, ENCODER_LIST_FIELDS, LABEL_LIST_FIELDS
 from ugt_hf.data.validation import (
     DataValidationError,
+    ListColumn,
     as_int_array,
     check_positive,
     check_vocab_sizes,
+    encoder_truncation_rows,
     truncate_decoder,
     truncate_encoder,
     validate_preference_record,
     validate_recommend_record,
 )
-from ugt_hf.interfaces import IGNORE_INDEX, NUM_LEVELS, SPECIAL_TOKEN_TYPE
+from ugt_hf.interfaces import IGNORE_INDEX, NUM_LEVELS
 
 __all__ = ["DataCollator", "PreferenceCollator", "collate_recommend_table"]
 
@@ -323,15 +325,10 @@ class PreferenceCollator(_EncoderPadding):
 
 
 def _list_column(table, field: str):
-    """list<int> 列 -> (每行长度 [B], 行起点 [B], 展开的值 [sum])；按长度重算偏移，切片/take 过的列也对。"""
-    import pyarrow.compute as pc
-
-    col = table.column(field).combine_chunks()
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
-    values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    starts = np.zeros(len(lengths), np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    return lengths, starts, values
+    """list<int> 列 -> (每行长度 [B], 行起点 [B], 展开的值 [sum])；与整表校验同一个展开（偏移按长度重算，
+    切片/take 过的列也对）。"""
+    col = ListColumn(table.column(field).combine_chunks())
+    return col.lengths, col.offsets[:-1], col.values
 
 
 def _gather(values: np.ndarray, starts: np.ndarray, src: np.ndarray, valid: np.ndarray, fill: int) -> np.ndarray:
@@ -359,9 +356,8 @@ def collate_recommend_table(
     # ---- encoder：保留最近的 max_encoder_length 个 token（开头的特殊位保留），位置重新对齐 ----
     lengths, starts, types = _list_column(table, "encoder_token_types")
     m = int(lengths.max(initial=0)) if max_encoder_length is None else int(max_encoder_length)
-    trunc = lengths > m
     first_type = types[np.minimum(starts, max(len(types) - 1, 0))] if len(types) else np.zeros_like(lengths)
-    keep_head = trunc & (m >= 2) & (first_type == SPECIAL_TOKEN_TYPE)
+    trunc, keep_head = encoder_truncation_rows(lengths, first_type, m)
     kept = np.minimum(lengths, m)
     width = max(int(kept.max(initial=0)), 1)
     j = np.arange(width)[None]  # [1, T]

@@ -130,6 +130,12 @@ def encoder_keep_indices(token_types: np.ndarray, max_length: int) -> Tuple[np.n
     return np.arange(n - max_length, n), 0
 
 
+def encoder_truncation_rows(lengths: np.ndarray, first_type: np.ndarray, max_length: int):
+    """encoder_keep_indices 的规则按行向量化：(超长的行, 其中保留开头特殊位的行)，都是 [B] bool。"""
+    trunc = lengths > max_length
+    return trunc, trunc & (max_length >= 2) & (first_type == SPECIAL_TOKEN_TYPE)
+
+
 def truncate_encoder(
     arrays: Mapping[str, np.ndarray], max_length: int, fields=ENCODER_LIST_FIELDS, prefix: str = ""
 ) -> Dict[str, np.ndarray]:
@@ -661,7 +667,7 @@ def locate_row(files: Sequence[str], row: int) -> Tuple[str, Optional[int], Opti
 # --------------------------------------------------------------------------------------------
 
 
-class _ListCol:
+class ListColumn:
     """一个 list<int> 列在一个 batch 内的展开形式。"""
 
     __slots__ = ("lengths", "values", "offsets", "parents", "bad_rows")
@@ -693,14 +699,14 @@ class _ListCol:
         self.bad_rows = bad
 
 
-def _rows_where(col: _ListCol, elem_bad: np.ndarray, n: int) -> np.ndarray:
+def _rows_where(col: ListColumn, elem_bad: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros(n, bool)
     if elem_bad.any():
         out[col.parents[elem_bad]] = True
     return out
 
 
-def _value_rule(col: _ListCol, kind: str, vocab_sizes, level: int, n: int) -> np.ndarray:
+def _value_rule(col: ListColumn, kind: str, vocab_sizes, level: int, n: int) -> np.ndarray:
     v = col.values
     if kind in ("id", "label"):
         bad = v < 0 if vocab_sizes is None else (v < 0) | (v >= int(vocab_sizes[level]))
@@ -713,7 +719,7 @@ def _value_rule(col: _ListCol, kind: str, vocab_sizes, level: int, n: int) -> np
     return _rows_where(col, bad, n)
 
 
-def _encoder_position_rule(pos: _ListCol, types: _ListCol, max_len: int, max_seq: int, n: int) -> np.ndarray:
+def _encoder_position_rule(pos: ListColumn, types: ListColumn, max_len: int, max_seq: int, n: int) -> np.ndarray:
     """与 truncate_encoder 同样的截断 + 位置重排，检查保留下来的位置落在 [0, max_seq)。"""
     lengths = pos.lengths
     starts = pos.offsets[:-1]
@@ -721,8 +727,7 @@ def _encoder_position_rule(pos: _ListCol, types: _ListCol, max_len: int, max_seq
     first_type = np.full(n, -1, np.int64)
     has_type = types.lengths > 0  # 长度不一致的行由长度规则报告，这里只需不越界
     first_type[has_type] = types.values[types.offsets[:-1][has_type]]
-    trunc = lengths > max_len
-    keep_head = trunc & (max_len >= 2) & (first_type == SPECIAL_TOKEN_TYPE)
+    trunc, keep_head = encoder_truncation_rows(lengths, first_type, max_len)
     head = keep_head.astype(np.int64)  # 尾部在原序列中的对齐槽位
     tail_start = np.where(trunc, lengths - (max_len - head), 0)  # 尾部起点（行内下标）
     idx = np.arange(len(pos.values)) - starts[pos.parents]  # 元素的行内下标
@@ -739,7 +744,7 @@ def _encoder_position_rule(pos: _ListCol, types: _ListCol, max_len: int, max_seq
     return _rows_where(pos, bad, n)
 
 
-def _decoder_position_rule(pos: _ListCol, max_len: Optional[int], max_seq: int, n: int) -> np.ndarray:
+def _decoder_position_rule(pos: ListColumn, max_len: Optional[int], max_seq: int, n: int) -> np.ndarray:
     idx = np.arange(len(pos.values)) - pos.offsets[:-1][pos.parents]
     kept = idx < (max_len if max_len is not None else np.iinfo(np.int64).max)
     bad = kept & ((pos.values < 0) | (pos.values >= max_seq))
@@ -747,7 +752,7 @@ def _decoder_position_rule(pos: _ListCol, max_len: Optional[int], max_seq: int, 
 
 
 def _check_list_group(
-    cols: Dict[str, _ListCol], fields: Sequence[str], prefix: str, ref: str, n: int, vocab_sizes, rules: List
+    cols: Dict[str, ListColumn], fields: Sequence[str], prefix: str, ref: str, n: int, vocab_sizes, rules: List
 ) -> None:
     ref_len = cols[prefix + ref].lengths
     for f in fields:
@@ -787,7 +792,7 @@ def vector_check_table(
         rules.append(("user_id", np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)))
     if record_type == "recommend":
         names = RECOMMEND_FIELDS[1:]
-        cols = {f: _ListCol(col(f)) for f in names}
+        cols = {f: ListColumn(col(f)) for f in names}
         _check_list_group(cols, ENCODER_LIST_FIELDS, "", "encoder_l1_ids", n, vocab_sizes, rules)
         _check_list_group(cols, DECODER_LIST_FIELDS + LABEL_LIST_FIELDS, "", "decoder_l1_ids", n, vocab_sizes, rules)
         if max_seq_length is not None:
@@ -797,7 +802,7 @@ def vector_check_table(
                 cols["decoder_positions"], max_decoder_length, max_seq_length, n)))
     else:
         pre = "user_sequence."
-        cols = {pre + f: _ListCol(col(pre + f)) for f in ENCODER_LIST_FIELDS}
+        cols = {pre + f: ListColumn(col(pre + f)) for f in ENCODER_LIST_FIELDS}
         _check_list_group(cols, ENCODER_LIST_FIELDS, pre, "encoder_l1_ids", n, vocab_sizes, rules)
         if max_seq_length is not None:
             rules.append((pre + "encoder_positions", _encoder_position_rule(
