@@ -11,6 +11,7 @@ from ugt_hf.data.semantic_ids import (
     effective_codebook_sizes,
     kmeans,
     l1_cooccurrence_ratio,
+    nearest_centroids,
     resolve_collisions,
     rq_kmeans,
 )
@@ -60,12 +61,59 @@ def test_codebook_cap_rule():
 def test_resolve_collisions_unique_nearest_free():
     l1 = np.array([0, 0, 0, 1])
     l2 = np.array([0, 0, 0, 0])
-    dist = np.array([[0.1, 0.5], [0.2, 0.3], [0.9, 1.0], [0.0, 1.0]])
-    l3, v3 = resolve_collisions(l1, l2, dist, max_v3=10)
+    # 一维残差，质心在 0 与 1：平方距离 物品0 (.01, .81)、物品1 (.09, .49)、物品2 (4, 9)、物品3 (0, 1)
+    residual = torch.tensor([[0.1], [0.3], [-2.0], [0.0]])
+    centroids = torch.tensor([[0.0], [1.0]])
+    l3, v3 = resolve_collisions(l1, l2, residual, centroids, max_v3=10)
     # 单元 (0,0)：物品 0 最近 -> 0；物品 1 的 0 被占 -> 1；物品 2 两个质心都被占 -> 编号 2（超出质心数）
     assert l3.tolist() == [0, 1, 2, 0] and v3 == 3
     with pytest.raises(ValueError, match="raise the third"):
-        resolve_collisions(l1, l2, dist, max_v3=2)
+        resolve_collisions(l1, l2, residual, centroids, max_v3=2)
+
+
+def test_resolve_collisions_equals_dense_rule():
+    # 稠密参考实现：全部 [N, K3] 距离、单元内按到最近质心的距离处理、每个物品取最近的空闲质心
+    g = torch.Generator().manual_seed(3)
+    n, k3 = 400, 8
+    residual, centroids = torch.randn(n, 4, generator=g), torch.randn(k3, 4, generator=g)
+    l1 = torch.randint(0, 3, (n,), generator=g).numpy()
+    l2 = torch.randint(0, 4, (n,), generator=g).numpy()
+    dist = ((residual[:, None, :] - centroids[None]) ** 2).sum(-1).numpy()
+    want = np.empty(n, dtype=np.int64)
+    for cell in set(zip(l1.tolist(), l2.tolist())):
+        members = [i for i in range(n) if (l1[i], l2[i]) == cell]
+        used, extra = set(), k3
+        for i in sorted(members, key=lambda i: (dist[i].min(), i)):
+            free = [c for c in np.argsort(dist[i], kind="stable").tolist() if c not in used]
+            want[i] = free[0] if free else extra
+            extra += 0 if free else 1
+            used.add(int(want[i]))
+    l3, v3 = resolve_collisions(l1, l2, residual, centroids, max_v3=n)
+    assert np.array_equal(l3, want) and v3 == max(k3, max(np.bincount(l1 * 4 + l2)))
+
+
+def test_nearest_centroids_equals_dense_argmin():
+    g = torch.Generator().manual_seed(1)
+    x, c = torch.randn(5000, 16, generator=g), torch.randn(64, 16, generator=g)
+    dist, idx = nearest_centroids(x, c)
+    ref = ((x[:, None, :] - c[None]) ** 2).sum(-1)  # [N, K]
+    assert torch.equal(idx, ref.argmin(1)) and idx.dtype == torch.long
+    assert torch.allclose(dist, ref.min(1).values, atol=1e-4)
+
+
+def test_kmeans_subsamples_large_inputs_and_assigns_all():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = centres[torch.arange(3000) % 3] + torch.randn(3000, 2, generator=g) * 0.1
+    # 每个质心最多 50 个训练点 -> 只用 150 个点训练，仍要给全部 3000 个点分配、找回三个簇
+    cent, assign = kmeans(x, 3, seed=0, max_points_per_centroid=50)
+    assert assign.shape == (3000,)
+    assert sorted(torch.bincount(assign).tolist()) == [1000, 1000, 1000]
+    assert torch.cdist(centres, cent).min(1).values.max() < 0.1
+    cent2, assign2 = kmeans(x, 3, seed=0, max_points_per_centroid=50)
+    assert torch.equal(cent, cent2) and torch.equal(assign, assign2)
+    full, _ = kmeans(x, 3, seed=0)  # 3000 <= 256·3：不抽样，质心是全部点的簇均值
+    assert not torch.equal(full, cent)
 
 
 def test_rq_kmeans_unique_triples_and_stats():
