@@ -4,18 +4,23 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ugt_hf.data import schema
 from ugt_hf.data.artifacts import (
     DATASET_CARD_FILE,
     AtomicDir,
+    SplitWriter,
     build_preference_pairs,
     build_recommend_blocks,
     dataset_card_configs,
     normalise,
     recommend_table,
+    train_sample_counts,
     training_prefixes,
+    user_chunks,
     write_dataset_card,
     write_jsonl,
 )
@@ -263,3 +268,39 @@ def test_dataset_card_lists_only_existing_non_empty_files(tmp_path):
     assert (folder / DATASET_CARD_FILE).read_text() == "# mine\n"
     write_dataset_card(str(folder), meta)
     assert "preference" not in {c["config_name"] for c in _front_matter(folder)["configs"]}
+
+
+def test_user_chunks_hand_computed():
+    # 累计行数 3,3,5,10,11；每段至多 4 行：用户 3 一人 5 行，独占一段
+    assert user_chunks(np.array([3, 0, 2, 5, 1]), 4) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert user_chunks(np.array([1, 1, 1]), 10) == [(0, 3)]
+    assert user_chunks(np.zeros(0, np.int64), 4) == [(0, 0)]
+
+
+def test_chunked_blocks_concatenate_to_the_whole():
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", str(int(i)), t) for u in range(9) for t, i in enumerate(rng.choice(30, 2 + u, replace=False))]
+    seqs = normalise(_inter(rows))
+    codes = np.stack([np.arange(seqs.num_items) + 100, np.arange(seqs.num_items) % 7, np.arange(seqs.num_items)], 1)
+    whole = {k: recommend_table(b, seqs.user_ids) for k, b in build_recommend_blocks(seqs, codes, 4, 2).items()}
+    counts = train_sample_counts(seqs, 2)
+    assert int(counts.sum()) == whole["train"].num_rows
+    for max_rows in (1, 5, 1000):
+        parts = [build_recommend_blocks(seqs, codes, 4, 2, users=c) for c in user_chunks(counts, max_rows)]
+        for split in schema.SPLITS:
+            joined = pa.concat_tables([recommend_table(p[split], seqs.user_ids) for p in parts])
+            assert joined.equals(whole[split]), (max_rows, split)
+
+
+def test_split_writer_appends_row_groups(tmp_path):
+    sch = pa.schema([("user_id", pa.string()), ("x", pa.list_(pa.int64()))])
+    t1 = pa.table({"user_id": ["a", "b"], "x": [[1], [2, 3]]}, schema=sch)
+    t2 = pa.table({"user_id": ["c"], "x": [[]]}, schema=sch)
+    seen = []
+    with SplitWriter(str(tmp_path), "train", seen.append) as w:
+        w.write(t1)
+        w.write(t2)
+    f = pq.ParquetFile(tmp_path / "train.parquet")
+    assert f.metadata.num_row_groups == 2 and f.read().equals(pa.concat_tables([t1, t2]))
+    lines = (tmp_path / "train.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == pa.concat_tables([t1, t2]).to_pylist() and seen == [2, 1]

@@ -84,6 +84,23 @@ def test_deterministic_rerun_noop_and_force(tmp_path):
     assert os.listdir(tmp_path / "foreign") == ["x.txt"]
 
 
+def test_chunked_writing_equals_one_chunk(tmp_path, monkeypatch):
+    # 分块构造与写出（每块至多 7 条训练样本）与一整块写出：JSONL 逐字节相同，Parquet 内容相同（只是行组多）
+    from ugt_hf.data import artifacts
+
+    prepare(str(tmp_path / "one"), progress=False, log=_quiet, **SMALL)
+    monkeypatch.setattr(artifacts, "SAMPLE_CHUNK_ROWS", 7)
+    prepare(str(tmp_path / "many"), progress=False, log=_quiet, **SMALL)
+    names = [n for n in os.listdir(tmp_path / "one") if n.endswith(".jsonl")]
+    assert {"train.jsonl", "valid.jsonl", "test.jsonl", "preference_train.jsonl"} <= set(names)
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes(), name
+        stem = name[: -len(".jsonl")]
+        one, many = (pq.ParquetFile(tmp_path / d / f"{stem}.parquet") for d in ("one", "many"))
+        assert one.read().equals(many.read()), stem
+    assert pq.ParquetFile(tmp_path / "many" / "train.parquet").metadata.num_row_groups > 1
+
+
 def test_injected_failure_leaves_nothing(tmp_path):
     out = tmp_path / "syn"
     with pytest.raises(RuntimeError, match="injected"):

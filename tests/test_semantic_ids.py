@@ -12,6 +12,7 @@ from ugt_hf.data.semantic_ids import (
     kmeans,
     l1_cooccurrence_ratio,
     nearest_centroids,
+    randomized_svd,
     resolve_collisions,
     rq_kmeans,
 )
@@ -35,6 +36,19 @@ def test_collaborative_embeddings_cluster_and_cold_items():
     assert within > sim[:10, 10:].mean() + 0.5
     emb2, _ = collaborative_embeddings(seqs, 21, dim=8, window=3, seed=0)
     assert torch.equal(emb, emb2)
+
+
+def test_randomized_svd_matches_svd_lowrank_and_exact():
+    rng = np.random.default_rng(0)
+    seqs = [rng.choice(40, 8) + 40 * (u % 3) for u in range(300)]
+    m = cooccurrence_ppmi(seqs, 120, window=3)
+    torch.manual_seed(5)
+    u, s = randomized_svd(m, q=6, niter=6)
+    torch.manual_seed(5)
+    u_ref, s_ref, _ = torch.svd_lowrank(m, q=6, niter=6)  # 同一算法与随机投影，只是 COO 乘法
+    assert torch.allclose(s, s_ref, rtol=1e-5) and torch.allclose((u * u_ref).sum(0).abs(), torch.ones(6), atol=1e-4)
+    exact = torch.linalg.svdvals(m.to_dense())[:3]  # 前几个奇异值与精确 SVD 一致
+    assert torch.allclose(s[:3], exact, rtol=1e-3)
 
 
 def test_kmeans_deterministic_and_balanced():

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -235,39 +235,70 @@ def _decoder_and_labels(codes: np.ndarray, items: np.ndarray, starts: np.ndarray
     }
 
 
-def build_recommend_blocks(
-    seqs: Sequences, codes: np.ndarray, encoder_max_length: int, decoder_max_length: int, stride: int = 1,
-    pad_token_id: int = 0,
-) -> Dict[str, Block]:
-    """train / valid / test 三个 Block（列式，写文件前不展开成 Python 字典）。"""
-    if encoder_max_length < 1 or decoder_max_length < 1:
-        raise ValueError("encoder_max_length and decoder_max_length must be >= 1")
+# 每块最多多少条训练样本：prepare 按用户区间分块构造并追加写出，峰值内存只随块大小而不随数据规模增长
+SAMPLE_CHUNK_ROWS = 1 << 18
+
+
+def train_sample_counts(seqs: Sequences, decoder_max_length: int, stride: int = 1) -> np.ndarray:
+    """每个用户的训练样本数 [U]：训练前缀长 m 的用户在切点 s = 1, 1+stride, ... < m 各有一条（m < 2 时没有）。"""
     if not 1 <= stride <= decoder_max_length:
         raise ValueError(f"stride must be in [1, decoder_max_length={decoder_max_length}] so every item is a label")
+    lens = seqs.lengths()
+    m = np.where(lens >= 3, lens - 2, lens)  # 训练前缀长度
+    return np.where(m >= 2, (m - 2) // stride + 1, 0)
+
+
+def user_chunks(rows_per_user: np.ndarray, max_rows: int) -> List[Tuple[int, int]]:
+    """把用户按顺序切成连续区间 [u0, u1)，每段的行数不超过 max_rows（一个用户的行不拆开，单个用户超过时独占一段）。
+
+    至少返回一段，这样每个划分至少写一张（可能为空的）表，文件与 schema 总在。
+    """
+    n = len(rows_per_user)
+    ends = np.cumsum(rows_per_user)
+    chunks, start, base = [], 0, 0
+    while start < n:
+        # 第一个使累计行数超过 base + max_rows 的用户之前结束；至少包含一个用户
+        stop = max(start + 1, int(np.searchsorted(ends, base + max_rows, side="right")))
+        chunks.append((start, stop))
+        base = int(ends[stop - 1])
+        start = stop
+    return chunks or [(0, n)]
+
+
+def build_recommend_blocks(
+    seqs: Sequences, codes: np.ndarray, encoder_max_length: int, decoder_max_length: int, stride: int = 1,
+    pad_token_id: int = 0, users: Optional[Tuple[int, int]] = None,
+) -> Dict[str, Block]:
+    """train / valid / test 三个 Block（列式，写文件前不展开成 Python 字典）。
+
+    users: 只构造用户区间 [u0, u1) 的样本（prepare 分块写出）；各块按顺序拼起来与整体构造逐行相同。
+    """
+    if encoder_max_length < 1 or decoder_max_length < 1:
+        raise ValueError("encoder_max_length and decoder_max_length must be >= 1")
+    n_samples = train_sample_counts(seqs, decoder_max_length, stride)
+    u0, u1 = users if users is not None else (0, seqs.num_users)
     lens = seqs.lengths()
     off = seqs.offsets[:-1]
     has_eval = lens >= 3
     m = np.where(has_eval, lens - 2, lens)  # 训练前缀长度
-    # 训练切点：每个用户 s = 1, 1+stride, ... < m
-    n_samples = np.where(m >= 2, (m - 2) // stride + 1, 0)
-    users = np.repeat(np.arange(seqs.num_users), n_samples)
-    k = _positions(n_samples)
+    users_ = np.repeat(np.arange(u0, u1), n_samples[u0:u1])
+    k = _positions(n_samples[u0:u1])
     s = 1 + k * stride
-    base = off[users]
+    base = off[users_]
     enc_start = base + np.maximum(0, s - encoder_max_length)
     enc_end = base + s
     dec_start = base + s
-    dec_end = base + np.minimum(s + decoder_max_length, m[users])
+    dec_end = base + np.minimum(s + decoder_max_length, m[users_])
     train = {}
     train.update(_encoder_fields(codes, seqs.items, enc_start, enc_end))
     train.update(_decoder_and_labels(codes, seqs.items, dec_start, dec_end, pad_token_id))
-    blocks = {"train": Block(users, train)}
-    eu = np.flatnonzero(has_eval)
+    blocks = {"train": Block(users_, train)}
+    eu = np.flatnonzero(has_eval[u0:u1]) + u0
     for name, hist_len in (("valid", lens[eu] - 2), ("test", lens[eu] - 1)):
         b = off[eu]
-        fields = _encoder_fields(codes, seqs.items, b + np.maximum(0, hist_len - encoder_max_length), b + hist_len)
-        fields.update(_decoder_and_labels(codes, seqs.items, b + hist_len, b + hist_len + 1, pad_token_id))
-        blocks[name] = Block(eu, fields)
+        cols = _encoder_fields(codes, seqs.items, b + np.maximum(0, hist_len - encoder_max_length), b + hist_len)
+        cols.update(_decoder_and_labels(codes, seqs.items, b + hist_len, b + hist_len + 1, pad_token_id))
+        blocks[name] = Block(eu, cols)
     return blocks
 
 
@@ -285,6 +316,9 @@ class PreferenceBlock:
 
     def __len__(self) -> int:
         return len(self.user)
+
+    def slice(self, start: int, stop: int) -> "PreferenceBlock":
+        return PreferenceBlock(*(getattr(self, f.name)[start:stop] for f in fields(self)))
 
 
 def build_preference_pairs(
@@ -389,17 +423,24 @@ def write_jsonl(table: pa.Table, path: str, progress: Optional[Callable[[int], N
     JSON 文本，与逐行 `json` 编码逐字节相同；逐行编码是 100 万条交互时 `ugt prepare` 的大头（写出 100 s 的大部分）。
     其余的表逐行编码。
     """
-    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    fast = table.num_columns > 0 and all(_json_fast_type(t) for t in table.schema.types)
     with open(path, "w", encoding="utf-8") as f:
-        for batch in table.to_batches(max_chunksize=chunk_rows):
-            if fast and batch.num_rows and not any(_has_nulls(c) for c in batch.columns):
-                rows = _json_object(list(batch.schema.names), list(batch.columns), dumps)
-                f.write("\n".join(rows.to_pylist()) + "\n")
-            else:
-                f.write("".join(dumps(r) + "\n" for r in batch.to_pylist()))
-            if progress is not None:
-                progress(batch.num_rows)
+        _append_jsonl(f, table, progress, chunk_rows)
+
+
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _append_jsonl(f, table: pa.Table, progress: Optional[Callable[[int], None]] = None,
+                  chunk_rows: int = 20000) -> None:
+    fast = table.num_columns > 0 and all(_json_fast_type(t) for t in table.schema.types)
+    for batch in table.to_batches(max_chunksize=chunk_rows):
+        if fast and batch.num_rows and not any(_has_nulls(c) for c in batch.columns):
+            rows = _json_object(list(batch.schema.names), list(batch.columns), _DUMPS)
+            f.write("\n".join(rows.to_pylist()) + "\n")
+        else:
+            f.write("".join(_DUMPS(r) + "\n" for r in batch.to_pylist()))
+        if progress is not None:
+            progress(batch.num_rows)
 
 
 def _json_fast_type(t: pa.DataType) -> bool:
@@ -452,9 +493,39 @@ def _json_object(names: List[str], columns: List[pa.Array], dumps: Callable[[obj
     return pc.binary_join_element_wise(*parts, "}", "")
 
 
+class SplitWriter:
+    """一个划分的 `<name>.parquet` 与 `<name>.jsonl`，逐块追加（每块一个 Parquet 行组）。
+
+    prepare 分块构造样本再追加写出，整个划分不必同时在内存里；各块 schema 必须相同（Parquet 写入器会检查）。
+    """
+
+    def __init__(self, folder: str, name: str, progress: Optional[Callable[[int], None]] = None):
+        self.folder, self.name, self.progress = folder, name, progress
+        self._parquet: Optional[pq.ParquetWriter] = None
+        self._jsonl = open(os.path.join(folder, f"{name}.jsonl"), "w", encoding="utf-8")
+
+    def write(self, table: pa.Table) -> None:
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(os.path.join(self.folder, f"{self.name}.parquet"), table.schema)
+        self._parquet.write_table(table)
+        _append_jsonl(self._jsonl, table, self.progress)
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+        self._jsonl.close()
+
+    def __enter__(self) -> "SplitWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_table(table: pa.Table, folder: str, name: str, progress: Optional[Callable[[int], None]] = None) -> None:
-    pq.write_table(table, os.path.join(folder, f"{name}.parquet"))
-    write_jsonl(table, os.path.join(folder, f"{name}.jsonl"), progress)
+    with SplitWriter(folder, name, progress) as w:
+        w.write(table)
 
 
 def items_table(seqs: Sequences, codes: np.ndarray, titles: Dict[str, str]) -> pa.Table:

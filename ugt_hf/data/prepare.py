@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -196,16 +197,19 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
 
     from .artifacts import (
         PROTOCOL,
+        SAMPLE_CHUNK_ROWS,
         AtomicDir,
+        SplitWriter,
         build_preference_pairs,
         build_recommend_blocks,
         items_table,
         normalise,
         preference_table,
         recommend_table,
+        train_sample_counts,
         training_prefixes,
+        user_chunks,
         write_dataset_card,
-        write_table,
     )
     from .datadir import read_meta
     from .readers import read_source
@@ -280,10 +284,10 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
     ratio = l1_cooccurrence_ratio(full_seqs, codes[:, 0])
     ratio_train = l1_cooccurrence_ratio(prefixes, codes[:, 0])
 
-    # 4) 样本
+    # 4) 样本：偏好对；推荐样本只数条数，写出时按用户区间分块构造（峰值内存与数据规模无关）
     t = time.perf_counter()
     pad = 0
-    blocks = build_recommend_blocks(seqs, codes, opts.encoder_max_length, opts.decoder_max_length, opts.stride, pad)
+    train_counts = train_sample_counts(seqs, opts.decoder_max_length, opts.stride)
     prefs = build_preference_pairs(seqs, opts.chosen_min, opts.rejected_max, opts.preference_cut,
                                    opts.encoder_max_length, opts.max_pairs_per_user)
     timings["samples_s"] = time.perf_counter() - t
@@ -291,19 +295,30 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
     # 5) 原子写入
     t = time.perf_counter()
     lens = seqs.lengths()
-    splits = {name: len(b) for name, b in blocks.items()}
+    num_eval = int((lens >= 3).sum())
+    splits = {"train": int(train_counts.sum()), "valid": num_eval, "test": num_eval}
     splits.update({name: (len(prefs[name]) if prefs else 0) for name in schema.PREFERENCE_SPLITS})
     total_rows = sum(splits.values())
     with AtomicDir(out, replace=True) as tmp:
         items_tbl = items_table(seqs, codes, inter.titles)
         pq.write_table(items_tbl, os.path.join(tmp, schema.ITEMS_FILE))
         bar = tqdm(total=total_rows, desc="write records", unit="rec", disable=not progress, leave=False)
-        for name in schema.SPLITS:
-            write_table(recommend_table(blocks[name], seqs.user_ids), tmp, name, bar.update)
-            if _fail_after == name:
-                raise RuntimeError(f"injected failure after writing {name}")
+        with contextlib.ExitStack() as stack:
+            writers = {name: stack.enter_context(SplitWriter(tmp, name, bar.update)) for name in schema.SPLITS}
+            for users in user_chunks(train_counts, SAMPLE_CHUNK_ROWS):
+                blocks = build_recommend_blocks(seqs, codes, opts.encoder_max_length, opts.decoder_max_length,
+                                                opts.stride, pad, users=users)
+                for name in schema.SPLITS:
+                    writers[name].write(recommend_table(blocks[name], seqs.user_ids))
+            for name in schema.SPLITS:
+                writers[name].close()
+                if _fail_after == name:
+                    raise RuntimeError(f"injected failure after writing {name}")
         for name in schema.PREFERENCE_SPLITS if prefs else ():
-            write_table(preference_table(prefs[name], seqs, codes), tmp, name, bar.update)
+            pb = prefs[name]
+            with SplitWriter(tmp, name, bar.update) as writer:
+                for start in range(0, max(len(pb), 1), SAMPLE_CHUNK_ROWS):
+                    writer.write(preference_table(pb.slice(start, start + SAMPLE_CHUNK_ROWS), seqs, codes))
         bar.close()
         timings["write_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
