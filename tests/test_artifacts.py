@@ -304,3 +304,51 @@ def test_split_writer_appends_row_groups(tmp_path):
     assert f.metadata.num_row_groups == 2 and f.read().equals(pa.concat_tables([t1, t2]))
     lines = (tmp_path / "train.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == pa.concat_tables([t1, t2]).to_pylist() and seen == [2, 1]
+
+
+def _reference_pairs(seqs, chosen_min, rejected_max, preference_cut, encoder_max_length, max_pairs_per_user):
+    """偏好对规则的逐用户、逐个 rejected 事件的直接写法（向量化实现的参照）。"""
+    out = {n: [] for n in schema.PREFERENCE_SPLITS}
+    lens = seqs.lengths()
+    for u in range(seqs.num_users):
+        n = int(lens[u])
+        m = n - 2 if n >= 3 else n
+        base = int(seqs.offsets[u])
+        rat = seqs.ratings[base:base + m]
+        cut = int(np.floor(preference_cut * m))
+        for split, lo, hi in (("preference_train", 0, cut), ("preference_test", cut, m)):
+            pos = np.flatnonzero(rat[lo:hi] >= chosen_min) + lo
+            taken = 0
+            for j in (np.flatnonzero(rat[lo:hi] <= rejected_max) + lo).tolist():
+                cand = pos[seqs.items[base + pos] != seqs.items[base + j]]
+                if len(cand) == 0:
+                    continue
+                i = int(cand[np.argmin(np.abs(cand - j) * 2 + (cand > j))])
+                h_end = min(i, j) if split == "preference_train" else cut
+                if h_end <= 0:
+                    continue
+                out[split].append((u, base + max(0, h_end - encoder_max_length), base + h_end,
+                                   int(seqs.items[base + i]), int(seqs.items[base + j]), float(rat[i] - rat[j]) / 4.0))
+                taken += 1
+                if taken >= max_pairs_per_user:
+                    break
+    return out
+
+
+@pytest.mark.parametrize("cap,enc", [(20, 50), (2, 3)])
+def test_preference_pairs_equal_reference_rule(cap, enc):
+    rng = np.random.default_rng(4)
+    rows = []
+    for u in range(60):
+        n = int(rng.integers(2, 30))
+        items = rng.integers(0, 8, n)  # 物品很少：同一用户会反复消费同一物品，触发“最近的 chosen 是同一物品”
+        for t_, (it, r) in enumerate(zip(items, rng.integers(1, 6, n))):
+            rows.append((f"u{u}", str(int(it)), t_, float(r)))
+    seqs = normalise(_inter(rows, rating=True))
+    got = build_preference_pairs(seqs, 4.0, 2.0, 0.7, enc, cap)
+    want = _reference_pairs(seqs, 4.0, 2.0, 0.7, enc, cap)
+    for split in schema.PREFERENCE_SPLITS:
+        pb = got[split]
+        rows_got = list(zip(pb.user.tolist(), pb.hist_start.tolist(), pb.hist_end.tolist(), pb.chosen.tolist(),
+                            pb.rejected.tolist(), pb.score.tolist()))
+        assert rows_got == want[split] and len(want[split]) > 0, split

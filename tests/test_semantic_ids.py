@@ -24,6 +24,26 @@ def test_ppmi_uses_only_given_sequences():
     assert m[0, 1] > 0 and m[3].abs().sum() == 0 and m.diagonal().abs().sum() == 0
 
 
+def test_ppmi_equals_dense_formula():
+    rng = np.random.default_rng(1)
+    seqs = [rng.choice(12, rng.integers(2, 9)) for _ in range(40)]  # 含重复物品（自共现要丢掉）
+    n, window, alpha = 12, 3, 0.75
+    w = np.zeros((n, n))
+    for s in seqs:
+        for i in range(len(s)):
+            for j in range(i + 1, min(len(s), i + window + 1)):
+                if s[i] != s[j]:
+                    w[s[i], s[j]] += 1.0 / (j - i)
+                    w[s[j], s[i]] += 1.0 / (j - i)
+    total, row = w.sum(), w.sum(1)
+    ctx = row**alpha / (row**alpha).sum()
+    with np.errstate(divide="ignore"):
+        pmi = np.log(w / total) - np.log(row[:, None] / total) - np.log(ctx[None, :])
+    want = np.where((w > 0) & (pmi > 0), pmi, 0.0)
+    got = cooccurrence_ppmi(seqs, n, window=window, alpha=alpha).to_dense().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_collaborative_embeddings_cluster_and_cold_items():
     rng = np.random.default_rng(0)
     # 两组物品 0..9 与 10..19，用户只在组内交互；物品 20 从未出现（冷启动）

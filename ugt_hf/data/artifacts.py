@@ -332,49 +332,67 @@ def build_preference_pairs(
         raise ValueError(f"preference_cut must be in (0, 1), got {preference_cut}")
     if rejected_max >= chosen_min:
         raise ValueError(f"rejected threshold ({rejected_max}) must be below chosen threshold ({chosen_min})")
-    keys = ("u", "hs", "he", "c", "r", "sc")
-    out: Dict[str, Dict[str, list]] = {n: {k: [] for k in keys} for n in schema.PREFERENCE_SPLITS}
     lens = seqs.lengths()
-    for u in range(seqs.num_users):
-        n = int(lens[u])
-        m = n - 2 if n >= 3 else n
-        base = int(seqs.offsets[u])
-        rat = seqs.ratings[base:base + m]
-        cut = int(np.floor(preference_cut * m))
-        for split, lo, hi in (("preference_train", 0, cut), ("preference_test", cut, m)):
-            pos = np.flatnonzero(rat[lo:hi] >= chosen_min) + lo
-            neg = np.flatnonzero(rat[lo:hi] <= rejected_max) + lo
-            if len(pos) == 0 or len(neg) == 0:
-                continue
-            taken = 0
-            for j in neg.tolist():
-                # 时间上最近的、物品不同的 chosen 事件（距离相同取较早者）；同一物品不能既被选又被拒
-                cand = pos[seqs.items[base + pos] != seqs.items[base + j]]
-                if len(cand) == 0:
-                    continue
-                i = int(cand[np.argmin(np.abs(cand - j) * 2 + (cand > j))])
-                if split == "preference_train":
-                    h_end = min(i, j)
-                else:
-                    h_end = cut
-                if h_end <= 0:
-                    continue
-                d = out[split]
-                d["u"].append(u)
-                d["hs"].append(base + max(0, h_end - encoder_max_length))
-                d["he"].append(base + h_end)
-                d["c"].append(int(seqs.items[base + i]))
-                d["r"].append(int(seqs.items[base + j]))
-                d["sc"].append(float(rat[i] - rat[j]) / 4.0)
-                taken += 1
-                if taken >= max_pairs_per_user:
-                    break
+    m = np.where(lens >= 3, lens - 2, lens)  # 训练前缀长度
+    cut = np.floor(preference_cut * m).astype(np.int64)
+    # 训练前缀里的每个事件：用户、用户内位置 t、所属划分（t >= cut 属于 preference_test）
+    ev_user = np.repeat(np.arange(seqs.num_users), m)
+    t = _positions(m)
+    ev = seqs.offsets[ev_user] + t  # 全局事件下标
+    split = (t >= cut[ev_user]).astype(np.int64)
+    rating = seqs.ratings[ev]
+    # 组 = (用户, 划分)；组键 * stride + t 全局递增（事件本来按用户、时间排好）
+    stride = int(m.max()) + 1 if len(m) else 1
+    key = (ev_user * 2 + split) * stride + t
+    is_pos, is_neg = rating >= chosen_min, rating <= rejected_max
+    pos_key, pos_ev = key[is_pos], ev[is_pos]
+    neg = np.flatnonzero(is_neg)
+    # 每个 rejected 事件 j：同组里时间上最近的 chosen 事件（距离相同取较早者：更早的代价 2d，更晚的 2d+1）
+    right = np.searchsorted(pos_key, key[neg])
+    group = key[neg] // stride
+    big = np.iinfo(np.int64).max
+    left_cost, right_cost = np.full(len(neg), big), np.full(len(neg), big)
+    ok_l = (right > 0) & (pos_key[np.maximum(right - 1, 0)] // stride == group) if len(pos_key) else right < 0
+    ok_r = (right < len(pos_key)) & (pos_key[np.minimum(right, len(pos_key) - 1)] // stride == group) \
+        if len(pos_key) else right < 0
+    left_cost[ok_l] = (key[neg][ok_l] - pos_key[right[ok_l] - 1]) * 2
+    right_cost[ok_r] = (pos_key[right[ok_r]] - key[neg][ok_r]) * 2 + 1
+    chosen_pos = np.where(left_cost <= right_cost, right - 1, right)  # pos_key 里的下标
+    has = ok_l | ok_r
+    chosen_ev = np.full(len(neg), -1)
+    chosen_ev[has] = pos_ev[chosen_pos[has]]
+    # 最近的 chosen 与 rejected 是同一物品（同一物品不能既被选又被拒）：在同组里另找，少见，逐个处理
+    same = has & (seqs.items[np.maximum(chosen_ev, 0)] == seqs.items[ev[neg]])
+    for q in np.flatnonzero(same).tolist():
+        lo, hi = np.searchsorted(pos_key, [group[q] * stride, (group[q] + 1) * stride])
+        cand = np.arange(lo, hi)
+        cand = cand[seqs.items[pos_ev[cand]] != seqs.items[ev[neg[q]]]]
+        if len(cand) == 0:
+            chosen_ev[q] = -1
+            continue
+        d = key[neg[q]] - pos_key[cand]
+        chosen_ev[q] = pos_ev[cand[np.argmin(np.abs(d) * 2 + (d < 0))]]
+    j_t, j_user, j_split = t[neg], ev_user[neg], split[neg]
+    i_t = chosen_ev - seqs.offsets[j_user]
+    h_end = np.where(j_split == 0, np.minimum(i_t, j_t), cut[j_user])
+    valid = (chosen_ev >= 0) & (h_end > 0)
+    # 每个 (用户, 划分) 最多 max_pairs_per_user 对：按 rejected 的时间顺序取前几个有效的
+    vq = np.flatnonzero(valid)
+    g = group[vq]
+    first = np.r_[True, g[1:] != g[:-1]] if len(g) else np.zeros(0, bool)
+    rank = np.arange(len(g)) - np.maximum.accumulate(np.where(first, np.arange(len(g)), 0))
+    vq = vq[rank < max_pairs_per_user]
     res = {}
-    for split, d in out.items():
-        res[split] = PreferenceBlock(
-            user=np.asarray(d["u"], np.int64), hist_start=np.asarray(d["hs"], np.int64),
-            hist_end=np.asarray(d["he"], np.int64), chosen=np.asarray(d["c"], np.int64),
-            rejected=np.asarray(d["r"], np.int64), score=np.asarray(d["sc"], np.float64),
+    for sid, name in enumerate(schema.PREFERENCE_SPLITS):  # ("preference_train", "preference_test")
+        q = vq[j_split[vq] == sid]
+        base, he = seqs.offsets[j_user[q]], h_end[q]
+        c_ev, r_ev = chosen_ev[q], ev[neg[q]]
+        res[name] = PreferenceBlock(
+            user=j_user[q].astype(np.int64),
+            hist_start=(base + np.maximum(0, he - encoder_max_length)).astype(np.int64),
+            hist_end=(base + he).astype(np.int64), chosen=seqs.items[c_ev].astype(np.int64),
+            rejected=seqs.items[r_ev].astype(np.int64),
+            score=(seqs.ratings[c_ev] - seqs.ratings[r_ev]).astype(np.float64) / 4.0,
         )
     return res
 

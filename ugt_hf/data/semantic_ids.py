@@ -44,27 +44,23 @@ def cooccurrence_ppmi(
     sequences: 每个用户的物品下标数组（只应包含训练前缀）。
     共现权重 1/d（d = 序列内距离，1 <= d <= window）。
     """
-    rows, cols, vals = [], [], []
     flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else np.zeros(0, np.int64)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
     pos = np.arange(len(flat)) - np.repeat(starts, lengths)
-    for d in range(1, window + 1):
-        # 同一序列内距离为 d 的位置对，向量化
-        ok = pos + d < np.repeat(lengths, lengths)
-        a = np.flatnonzero(ok)
-        rows.append(flat[a])
-        cols.append(flat[a + d])
-        vals.append(np.full(len(a), 1.0 / d, dtype=np.float64))
-    r = np.concatenate(rows + cols)
-    c = np.concatenate(cols + rows)
-    v = np.concatenate(vals + vals)
-    keep = r != c  # 自共现（重复消费）不提供物品间关系
-    r, c, v = r[keep], c[keep], v[keep]
-    key = r * num_items + c
-    uniq, inv = np.unique(key, return_inverse=True)
-    w = np.bincount(inv, weights=v)
-    r, c = uniq // num_items, uniq % num_items
+    seq_len = np.repeat(lengths, lengths)
+    # 按 (行, 列) 键累加权重，一次只展开一个距离、一个方向的位置对：内存随非零元而不是随位置对总数增长。
+    # 先各距离的正向对、再各距离的反向对，每个键的求和顺序与一次性展开全部位置对再 bincount 相同（结果逐位相同）。
+    keys, w = np.zeros(0, np.int64), np.zeros(0, np.float64)
+    for reverse in (False, True):
+        for d in range(1, window + 1):
+            a = np.flatnonzero(pos + d < seq_len)  # 同一序列内距离为 d 的位置对
+            r, c = (flat[a + d], flat[a]) if reverse else (flat[a], flat[a + d])
+            keep = r != c  # 自共现（重复消费）不提供物品间关系
+            new = r[keep] * num_items + c[keep]
+            keys, inv = np.unique(np.concatenate([keys, new]), return_inverse=True)
+            w = np.bincount(inv, weights=np.concatenate([w, np.full(len(new), 1.0 / d)]), minlength=len(keys))
+    r, c = keys // num_items, keys % num_items
     total = w.sum()
     if total == 0:
         return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (num_items, num_items))
