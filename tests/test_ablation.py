@@ -1,18 +1,14 @@
 """benchmarks/ablation.py：变体确实改了该改的那一处、只换打分的变体复用模型、结果 JSON 完整。"""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _benchmarks import load_benchmark
 
 from ugt_hf.data.prepare import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
-ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+ablation = load_benchmark("ablation")
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 """benchmarks/bench_eval.py：在极小的数据与模型上跑通，JSON 里每个线程数 × 协议一行，指标与直接评估一致。"""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from _benchmarks import load_benchmark
 from _tiny_artifacts import tiny_data_dir
 
 from ugt_hf.configuration_ugt import UGTConfig
@@ -13,10 +12,7 @@ from ugt_hf.data.datadir import DataDir
 from ugt_hf.evaluation import evaluate_ranking
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_eval", ROOT / "benchmarks" / "bench_eval.py")
-bench_eval = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_eval)
+bench_eval = load_benchmark("bench_eval")
 
 
 def test_bench_eval_writes_one_row_per_thread_count_and_protocol(tmp_path):

@@ -1,21 +1,18 @@
 """benchmarks/bench_kmeans.py：量化误差的手算值；与 git 提交里的实现对比（对比 HEAD 自己：码必须逐项相同）。"""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_kmeans", ROOT / "benchmarks" / "bench_kmeans.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_kmeans")
 
 
 def test_quantisation_error_hand_computed():

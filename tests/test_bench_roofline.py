@@ -1,19 +1,13 @@
 """benchmarks/bench_roofline.py --quick：很小的配置上跑完峰值、FLOP 计数、计时与剖析，JSON 的数值自洽。"""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _benchmarks import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_roofline", ROOT / "benchmarks" / "bench_roofline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_roofline")
 
 
 @pytest.fixture(scope="module")

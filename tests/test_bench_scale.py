@@ -1,24 +1,20 @@
 """benchmarks/bench_scale.py：极小规模上跑通生成 → prepare → 流式训练 → 评估，JSON 与 PNG；RSS 采样的时间窗、
 阶段时间窗与增长指数的拟合。"""
 
-import importlib.util
 import json
 import math
 import time
 from pathlib import Path
 
 import pytest
+from _benchmarks import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--quick", "--train-steps", "2", "--warmup", "1", "--batch", "16", "--eval-users", "20", "--num-beams", "5",
         "--shards", "2", "--codebook-sizes", "16,16,32"]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "benchmarks" / "bench_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_scale")
 
 
 def _check_row(row):

@@ -1,7 +1,6 @@
 """benchmarks/gpu_check.sh / gpu_check.py：CPU 上的 --dry-run 走完整编排并写出约定形状的 JSON；没有 GPU 时的 GPU
 模式快速失败并说明原因；junit 解析与 deepspeed 可选依赖的读取。"""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -19,10 +19,7 @@ TOP_KEYS = {"schema", "mode", "git_commit", "started_at", "budget_s", "environme
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def _shell(*args, timeout=240):

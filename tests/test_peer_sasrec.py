@@ -1,24 +1,20 @@
 """benchmarks/peer_sasrec.py：记录 -> 序列的还原、历史屏蔽与 evaluation 一致、能学会植入的确定性后继结构。"""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from _benchmarks import load_benchmark
 
 from tests._tiny_artifacts import hand_made_data_dir
 from ugt_hf.data.datadir import DataDir
 from ugt_hf.data.prepare import prepare
 from ugt_hf.evaluation import popularity_baseline
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("peer_sasrec", ROOT / "benchmarks" / "peer_sasrec.py")
-peer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(peer)
+peer = load_benchmark("peer_sasrec")
 
 NUM_ITEMS = 50
 

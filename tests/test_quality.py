@@ -1,13 +1,10 @@
 """benchmarks/quality.py 的纯函数：验证曲线与阶段 3 的 DPO 曲线从 stage_summary.json 读出。"""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-quality = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(quality)
+from _benchmarks import load_benchmark
+
+quality = load_benchmark("quality")
 
 
 def test_dpo_curve_keeps_rewards_losses_and_level_movement(tmp_path):

@@ -1,15 +1,11 @@
 """benchmarks/stage3_sweep.py：变体名与 --set 覆盖的解析、每个变体后写出的 JSON（训练与评估换成替身）。"""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from _benchmarks import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("stage3_sweep", ROOT / "benchmarks" / "stage3_sweep.py")
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+sweep = load_benchmark("stage3_sweep")
 
 
 def test_unknown_variant_is_a_usage_error(capsys):

@@ -59,6 +59,11 @@ class Sequences:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def train_lengths(self) -> np.ndarray:
+        """每个用户训练前缀的长度 [U]：>= 3 个事件时去掉最后两个（验证与测试目标），否则整条序列。"""
+        lens = self.lengths()
+        return np.where(lens >= 3, lens - 2, lens)
+
     @property
     def num_users(self) -> int:
         return len(self.user_ids)
@@ -146,11 +151,8 @@ def normalise(inter: Interactions, min_events: int = 2) -> Sequences:
 
 def training_prefixes(seqs: Sequences) -> List[np.ndarray]:
     """每个用户的训练前缀（>= 3 个事件：去掉最后两个；否则整条序列）。只给语义 ID 嵌入用，避免泄漏。"""
-    out = []
-    for u in range(seqs.num_users):
-        s = seqs.seq(u)
-        out.append(s[:-2] if len(s) >= 3 else s)
-    return out
+    m = seqs.train_lengths()
+    return [seqs.items[seqs.offsets[u]:seqs.offsets[u] + m[u]] for u in range(seqs.num_users)]
 
 
 # ---------------------------------------------------------------- 样本（列式构造）
@@ -243,8 +245,7 @@ def train_sample_counts(seqs: Sequences, decoder_max_length: int, stride: int = 
     """每个用户的训练样本数 [U]：训练前缀长 m 的用户在切点 s = 1, 1+stride, ... < m 各有一条（m < 2 时没有）。"""
     if not 1 <= stride <= decoder_max_length:
         raise ValueError(f"stride must be in [1, decoder_max_length={decoder_max_length}] so every item is a label")
-    lens = seqs.lengths()
-    m = np.where(lens >= 3, lens - 2, lens)  # 训练前缀长度
+    m = seqs.train_lengths()
     return np.where(m >= 2, (m - 2) // stride + 1, 0)
 
 
@@ -280,7 +281,7 @@ def build_recommend_blocks(
     lens = seqs.lengths()
     off = seqs.offsets[:-1]
     has_eval = lens >= 3
-    m = np.where(has_eval, lens - 2, lens)  # 训练前缀长度
+    m = seqs.train_lengths()
     users_ = np.repeat(np.arange(u0, u1), n_samples[u0:u1])
     k = _positions(n_samples[u0:u1])
     s = 1 + k * stride
@@ -332,8 +333,7 @@ def build_preference_pairs(
         raise ValueError(f"preference_cut must be in (0, 1), got {preference_cut}")
     if rejected_max >= chosen_min:
         raise ValueError(f"rejected threshold ({rejected_max}) must be below chosen threshold ({chosen_min})")
-    lens = seqs.lengths()
-    m = np.where(lens >= 3, lens - 2, lens)  # 训练前缀长度
+    m = seqs.train_lengths()
     cut = np.floor(preference_cut * m).astype(np.int64)
     # 训练前缀里的每个事件：用户、用户内位置 t、所属划分（t >= cut 属于 preference_test）
     ev_user = np.repeat(np.arange(seqs.num_users), m)
@@ -347,20 +347,18 @@ def build_preference_pairs(
     is_pos, is_neg = rating >= chosen_min, rating <= rejected_max
     pos_key, pos_ev = key[is_pos], ev[is_pos]
     neg = np.flatnonzero(is_neg)
-    # 每个 rejected 事件 j：同组里时间上最近的 chosen 事件（距离相同取较早者：更早的代价 2d，更晚的 2d+1）
-    right = np.searchsorted(pos_key, key[neg])
-    group = key[neg] // stride
-    big = np.iinfo(np.int64).max
-    left_cost, right_cost = np.full(len(neg), big), np.full(len(neg), big)
-    ok_l = (right > 0) & (pos_key[np.maximum(right - 1, 0)] // stride == group) if len(pos_key) else right < 0
-    ok_r = (right < len(pos_key)) & (pos_key[np.minimum(right, len(pos_key) - 1)] // stride == group) \
-        if len(pos_key) else right < 0
-    left_cost[ok_l] = (key[neg][ok_l] - pos_key[right[ok_l] - 1]) * 2
-    right_cost[ok_r] = (pos_key[right[ok_r]] - key[neg][ok_r]) * 2 + 1
-    chosen_pos = np.where(left_cost <= right_cost, right - 1, right)  # pos_key 里的下标
+    # 每个 rejected 事件 j：同组里时间上最近的 chosen 事件（距离相同取较早者：更早的代价 2d，更晚的 2d+1）。
+    # 前后各加一个哨兵（键 -1 与 big 不属于任何组），左右邻居不必判断越界；big 取 int64 最大值的 1/4，代价不溢出
+    big = np.iinfo(np.int64).max // 4
+    pk, pe = np.r_[-1, pos_key, big], np.r_[-1, pos_ev, -1]
+    kj = key[neg]
+    group = kj // stride
+    right = np.searchsorted(pos_key, kj) + 1  # pk 里第一个晚于 j 的 chosen
+    ok_l, ok_r = pk[right - 1] // stride == group, pk[right] // stride == group
+    left_cost = np.where(ok_l, (kj - pk[right - 1]) * 2, big)
+    right_cost = np.where(ok_r, (pk[right] - kj) * 2 + 1, big)
     has = ok_l | ok_r
-    chosen_ev = np.full(len(neg), -1)
-    chosen_ev[has] = pos_ev[chosen_pos[has]]
+    chosen_ev = np.where(has, pe[np.where(left_cost <= right_cost, right - 1, right)], -1)
     # 最近的 chosen 与 rejected 是同一物品（同一物品不能既被选又被拒）：在同组里另找，少见，逐个处理
     same = has & (seqs.items[np.maximum(chosen_ev, 0)] == seqs.items[ev[neg]])
     for q in np.flatnonzero(same).tolist():
@@ -539,11 +537,6 @@ class SplitWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def write_table(table: pa.Table, folder: str, name: str, progress: Optional[Callable[[int], None]] = None) -> None:
-    with SplitWriter(folder, name, progress) as w:
-        w.write(table)
 
 
 def items_table(seqs: Sequences, codes: np.ndarray, titles: Dict[str, str]) -> pa.Table:

@@ -276,7 +276,7 @@ def resolve_collisions(
     cell = l1.astype(np.int64) * (int(l2.max()) + 1) + l2.astype(np.int64)
     _, near = nearest_centroids(residual, centroids)
     l3 = near.numpy().copy()
-    order = np.lexsort((np.arange(n), cell))  # 按单元分组
+    order = np.argsort(cell, kind="stable")  # 按单元分组，单元内保持物品下标顺序
     sorted_cell = cell[order]
     bounds = np.flatnonzero(np.diff(sorted_cell)) + 1
     starts, ends = np.r_[0, bounds], np.r_[bounds, n]
