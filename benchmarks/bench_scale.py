@@ -251,10 +251,13 @@ def summarise(results: List[Dict[str, Any]]) -> Dict[str, Optional[float]]:
     series = {
         "prepare_wall_s": [r["prepare"]["wall_s"] for r in results],
         "prepare_peak_rss_mib": [r["prepare"]["peak_rss_mib"] for r in results],
-        "train_peak_rss_mib": [r["train"]["peak_rss_mib"] for r in results],
-        "train_samples_per_s": [r["train"]["samples_per_s"] for r in results],
-        "eval_users_per_s": [r["evaluate"]["users_per_s"] for r in results],
     }
+    if all("train" in r for r in results):  # --prepare-only 时没有训练与评估
+        series.update({
+            "train_peak_rss_mib": [r["train"]["peak_rss_mib"] for r in results],
+            "train_samples_per_s": [r["train"]["samples_per_s"] for r in results],
+            "eval_users_per_s": [r["evaluate"]["users_per_s"] for r in results],
+        })
     for phase in results[0]["prepare"]["phases"]:
         series[f"prepare_{phase}_s"] = [r["prepare"]["phases"].get(phase, {}).get("seconds") for r in results]
     return {k: growth_exponent(sizes, v) for k, v in series.items()}
@@ -276,7 +279,8 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
     ax1.set(xscale="log", yscale="log", xlabel="interactions", ylabel="seconds", title="preparation time")
     ax1.legend(fontsize=7)
     for key, label in (("prepare", "prepare"), ("train", "train (streaming)"), ("evaluate", "evaluate")):
-        ax2.plot(sizes, [r[key]["peak_rss_mib"] for r in results], "o-", label=label)
+        if all(key in r for r in results):
+            ax2.plot(sizes, [r[key]["peak_rss_mib"] for r in results], "o-", label=label)
     ax2.set(xscale="log", yscale="log", xlabel="interactions", ylabel="peak RSS (MiB)", title="peak memory")
     ax2.legend(fontsize=7)
     fig.tight_layout()
@@ -289,9 +293,11 @@ def print_table(results: List[Dict[str, Any]], exponents: Dict[str, Optional[flo
     print(f"\n{'interactions':>13}{'items':>9}{'prepare s':>11}{'prep RSS':>10}{'train/s':>10}{'train RSS':>11}"
           f"{'eval users/s':>14}")
     for r in results:
-        g, p, t, e = r["generate"], r["prepare"], r["train"], r["evaluate"]
-        print(f"{g['interactions']:>13,}{g['items']:>9,}{p['wall_s']:>11.1f}{p['peak_rss_mib']:>10.0f}"
-              f"{t['samples_per_s'] or 0:>10.1f}{t['peak_rss_mib']:>11.0f}{e['users_per_s'] or 0:>14.1f}")
+        g, p = r["generate"], r["prepare"]
+        t, e = r.get("train", {}), r.get("evaluate", {})  # --prepare-only：训练与评估列留空
+        train = f"{t['samples_per_s'] or 0:>10.1f}{t['peak_rss_mib']:>11.0f}" if t else f"{'-':>10}{'-':>11}"
+        ev = f"{e['users_per_s'] or 0:>14.1f}" if e else f"{'-':>14}"
+        print(f"{g['interactions']:>13,}{g['items']:>9,}{p['wall_s']:>11.1f}{p['peak_rss_mib']:>10.0f}{train}{ev}")
     print("\nprepare phases (seconds / peak RSS MiB):")
     for r in results:
         parts = ", ".join(f"{k} {v['seconds']:.2f}s/{v['peak_rss_mib'] or 0:.0f}"
@@ -317,6 +323,8 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads in each phase")
     p.add_argument("--quick", action="store_true", help="tiny model (for tests)")
     p.add_argument("--in-process", action="store_true", help="run phases in this process (tests; RSS not per phase)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only generate and prepare (no training or evaluation), e.g. for the largest size")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per phase subprocess")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="folder for logs and prepared data (default: a new temp folder)")
@@ -343,7 +351,7 @@ def main(argv=None) -> int:
                 "train_steps": a.train_steps, "warmup": a.warmup, "batch": a.batch, "eval_users": a.eval_users,
                 "num_beams": a.num_beams, "threads": a.threads, "quick": a.quick}
         row = {"size": n}
-        for phase in PHASES:
+        for phase in PHASES[:2] if a.prepare_only else PHASES:
             row[phase] = launch(phase, spec, a.in_process, a.timeout)
             print(f"[bench_scale] n={n:,} {phase}: {row[phase]['process_wall_s']:.1f}s, "
                   f"peak RSS {row[phase]['peak_rss_mib']:.0f} MiB", flush=True)

@@ -16,6 +16,7 @@ from ugt_hf.data.artifacts import (
     build_preference_pairs,
     build_recommend_blocks,
     dataset_card_configs,
+    factorize,
     normalise,
     recommend_table,
     train_sample_counts,
@@ -352,3 +353,17 @@ def test_preference_pairs_equal_reference_rule(cap, enc):
         rows_got = list(zip(pb.user.tolist(), pb.hist_start.tolist(), pb.hist_end.tolist(), pb.chosen.tolist(),
                             pb.rejected.tolist(), pb.score.tolist()))
         assert rows_got == want[split] and len(want[split]) > 0, split
+
+
+@pytest.mark.parametrize("values", [
+    ["b", "a", "中", "a", "", "B", "a\x01"],
+    [3, "3", 10, "x", None, 2.5],
+    [12, 7, 12, 100000000000000000000],
+])
+def test_factorize_equals_numpy_unique(values):
+    """Arrow 去重 + 只排序不同值：与对全部字符串 np.unique 的结果（值、顺序、下标）相同，混合类型按 str() 比较。"""
+    arr = np.array(values, dtype=object)
+    uniq, idx = factorize(arr)
+    want_u, want_i = np.unique(arr.astype(str), return_inverse=True)
+    assert uniq.tolist() == want_u.tolist() and idx.tolist() == want_i.reshape(-1).tolist()
+    assert idx.dtype == np.int64

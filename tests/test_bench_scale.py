@@ -42,6 +42,15 @@ def test_tiny_run_in_process(tmp_path):
     assert Path(report["plot"]).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_prepare_only_skips_training_and_evaluation(tmp_path):
+    out = tmp_path / "scale.json"
+    assert _module().main(["--sizes", "1500", *TINY, "--in-process", "--prepare-only", "--work", str(tmp_path / "w"),
+                           "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["results"][0]
+    assert set(row) == {"size", "generate", "prepare"} and row["prepare"]["splits"]["train"] > 0
+    assert not (tmp_path / "w" / "n1500" / "run").exists()
+
+
 @pytest.mark.slow
 def test_two_sizes_in_subprocesses(tmp_path):
     out = tmp_path / "scale.json"

@@ -65,7 +65,7 @@ def test_randomized_svd_matches_svd_lowrank_and_exact():
     torch.manual_seed(5)
     u, s = randomized_svd(m, q=6, niter=6)
     torch.manual_seed(5)
-    u_ref, s_ref, _ = torch.svd_lowrank(m, q=6, niter=6)  # 同一算法与随机投影，只是 COO 乘法
+    u_ref, s_ref, _ = torch.svd_lowrank(m.to_sparse_coo(), q=6, niter=6)  # 同一算法与随机投影，只是 COO 乘法
     assert torch.allclose(s, s_ref, rtol=1e-5) and torch.allclose((u * u_ref).sum(0).abs(), torch.ones(6), atol=1e-4)
     exact = torch.linalg.svdvals(m.to_dense())[:3]  # 前几个奇异值与精确 SVD 一致
     assert torch.allclose(s[:3], exact, rtol=1e-3)
@@ -133,6 +133,10 @@ def test_nearest_centroids_equals_dense_argmin():
     ref = ((x[:, None, :] - c[None]) ** 2).sum(-1)  # [N, K]
     assert torch.equal(idx, ref.argmin(1)) and idx.dtype == torch.long
     assert torch.allclose(dist, ref.min(1).values, atol=1e-4)
+    # 线程数只切分查询点：结果逐位相同（prepare 用全部核搜索，torch 仍是 1 线程）
+    for threads in (1, 2):
+        d_t, i_t = nearest_centroids(x, c, threads=threads)
+        assert torch.equal(d_t, dist) and torch.equal(i_t, idx)
 
 
 def test_kmeans_subsamples_large_inputs_and_assigns_all():
@@ -171,3 +175,21 @@ def test_l1_cooccurrence_ratio_exact():
     r = l1_cooccurrence_ratio([np.array([0, 1]), np.array([2, 3])], l1)
     assert r["same_l1_rate"] == pytest.approx(1.0) and r["random_rate"] == pytest.approx(2 / 6)
     assert r["ratio"] == pytest.approx(3.0)
+
+
+def test_l1_cooccurrence_ratio_equals_per_user_loop():
+    """整体去重的实现与逐用户的定义逐位相同（重复消费、空序列、只有一个物品的序列）。"""
+    rng = np.random.default_rng(3)
+    l1 = rng.integers(0, 7, size=40)
+    seqs = [rng.integers(0, 40, size=int(n)) for n in rng.integers(0, 30, size=60)] + [np.zeros(0, np.int64),
+                                                                                         np.array([5, 5, 5])]
+    same = rand = 0.0
+    for s in seqs:
+        u = np.unique(s)
+        rand += len(u) * (len(u) - 1) / 2
+        cnt = np.bincount(l1[u], minlength=7)
+        same += float((cnt * (cnt - 1) / 2).sum())
+    m = np.bincount(l1, minlength=7)
+    same_rate, rand_rate = same / float((m * (m - 1) / 2).sum()), rand / (40 * 39 / 2)
+    r = l1_cooccurrence_ratio(seqs, l1)
+    assert r == {"ratio": same_rate / rand_rate, "same_l1_rate": same_rate, "random_rate": rand_rate}

@@ -200,6 +200,7 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
         SAMPLE_CHUNK_ROWS,
         AtomicDir,
         SplitWriter,
+        available_cores,
         build_preference_pairs,
         build_recommend_blocks,
         items_table,
@@ -252,6 +253,9 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
     # 2) 规范化：排序、去重、过滤
     t = time.perf_counter()
     seqs = normalise(inter, min_events=opts.min_user_events)
+    # 只留下后面还要用的小字段：原始交互的字符串列（每条两个 Python 字符串）在 2000 万条时占数 GB
+    titles, read_stats, read_warnings = inter.titles, inter.stats, inter.warnings
+    del inter
     for k, v in seqs.stats.items():
         if k != "raw_interactions" and v:
             log(f"[prepare] warning: {k} = {v}")
@@ -263,7 +267,7 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
     notes: List[str] = []
     emb = None
     if opts.embedding == "text":
-        texts = [inter.titles.get(i, i) for i in seqs.item_ids]
+        texts = [titles.get(i, i) for i in seqs.item_ids]
         emb, note = text_embeddings(texts, opts.text_model)
         notes.append(note)
         log(f"[prepare] note: {note}")
@@ -275,7 +279,9 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
     timings["embedding_s"] = time.perf_counter() - t
     t = time.perf_counter()
     try:
-        sid = rq_kmeans(emb, opts.codebook_sizes, seed=opts.seed, balanced=opts.balanced, n_iter=opts.kmeans_iters)
+        # faiss 的最近质心搜索用上全部核（大目录时占 k-means 的六成；结果与线程数无关），其余 torch 运算仍是 1 线程
+        sid = rq_kmeans(emb, opts.codebook_sizes, seed=opts.seed, balanced=opts.balanced, n_iter=opts.kmeans_iters,
+                        threads=available_cores())
     except ValueError as e:  # 码本装不下目录（消息里写了该调哪个 --codebook_sizes 值）：选项错误，不是程序缺陷
         raise ConfigError(str(e), field="codebook_sizes") from None
     timings["rq_kmeans_s"] = time.perf_counter() - t
@@ -300,7 +306,7 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
     splits.update({name: (len(prefs[name]) if prefs else 0) for name in schema.PREFERENCE_SPLITS})
     total_rows = sum(splits.values())
     with AtomicDir(out, replace=True) as tmp:
-        items_tbl = items_table(seqs, codes, inter.titles)
+        items_tbl = items_table(seqs, codes, titles)
         pq.write_table(items_tbl, os.path.join(tmp, schema.ITEMS_FILE))
         bar = tqdm(total=total_rows, desc="write records", unit="rec", disable=not progress, leave=False)
         with contextlib.ExitStack() as stack:
@@ -356,8 +362,8 @@ def prepare(out: str, options: Optional[PrepareOptions] = None, force: bool = Fa
             "decoder_max_length": opts.decoder_max_length,
             "stride": opts.stride,
             "splits": splits,
-            "filtering": {**seqs.stats, **inter.stats},
-            "warnings": inter.warnings,
+            "filtering": {**seqs.stats, **read_stats},
+            "warnings": read_warnings,
             "protocol": PROTOCOL,
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }

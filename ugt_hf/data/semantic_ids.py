@@ -39,53 +39,74 @@ from .schema import DEFAULT_CODEBOOK_SIZES  # 规格默认；定义在 schema：
 def cooccurrence_ppmi(
     sequences: Sequence[np.ndarray], num_items: int, window: int = 5, alpha: float = 0.75
 ) -> torch.Tensor:
-    """训练序列 -> 稀疏 PPMI 矩阵（torch.sparse_coo，[N, N]，对称）。
+    """训练序列 -> 稀疏 PPMI 矩阵（torch.sparse_csr，[N, N]，非零元的位置对称；行内列号有序）。
 
     sequences: 每个用户的物品下标数组（只应包含训练前缀）。
     共现权重 1/d（d = 序列内距离，1 <= d <= window）。
     """
+    import scipy.sparse as sp
+
     flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else np.zeros(0, np.int64)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
     pos = np.arange(len(flat)) - np.repeat(starts, lengths)
     seq_len = np.repeat(lengths, lengths)
-    # 按 (行, 列) 键累加权重，一次只展开一个距离、一个方向的位置对：内存随非零元而不是随位置对总数增长。
-    # 先各距离的正向对、再各距离的反向对，每个键的求和顺序与一次性展开全部位置对再 bincount 相同（结果逐位相同）。
-    keys, w = np.zeros(0, np.int64), np.zeros(0, np.float64)
-    for reverse in (False, True):
-        for d in range(1, window + 1):
-            a = np.flatnonzero(pos + d < seq_len)  # 同一序列内距离为 d 的位置对
-            r, c = (flat[a + d], flat[a]) if reverse else (flat[a], flat[a + d])
-            keep = r != c  # 自共现（重复消费）不提供物品间关系
-            new = r[keep] * num_items + c[keep]
-            keys, inv = np.unique(np.concatenate([keys, new]), return_inverse=True)
-            w = np.bincount(inv, weights=np.concatenate([w, np.full(len(new), 1.0 / d)]), minlength=len(keys))
-    r, c = keys // num_items, keys % num_items
+    # 权重按整数累加：1/d 记成 L/d（L = lcm(1..window)），求和精确、与顺序无关，最后再除以 L。
+    # 一次只展开一个距离的正向位置对（scipy 的 COO -> CSR 合并重复键），反向对就是转置：
+    # 内存随非零元而不是随位置对总数增长，也不必反复排序整个键数组。
+    scale = math.lcm(*range(1, window + 1))
+    fwd = sp.csr_matrix((num_items, num_items), dtype=np.int64)
+    for d in range(1, window + 1):
+        a = np.flatnonzero(pos + d < seq_len)  # 同一序列内距离为 d 的位置对
+        r, c = flat[a], flat[a + d]
+        keep = r != c  # 自共现（重复消费）不提供物品间关系
+        r, c = r[keep], c[keep]
+        fwd = fwd + sp.csr_matrix((np.full(len(r), scale // d, np.int64), (r, c)), shape=(num_items, num_items))
+        del a, r, c, keep
+    counts = (fwd + fwd.T).tocsr()
+    del fwd
+    counts.sum_duplicates()  # 规范形式：行内列号有序、无重复
+    w = counts.data / scale  # 行优先顺序
+    rows = np.repeat(np.arange(num_items, dtype=counts.indices.dtype), np.diff(counts.indptr))
+    cols = counts.indices
+    del counts
     total = w.sum()
     if total == 0:
-        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (num_items, num_items))
-    row_sum = np.bincount(r, weights=w, minlength=num_items)
+        return _csr(torch.zeros(num_items + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                    (num_items, num_items))
+    row_sum = np.bincount(rows, weights=w, minlength=num_items)
     ctx = row_sum**alpha
     ctx = ctx / ctx.sum()
-    pmi = np.log(w / total) - np.log(row_sum[r] / total) - np.log(ctx[c])
-    pos_mask = pmi > 0
-    idx = torch.from_numpy(np.stack([r[pos_mask], c[pos_mask]]))
-    return torch.sparse_coo_tensor(idx, torch.from_numpy(pmi[pos_mask].astype(np.float32)), (num_items, num_items),
-                                   check_invariants=False).coalesce()
+    pmi = np.log(w / total) - np.log(row_sum[rows] / total) - np.log(ctx[cols])
+    del w
+    keep = pmi > 0
+    crow = np.zeros(num_items + 1, np.int64)
+    np.cumsum(np.bincount(rows[keep], minlength=num_items), out=crow[1:])
+    return _csr(torch.from_numpy(crow), torch.from_numpy(cols[keep].astype(np.int64)),
+                torch.from_numpy(pmi[keep].astype(np.float32)), (num_items, num_items))
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+    """由规范的 CSR 数组（行内列号有序、无重复）构造 torch CSR：不再检查不变量（调用方构造时已保证）。"""
+    with warnings.catch_warnings():  # CSR 是 beta：只是提示，乘法本身稳定；不让它出现在 prepare 的输出里
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 def randomized_svd(m: torch.Tensor, q: int, niter: int = 6) -> Tuple[torch.Tensor, torch.Tensor]:
     """稀疏方阵的截断 SVD：与 torch.svd_lowrank 同一算法、同样的随机投影（Halko et al. 2009，算法 4.4 + 5.1），
-    返回 (U [N, q], S [q])。
+    返回 (U [N, q], S [q])。m 是 COO 或 CSR。
 
-    区别只在矩阵乘法：A 与 Aᵀ 各转成一次 CSR。svd_lowrank 对 COO 每次乘 Aᵀ 都要转置重排，
+    区别只在矩阵乘法：A 与 Aᵀ 各用一份 CSR。svd_lowrank 对 COO 每次乘 Aᵀ 都要转置重排，
     27 万物品、2,070 万非零元时占 207 s，CSR 版本见 README（prepare 的嵌入阶段）。
     """
-    a = m.coalesce()
     with warnings.catch_warnings():  # CSR 是 beta：只是提示，乘法本身稳定；不让它出现在 prepare 的输出里
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        a_csr, at_csr = a.to_sparse_csr(), a.t().coalesce().to_sparse_csr()
-    r = torch.randn(a.shape[1], q, dtype=a.dtype)  # [N, q]，与 svd_lowrank 相同的取数
+        a_csr = m if m.layout == torch.sparse_csr else m.coalesce().to_sparse_csr()
+        csc = a_csr.to_sparse_csc()  # A 的 CSC 就是 Aᵀ 的 CSR
+        at_csr = _csr(csc.ccol_indices(), csc.row_indices(), csc.values(), (a_csr.shape[1], a_csr.shape[0]))
+        del csc
+    r = torch.randn(a_csr.shape[1], q, dtype=a_csr.dtype)  # [N, q]，与 svd_lowrank 相同的取数
     basis = torch.linalg.qr(a_csr @ r).Q
     for _ in range(niter):
         basis = torch.linalg.qr(at_csr @ basis).Q
@@ -142,15 +163,17 @@ def _sqdist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(1)[None, :]).clamp_min_(0)
 
 
-def nearest_centroids(x: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def nearest_centroids(x: torch.Tensor, c: torch.Tensor, threads: Optional[int] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """每个点的最近质心（精确，faiss IndexFlatL2）。返回 (平方距离 [N], 下标 [N])。
 
     faiss 分块做 BLAS 内积并就地取最小，不物化 [N, K] 距离矩阵：312,500×1024 时每次 0.6 s、
-    torch 稠密 argmin 3.1 s（2 线程，见 README）。线程数跟随 torch.get_num_threads()。
+    torch 稠密 argmin 3.1 s（2 线程，见 README）。threads 默认跟随 torch.get_num_threads()；
+    结果与线程数无关（多线程只切分查询点，每个距离的求和顺序不变；见 tests/test_semantic_ids.py）。
     """
     import faiss  # 只有 prepare 用到；延迟导入让其余模块不加载它
 
-    faiss.omp_set_num_threads(torch.get_num_threads())
+    faiss.omp_set_num_threads(threads or torch.get_num_threads())
     index = faiss.IndexFlatL2(c.shape[1])
     index.add(np.ascontiguousarray(c.numpy(), dtype=np.float32))
     dist, idx = index.search(np.ascontiguousarray(x.numpy(), dtype=np.float32), 1)  # [N, 1]
@@ -202,23 +225,25 @@ def balanced_assign(dist: torch.Tensor, capacity: int) -> torch.Tensor:
     return out
 
 
-def _assign(x: torch.Tensor, cent: torch.Tensor, balanced: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _assign(x: torch.Tensor, cent: torch.Tensor, balanced: bool, threads: Optional[int] = None
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(分配 [N], 到所分配质心的平方距离 [N])。均衡分配要完整的 [N, K] 距离（只适合小目录）。"""
     if balanced:
         dist = _sqdist(x, cent)
         assign = balanced_assign(dist, math.ceil(x.shape[0] / cent.shape[0]))
         return assign, dist.gather(1, assign[:, None]).squeeze(1)
-    own, assign = nearest_centroids(x, cent)
+    own, assign = nearest_centroids(x, cent, threads)
     return assign, own
 
 
 def kmeans(
     x: torch.Tensor, k: int, seed: int, n_iter: int = 50, balanced: bool = False, tol: float = 1e-6,
-    max_points_per_centroid: int = MAX_POINTS_PER_CENTROID,
+    max_points_per_centroid: int = MAX_POINTS_PER_CENTROID, threads: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Lloyd k-means（k-means++ 初始化）。返回 (质心 [k, D], 全部点的分配 [N])。确定性：固定 seed。
 
     点数超过 max_points_per_centroid·k 时，质心在按 seed 抽取的这么多个点上训练，最后给全部点分配。
+    threads：最近质心搜索（faiss）的线程数，见 nearest_centroids。
     """
     n = x.shape[0]
     k = max(1, min(k, n))
@@ -229,7 +254,7 @@ def kmeans(
     cent = kmeans_plusplus(train, k, gen)
     prev = None
     for _ in range(n_iter):
-        assign, own = _assign(train, cent, balanced)
+        assign, own = _assign(train, cent, balanced, threads)
         counts = torch.bincount(assign, minlength=k)
         sums = torch.zeros_like(cent).index_add_(0, assign, train)
         new = sums / counts.clamp_min(1)[:, None].to(train.dtype)
@@ -246,7 +271,7 @@ def kmeans(
         if shift < tol:
             break
         prev = assign
-    assign, _ = _assign(x, cent, balanced)
+    assign, _ = _assign(x, cent, balanced, threads)
     return cent, assign
 
 
@@ -262,7 +287,8 @@ def effective_codebook_sizes(num_items: int, requested: Sequence[int]) -> List[i
 
 
 def resolve_collisions(
-    l1: np.ndarray, l2: np.ndarray, residual: torch.Tensor, centroids: torch.Tensor, max_v3: int
+    l1: np.ndarray, l2: np.ndarray, residual: torch.Tensor, centroids: torch.Tensor, max_v3: int,
+    threads: Optional[int] = None,
 ) -> Tuple[np.ndarray, int]:
     """在每个 (l1, l2) 单元内给物品分配互不相同的 l3（规则见模块文档）。
 
@@ -274,7 +300,7 @@ def resolve_collisions(
     if n == 0:
         return np.zeros(0, dtype=np.int64), k3
     cell = l1.astype(np.int64) * (int(l2.max()) + 1) + l2.astype(np.int64)
-    _, near = nearest_centroids(residual, centroids)
+    _, near = nearest_centroids(residual, centroids, threads)
     l3 = near.numpy().copy()
     order = np.argsort(cell, kind="stable")  # 按单元分组，单元内保持物品下标顺序
     sorted_cell = cell[order]
@@ -319,9 +345,9 @@ class SemanticIds:
 
 def rq_kmeans(
     emb: torch.Tensor, requested_sizes: Sequence[int] = DEFAULT_CODEBOOK_SIZES, seed: int = 0,
-    balanced: bool = False, n_iter: int = 50,
+    balanced: bool = False, n_iter: int = 50, threads: Optional[int] = None,
 ) -> SemanticIds:
-    """残差 k-means 三层量化 + 冲突消解。emb: [N, D]。"""
+    """残差 k-means 三层量化 + 冲突消解。emb: [N, D]。threads：faiss 最近质心搜索的线程数（结果与它无关）。"""
     x = emb.detach().float()
     n = x.shape[0]
     if n == 0:
@@ -330,7 +356,8 @@ def rq_kmeans(
     codes = np.zeros((n, 3), dtype=np.int64)
     residual = x
     for level, k in enumerate(ks):
-        cent, assign = kmeans(residual, k, seed=seed + 1000 * level, n_iter=n_iter, balanced=balanced)
+        cent, assign = kmeans(residual, k, seed=seed + 1000 * level, n_iter=n_iter, balanced=balanced,
+                              threads=threads)
         codes[:, level] = assign.numpy()
         if level == 2:
             residual3, cent3 = residual, cent
@@ -340,7 +367,7 @@ def rq_kmeans(
     _, counts = np.unique(codes, axis=0, return_counts=True)
     colliding_before = int(counts[counts > 1].sum())
     groups_before = int((counts > 1).sum())
-    l3, v3 = resolve_collisions(codes[:, 0], codes[:, 1], residual3, cent3, int(requested_sizes[2]))
+    l3, v3 = resolve_collisions(codes[:, 0], codes[:, 1], residual3, cent3, int(requested_sizes[2]), threads)
     codes[:, 2] = l3
     _, counts_after = np.unique(codes, axis=0, return_counts=True)
     colliding_after = int(counts_after[counts_after > 1].sum())
@@ -378,14 +405,17 @@ def l1_cooccurrence_ratio(sequences: Sequence[np.ndarray], l1: np.ndarray) -> Di
     """
     n_items = len(l1)
     v1 = int(l1.max()) + 1
-    same_cooc = 0.0
-    all_cooc = 0.0
-    for s in sequences:
-        u = np.unique(np.asarray(s, dtype=np.int64))
-        k = len(u)
-        all_cooc += k * (k - 1) / 2
-        cnt = np.bincount(l1[u], minlength=v1)
-        same_cooc += float((cnt * (cnt - 1) / 2).sum())
+    l1 = np.asarray(l1, dtype=np.int64)
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences] or [np.zeros(0, np.int64)])
+    user = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    # 整体去重代替逐用户循环（25 万用户时两次调用共 20 s）：用户内去重的 (用户, 物品)，再数每个 (用户, L1) 的物品数；
+    # 组合数按整数求和，与逐用户累加的浮点和相同（和 < 2^53 时都精确）
+    pairs = np.unique(user * n_items + flat)
+    k = np.bincount(pairs // n_items, minlength=len(lengths))
+    all_cooc = float((k * (k - 1) // 2).sum())
+    _, cnt = np.unique((pairs // n_items) * v1 + l1[pairs % n_items], return_counts=True)
+    same_cooc = float((cnt * (cnt - 1) // 2).sum())
     m = np.bincount(l1, minlength=v1).astype(np.float64)
     same_pairs = float((m * (m - 1) / 2).sum())
     all_pairs = n_items * (n_items - 1) / 2
