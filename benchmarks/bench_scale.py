@@ -290,14 +290,14 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
 
 
 def print_table(results: List[Dict[str, Any]], exponents: Dict[str, Optional[float]]) -> None:
-    print(f"\n{'interactions':>13}{'items':>9}{'prepare s':>11}{'prep RSS':>10}{'train/s':>10}{'train RSS':>11}"
+    print(f"\n{'interactions':>13}{'items':>11}{'prepare s':>11}{'prep RSS':>10}{'train/s':>10}{'train RSS':>11}"
           f"{'eval users/s':>14}")
     for r in results:
         g, p = r["generate"], r["prepare"]
         t, e = r.get("train", {}), r.get("evaluate", {})  # --prepare-only：训练与评估列留空
         train = f"{t['samples_per_s'] or 0:>10.1f}{t['peak_rss_mib']:>11.0f}" if t else f"{'-':>10}{'-':>11}"
         ev = f"{e['users_per_s'] or 0:>14.1f}" if e else f"{'-':>14}"
-        print(f"{g['interactions']:>13,}{g['items']:>9,}{p['wall_s']:>11.1f}{p['peak_rss_mib']:>10.0f}{train}{ev}")
+        print(f"{g['interactions']:>13,}{g['items']:>11,}{p['wall_s']:>11.1f}{p['peak_rss_mib']:>10.0f}{train}{ev}")
     print("\nprepare phases (seconds / peak RSS MiB):")
     for r in results:
         parts = ", ".join(f"{k} {v['seconds']:.2f}s/{v['peak_rss_mib'] or 0:.0f}"

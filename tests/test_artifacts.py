@@ -367,3 +367,18 @@ def test_factorize_equals_numpy_unique(values):
     want_u, want_i = np.unique(arr.astype(str), return_inverse=True)
     assert uniq.tolist() == want_u.tolist() and idx.tolist() == want_i.reshape(-1).tolist()
     assert idx.dtype == np.int64
+
+
+def test_normalise_dedup_equals_reference_rule():
+    """同一 (用户, 时间, 物品) 只留输入里的第一条，哪怕同一时刻的其他物品夹在中间；用户内按 (时间, 输入顺序)。"""
+    rng = np.random.default_rng(7)
+    rows = [(f"u{rng.integers(6)}", str(rng.integers(8)), int(rng.integers(4))) for _ in range(300)]
+    seqs = normalise(_inter(rows))
+    want, seen = {}, set()
+    for k, (u, i, t) in sorted(enumerate(rows), key=lambda r: (r[1][0], r[1][2], r[0])):
+        if (u, t, i) not in seen:
+            seen.add((u, t, i))
+            want.setdefault(u, []).append(i)
+    got = {u: [seqs.item_ids[i] for i in seqs.seq(k)] for k, u in enumerate(seqs.user_ids)}
+    assert got == {u: s for u, s in want.items() if len(s) >= 2}
+    assert seqs.stats["duplicate_events_removed"] == len(rows) - len(seen)

@@ -114,8 +114,11 @@ def normalise(inter: Interactions, min_events: int = 2) -> Sequences:
     order = np.lexsort((inter.order, ts, u_idx))  # 用户 -> 时间 -> 输入顺序
     u_s, i_s, t_s = u_idx[order], i_idx[order], ts[order]
     # 精确重复：同一用户、同一物品、同一时间戳；排序后不一定相邻（同一时刻的其他物品可能夹在中间）
-    key = np.stack([u_s, t_s, i_s], axis=1)
-    _, first = np.unique(key, axis=0, return_index=True)
+    # 排序后 (用户, 时间) 相同的事件相邻：给每组一个编号，(组, 物品) 就是一维键（比三列的 axis=0 去重少几份拷贝）；
+    # return_index 取每个键第一次出现的位置，与三列去重相同
+    group = np.cumsum(np.r_[True, (u_s[1:] != u_s[:-1]) | (t_s[1:] != t_s[:-1])]) - 1
+    _, first = np.unique(group * len(uniq_i) + i_s, return_index=True)
+    del group
     keep = np.zeros(n, dtype=bool)
     keep[first] = True
     duplicates = int(n - keep.sum())
