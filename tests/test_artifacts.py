@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -382,3 +383,30 @@ def test_normalise_dedup_equals_reference_rule():
     got = {u: [seqs.item_ids[i] for i in seqs.seq(k)] for k, u in enumerate(seqs.user_ids)}
     assert got == {u: s for u, s in want.items() if len(s) >= 2}
     assert seqs.stats["duplicate_events_removed"] == len(rows) - len(seen)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_write_pool_works_in_a_forked_child(tmp_path):
+    """父进程用过写出线程池后 fork：子进程照样能写 JSONL（不会等一个不存在的线程）。"""
+    table = pa.table({"a": pa.array([[1, 2], [3]], pa.list_(pa.int64()))})
+    write_jsonl(table, str(tmp_path / "parent.jsonl"))
+    pid = os.fork()
+    if pid == 0:  # 子进程：写完即退出；出错或卡住都会让父进程看到非 0 退出码或超时
+        try:
+            write_jsonl(table, str(tmp_path / "child.jsonl"))
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("JSONL writing hung in a forked child")
+    assert os.waitstatus_to_exitcode(status) == 0
+    want = '{"a":[1,2]}\n{"a":[3]}\n'
+    assert (tmp_path / "child.jsonl").read_text() == (tmp_path / "parent.jsonl").read_text() == want

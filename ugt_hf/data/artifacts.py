@@ -504,6 +504,10 @@ def _write_pool():
     return _POOL[0]
 
 
+if hasattr(os, "register_at_fork"):  # fork 出的子进程里没有池的线程：丢掉旧池，用到时重建（否则提交的任务永远等着）
+    os.register_at_fork(after_in_child=_POOL.clear)
+
+
 def available_cores() -> int:
     """本进程可用的 CPU 核数（容器、taskset 的限制算在内）。"""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
