@@ -2,8 +2,9 @@
 
     python benchmarks/ablation.py --data /tmp/q2/beauty_data --dataset beauty [--epochs 2] [--variants a,b]
 每个变体 = 提交的阶段 1 配置（recipes/configs/<dataset>_stage1.yaml）改一处；训练 --epochs 轮（验证集选最佳一轮），
-再在测试集上按两种协议（允许 / 屏蔽历史物品）全目录排序。写 benchmarks/results/ablation_<dataset>.json
-（git commit、每个变体的改动、验证曲线、最佳验证、测试指标、墙钟时间）并打印表格。
+最佳模型再在全部验证用户上、测试集上按两种协议（允许 / 屏蔽历史物品）全目录排序。写
+benchmarks/results/ablation_<dataset>.json（git commit、每个变体的改动、验证曲线、最佳验证、全部验证用户的指标、
+测试指标、墙钟时间）并打印表格。变体可以另加训练参数（如 `--weight_decay 0.1`）。
 "只换打分"的变体不另训练：它复用所依赖变体的最佳模型，只改 UGTConfig.item_scoring。
 """
 
@@ -73,7 +74,8 @@ def full_validation(model, data_dir: str, num_beams: int) -> dict:
 
 
 def run_variant(name: str, base_model_config: dict, args, done: dict) -> dict:
-    note, change, reuse, *extra = VARIANTS[name]
+    note, change, reuse, *rest = VARIANTS[name]
+    train_args = list(rest[0]) if rest else []
     t0 = time.perf_counter()
     if reuse is not None:  # 不训练：换打分方式重新评估所依赖变体的最佳模型
         if reuse not in done:
@@ -85,14 +87,14 @@ def run_variant(name: str, base_model_config: dict, args, done: dict) -> dict:
     model_config = change(dict(base_model_config))
     out_dir = Path(args.work) / f"ablation_{args.dataset}_{name}"
     argv = ["--config", str(ROOT / CONFIGS[args.dataset]), "--data_dir", args.data, "--output_dir", str(out_dir),
-            "--model_config", json.dumps(model_config), "--max_epochs", str(args.epochs), *(extra[0] if extra else [])]
+            "--model_config", json.dumps(model_config), "--max_epochs", str(args.epochs), *train_args]
     shutil.rmtree(out_dir, ignore_errors=True)  # 同名变体的旧检查点不能混进来
     summary = run_stage(1, argv)
     train_s = time.perf_counter() - t0
     model = UGTForGenerativeRecommendation.from_pretrained(summary["best_model_dir"]).eval()
     t1 = time.perf_counter()
     curve = validation_curve(summary["log_history"])
-    return {"note": note, "model_config": model_config, "train_args": extra[0] if extra else [],
+    return {"note": note, "model_config": model_config, "train_args": train_args,
             "best_model_dir": summary["best_model_dir"],
             "validation": curve, "best_validation": max(curve, key=lambda e: e["recall@10"]) if curve else None,
             "valid_all_users": full_validation(model, args.data, args.num_beams),

@@ -30,12 +30,22 @@ def ring_data(tmp_path_factory):
 def test_variants_change_one_thing_and_results_are_written(ring_data, tmp_path):
     out = tmp_path / "ablation.json"
     rc = ablation.main(["--data", str(ring_data / "data"), "--dataset", "beauty", "--epochs", "1", "--num_beams", "10",
-                        "--variants", "committed,item_scoring_item,no_item_head", "--work", str(tmp_path),
-                        "--out", str(out)])
+                        "--variants", "committed,item_scoring_item,no_item_head,weight_decay_0.1",
+                        "--work", str(tmp_path), "--out", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
     v = res["variants"]
-    assert list(v) == ["committed", "item_scoring_item", "no_item_head"] and len(res["git_commit"]) >= 7
+    assert list(v) == ["committed", "item_scoring_item", "no_item_head", "weight_decay_0.1"]
+    assert len(res["git_commit"]) >= 7
+    # 训练参数类的变体：model_config 不变，参数确实进了那次运行保存的解析后配置
+    wd = v["weight_decay_0.1"]
+    assert wd["model_config"] == v["committed"]["model_config"] and wd["train_args"] == ["--weight_decay", "0.1"]
+    saved = json.loads((tmp_path / "ablation_beauty_weight_decay_0.1" / "ugt_config.json").read_text())
+    assert saved["config"]["weight_decay"] == pytest.approx(0.1)
+    assert v["committed"]["train_args"] == []
+    # 全部验证用户（不是训练中每轮评的子集）上的指标
+    n_valid = json.loads((ring_data / "data" / "meta.json").read_text())["splits"]["valid"]
+    assert v["committed"]["valid_all_users"]["num_users"] == n_valid
     assert v["committed"]["model_config"]["num_items"] == "auto"
     assert v["no_item_head"]["model_config"] == {**v["committed"]["model_config"], "num_items": 0}
     assert v["item_scoring_item"]["reuses"] == "committed" and "model_config" not in v["item_scoring_item"]
