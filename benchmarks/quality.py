@@ -21,10 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ugt_hf.evaluation import evaluate_ranking, popularity_baseline, transition_baseline  # noqa: E402
+from ugt_hf.evaluation import (TransitionPrior, evaluate_ranking, evaluate_with_prior,  # noqa: E402
+                               popularity_baseline, transition_baseline)
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation  # noqa: E402
 from ugt_hf.report import dpo_curve as report_dpo_curve  # noqa: E402
-from ugt_hf.report import metrics_table  # noqa: E402
+from ugt_hf.report import metrics_table, prior_row  # noqa: E402
 from ugt_hf.workflow import run_pipeline  # noqa: E402
 
 DATASETS = {
@@ -93,6 +94,16 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path
                 rows[k] = evaluate_ranking(model, data_dir, split=split, num_beams=num_beams, exclude_history=masked)
             rows["popularity"] = popularity_baseline(data_dir, split, exclude_history=masked)
             rows["transition"] = transition_baseline(data_dir, split, exclude_history=masked)
+        tp = results.get("transition_prior")
+        if tp:  # 最后一个阶段 + 转移先验：权重是流水线在验证集上选的，另一种协议沿用同一个权重
+            (name_row,) = prior_row(results)
+            if masked == ev_masked:
+                rows[name_row] = tp["test"]
+            else:
+                model = UGTForGenerativeRecommendation.from_pretrained(tp["model_dir"]).eval()
+                prior = TransitionPrior.from_data(data_dir, tp["window"])
+                rows[name_row] = evaluate_with_prior(model, data_dir, prior, [tp["weight"]], split=split,
+                                                     num_beams=num_beams, exclude_history=masked)[tp["weight"]]
         protocols[label] = rows
     extra_seconds = time.perf_counter() - t1
     peer_out = None
@@ -127,6 +138,8 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path
             "config": peer_out["config"], "best_epoch": peer_out["best_epoch"], "epochs_run": peer_out["epochs_run"],
             "wall_seconds": peer_out["wall_seconds"], "valid": peer_out["valid"], "test": peer_out["test"]},
         "published": results.get("published"),
+        "transition_prior": None if not results.get("transition_prior") else {
+            k: results["transition_prior"][k] for k in ("window", "weight", "validation", "seconds")},
     }
     for label, rows in protocols.items():
         print(f"\n== {name}: test, history {label} ==")

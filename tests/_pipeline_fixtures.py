@@ -31,7 +31,8 @@ def write_tiny_pipeline(tmp: Path, stage3_extra=None) -> Path:
             "prepare": {"source": "synthetic", "num_users": 500, "num_items": 300, "events_per_user": 15,
                         "num_clusters": 15, "seed": 0, "encoder_max_length": 20},
             "stages": {n: str(p) for n, p in paths.items()},
-            "evaluation": {"split": "test", "k_values": [5, 10], "num_beams": 10}}
+            "evaluation": {"split": "test", "k_values": [5, 10], "num_beams": 10,
+                           "transition_prior": {"window": 2, "weights": [0.0, 1.0]}}}
     path = tmp / "pipeline.yaml"
     path.write_text(yaml.safe_dump(pipe))
     return path

@@ -43,6 +43,15 @@ def test_end_to_end_three_stages(tmp_path):
     report = (run / "report.md").read_text()
     assert "popularity" in report and "stage3" in report and "history items allowed" in report
     assert "| transition |" in report and 0.0 <= results["transition"]["recall@10"] <= 1.0
+    # 转移先验：权重在验证集的两个候选里选出，测试指标来自最后一个阶段的模型，报告里有这一行
+    tp = results["transition_prior"]
+    assert tp["window"] == 2 and tp["weight"] in (0.0, 1.0) and set(tp["validation"]) == {"0", "1"}
+    assert tp["model_dir"] == results["stages"]["stage3"]["best_model_dir"]
+    best = max(tp["validation"].values(), key=lambda m: (m["recall@10"], m["ndcg@10"]))
+    assert tp["validation"][f"{tp['weight']:g}"]["recall@10"] == best["recall@10"]
+    if tp["weight"] == 0.0:  # 权重 0 = 模型本身：与阶段 3 的测试指标相同
+        assert tp["test"]["recall@10"] == results["stages"]["stage3"]["test"]["recall@10"]
+    assert f"| stage3 + transition prior (w={tp['weight']:g}) |" in report
     # 整个运行目录（三个阶段，含阶段 3）没有 training_args.bin 之类的 pickle；只有 HF 检查点里 weights_only
     # 可加载的优化器 / 调度器 / RNG 状态
     leftovers = [p for p in pickled_files(run)

@@ -197,9 +197,20 @@ def plot_run(run_dir: Path, results: dict) -> List[str]:
     return written
 
 
+def prior_row(results: dict) -> Dict[str, dict]:
+    """有转移先验（evaluation.transition_prior）时的一行：{"<阶段> + transition prior (w=…)": 测试指标}。"""
+    tp = results.get("transition_prior")
+    if not tp or "test" not in tp:
+        return {}
+    stage = next((n for n, st in results.get("stages", {}).items() if st.get("best_model_dir") == tp.get("model_dir")),
+                 "model")
+    return {f"{stage} + transition prior (w={tp['weight']:g})": tp["test"]}
+
+
 def render_markdown(results: dict) -> str:
     stages = results.get("stages", {})
     rows = {name: st.get("test", {}) for name, st in stages.items()}
+    rows.update(prior_row(results))
     for b in BASELINES:
         if results.get(b):
             rows[b] = results[b]

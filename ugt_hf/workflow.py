@@ -28,7 +28,8 @@ from typing import Any, Dict, Optional, Sequence
 
 from .argparsing import BEST_MODEL_DIR, ConfigError, arg, close_hint, load_yaml_config, parse_args
 from .data.prepare import prepare
-from .evaluation import evaluate_ranking, popularity_baseline, transition_baseline
+from .evaluation import (TransitionPrior, evaluate_ranking, evaluate_with_prior, popularity_baseline,
+                         select_prior_weight, transition_baseline)
 from .locking import OutputLockedError, holding_output_lock
 from .report import REPORT_MD, RESULTS_FILE, log_test_metrics, report_locations, write_report
 from .training.interrupts import TrainingInterrupted
@@ -36,7 +37,10 @@ from .training.interrupts import TrainingInterrupted
 # torch、模型、数据目录与训练阶段在函数里导入：`ugt pipeline --help` 与配置错误不必加载它们（冷启动 5–8 s）
 
 PIPELINE_KEYS = {"dataset", "prepare", "stages", "evaluation", "published"}
-EVAL_KEYS = {"split", "k_values", "num_beams", "exclude_history", "batch_size"}
+EVAL_KEYS = {"split", "k_values", "num_beams", "exclude_history", "batch_size", "transition_prior"}
+# evaluation.transition_prior 的键：最近几个历史物品参与计数、验证集上试的权重（0 = 只用模型）
+PRIOR_KEYS = {"window", "weights"}
+DEFAULT_PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
 
 
 def git_commit(path: Path) -> str:
@@ -75,6 +79,20 @@ def load_pipeline_config(path) -> Dict[str, Any]:
     if bad:
         raise ConfigError(f"unknown keys under evaluation: {sorted(bad)} (valid: {sorted(EVAL_KEYS)})",
                           **where("evaluation"))
+    prior = ev.get("transition_prior")
+    if prior is not None:
+        if not isinstance(prior, dict) or set(prior) - PRIOR_KEYS:
+            raise ConfigError(f"evaluation.transition_prior must be a mapping with keys {sorted(PRIOR_KEYS)} "
+                              f"(e.g. {{window: 3}}), got {prior!r}", **where("evaluation"))
+        window, weights = prior.get("window", 3), prior.get("weights", list(DEFAULT_PRIOR_WEIGHTS))
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError(f"evaluation.transition_prior.window must be an integer >= 1, got {window!r}",
+                              **where("evaluation"))
+        if (not isinstance(weights, list) or not weights
+                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)):
+            raise ConfigError("evaluation.transition_prior.weights must be a non-empty list of numbers >= 0, "
+                              f"got {weights!r}", **where("evaluation"))
+        ev["transition_prior"] = {"window": window, "weights": [float(w) for w in weights]}
     raw["evaluation"] = ev
     return raw
 
@@ -192,8 +210,33 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
         previous = best
         results["total_seconds"] = time.perf_counter() - t_start
         (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    if ev.get("transition_prior") and previous is not None:
+        results["transition_prior"] = _evaluate_with_prior(previous, data_dir, ev, catalogue, log)
+        results["total_seconds"] = time.perf_counter() - t_start
+        (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     write_report(run_dir)
     return results
+
+
+def _evaluate_with_prior(model_dir: str, data_dir: Path, ev: dict, catalogue, log) -> Dict[str, Any]:
+    """最后一个阶段的模型 + 转移计数先验（evaluation.TransitionPrior）：权重在验证集上选，再在评估划分上测。"""
+    from .modeling_ugt import UGTForGenerativeRecommendation
+
+    t0 = time.perf_counter()
+    spec = ev["transition_prior"]
+    prior = TransitionPrior.from_data(data_dir, spec["window"], catalogue=catalogue)
+    model = UGTForGenerativeRecommendation.from_pretrained(model_dir).eval()
+    common = dict(k_values=ev["k_values"], num_beams=ev["num_beams"], exclude_history=ev["exclude_history"],
+                  batch_size=ev["batch_size"], catalogue=catalogue)
+    grid = evaluate_with_prior(model, data_dir, prior, spec["weights"], split="valid", **common)
+    weight = select_prior_weight(grid)
+    test = evaluate_with_prior(model, data_dir, prior, [weight], split=ev["split"], **common)[weight]
+    log(f"[pipeline] transition prior (window {spec['window']}): weight {weight:g} chosen on valid "
+        f"(recall@10 {grid[weight]['recall@10']:.4f} vs {grid[min(grid)]['recall@10']:.4f} at weight "
+        f"{min(grid):g}); {ev['split']}: recall@10={test['recall@10']:.4f}, ndcg@10={test['ndcg@10']:.4f}")
+    return {"model_dir": model_dir, "window": spec["window"], "weight": weight,
+            "validation": {f"{w:g}": m for w, m in grid.items()}, "test": test,
+            "seconds": time.perf_counter() - t0}
 
 
 def _read_results(run_dir: Path) -> Dict[str, Any]:
