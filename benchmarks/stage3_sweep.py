@@ -34,11 +34,6 @@ VARIANTS = {
     "dpo_light": ("lambda_preference 0.3, beta 1.0", ["--lambda_preference", "0.3", "--dpo_beta", "1.0"]),
     "dpo_heavy": ("lambda_preference 5.0, beta 0.5", ["--lambda_preference", "5.0", "--dpo_beta", "0.5"]),
     "two_epochs": ("committed config with max_epochs 2 (half the stage-3 wall time)", ["--max_epochs", "2"]),
-    "item_head_grad": ("committed config with preference_gradient item_head (the DPO gradient reaches only the "
-                       "item-level head, not the shared semantic-ID tree nodes)",
-                       ["--preference_gradient", "item_head"]),
-    "chosen_grad": ("committed config with preference_gradient chosen (no gradient through the rejected item's "
-                    "log-prob)", ["--preference_gradient", "chosen"]),
     "ipo": ("committed config with TRL's loss_type ipo (squared loss towards a bounded margin)",
             ["--loss_type", "ipo"]),
     "lr_1e-4": ("committed config with learning_rate 1e-4", ["--learning_rate", "1e-4"]),

@@ -11,11 +11,14 @@ from _tiny_artifacts import tiny_data_dir
 from ugt_hf.configuration_ugt import UGTConfig
 from ugt_hf.data.datadir import DataDir
 from ugt_hf.evaluation import (
+    TransitionPrior,
     evaluate_ranking,
+    evaluate_with_prior,
     format_table,
     main,
     popularity_baseline,
     ranking_metrics,
+    select_prior_weight,
     transition_baseline,
 )
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
@@ -139,3 +142,60 @@ def test_transition_baseline_hand_example(tmp_path):
     assert ex["recall@1"] == pytest.approx(0.25) and ex["recall@3"] == pytest.approx(0.5)
     # 它与流行度基线确实不同（流行度对所有人推 [3, 2, 1]）
     assert popularity_baseline(d, "test", k_values=[1])["recall@1"] == 0.0
+
+
+def test_transition_prior_scores_hand_example():
+    # 两阶、4 个物品：一阶 (0->1) 3 次、(2->1) 1 次；二阶 (0->1) 1 次
+    prior = TransitionPrior([np.array([0 * 4 + 1, 2 * 4 + 1]), np.array([0 * 4 + 1])],
+                            [np.array([3, 1]), np.array([1])], num_items=4)
+    history = np.array([[0, 0], [2, -1], [-1, -1]])  # 第 0 列 = 最近的物品；-1 = 缺位
+    candidates = np.array([[1, 3, -1], [1, 0, 2], [1, 2, 3]])
+    got = prior.scores(history, candidates)
+    expected = np.array([[np.log(4) + np.log(2), 0, 0], [np.log(2), 0, 0], [0, 0, 0]])
+    np.testing.assert_allclose(got, expected)
+
+
+def _raw_index(d):
+    items = pq.read_table(d / "items.parquet", columns=["item_id", "item_index"]).to_pylist()
+    return {r["item_id"]: r["item_index"] for r in items}
+
+
+def test_transition_prior_counts_pairs_k_steps_apart_in_the_training_prefixes(tmp_path):
+    from ugt_hf.data.prepare import prepare
+
+    seqs = ["1 1 2 3 1 2", "2 1 3 2 3 2", "3 2 3 1 5 6", "4 1 2 3 2 4"]
+    src = tmp_path / "seq.txt"
+    src.write_text("".join(f"{i + 1} {s}\n" for i, s in enumerate(seqs)))
+    d = tmp_path / "data"
+    prepare(str(d), source="s3rec", input=str(src), encoder_max_length=10, progress=False, log=lambda *a: None)
+    idx = _raw_index(d)
+    prior = TransitionPrior.from_data(d, window=2)
+    # 逐条数：训练前缀 = 序列去掉最后两个；阶 k 的键 = (前缀里位置 t-k 的物品, 位置 t 的物品)
+    for k in (1, 2):
+        expected = {}
+        for s in seqs:
+            prefix = [idx[x] for x in s.split()[:-2]]
+            for t in range(k, len(prefix)):
+                key = prefix[t - k] * prior.num_items + prefix[t]
+                expected[key] = expected.get(key, 0) + 1
+        assert dict(zip(prior.keys[k - 1].tolist(), prior.counts[k - 1].tolist())) == expected
+    # 测试划分的历史：每个用户最近两个物品（用户 1 的历史 = 1 1 2 3 1）
+    table = DataDir(d).read_table("test", ["encoder_l1_ids", "encoder_l2_ids", "encoder_l3_ids"])
+    hist = prior.history(table, DataDir(d).catalogue())
+    assert hist[0].tolist() == [idx["1"], idx["3"]]
+
+
+def test_evaluate_with_prior_weight_zero_is_the_model_and_selection_picks_the_best(tmp_path):
+    d = DataDir(tiny_data_dir())
+    model = _model(d.meta)
+    prior = TransitionPrior.from_data(d, window=2)
+    grid = evaluate_with_prior(model, d, prior, [0.0, 2.0], split="test", k_values=[5, 10], num_beams=10)
+    plain = evaluate_ranking(model, d, split="test", k_values=[5, 10], num_beams=10)
+    for key in ("recall@5", "recall@10", "ndcg@10", "mrr"):
+        assert grid[0.0][key] == pytest.approx(plain[key])
+    assert grid[2.0]["prior_weight"] == 2.0
+    # 未训练的模型分数接近均匀：计数先验必然改变排序
+    assert grid[2.0]["recall@10"] != grid[0.0]["recall@10"] or grid[2.0]["ndcg@10"] != grid[0.0]["ndcg@10"]
+    hand = {0.0: {"recall@10": 0.2, "ndcg@10": 0.1}, 1.0: {"recall@10": 0.3, "ndcg@10": 0.1},
+            3.0: {"recall@10": 0.3, "ndcg@10": 0.2}, 5.0: {"recall@10": 0.3, "ndcg@10": 0.2}}
+    assert select_prior_weight(hand) == 3.0  # recall 并列时看 ndcg，再并列取较小的权重

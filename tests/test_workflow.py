@@ -73,6 +73,15 @@ def test_pipeline_config_errors(tmp_path):
     two.write_text("stages: {1: a.yaml, 2: b.yaml}\n")
     with pytest.raises(ConfigError, match="stages 1, 2 and 3"):
         load_pipeline_config(two)
+    # evaluation.transition_prior：未知键、非正整数的 window、负权重都是错误，报出字段名
+    cfg = write_tiny_pipeline(tmp_path)
+    base = yaml.safe_load(cfg.read_text())
+    for prior, match in (({"windw": 3}, "keys"), ({"window": 0}, "window"), ({"window": True}, "window"),
+                         ({"weights": [1.0, -1.0]}, "weights"), ({"weights": []}, "weights")):
+        base["evaluation"]["transition_prior"] = prior
+        cfg.write_text(yaml.safe_dump(base))
+        with pytest.raises(ConfigError, match=f"transition_prior.*{match}|{match}.*transition_prior"):
+            load_pipeline_config(cfg)
 
 
 def test_resume_pipeline_from_stage_two_needs_previous_stage(tmp_path):

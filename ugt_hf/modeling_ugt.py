@@ -886,8 +886,7 @@ class UGTForGenerativeRecommendation(UGTModel):
         return self._add_transition(logits, previous_items, torch.stack([l1, l2], -1), 3)
 
     def level_log_probs(self, states: torch.Tensor, item_triples: torch.Tensor,
-                        previous_items: Optional[torch.Tensor] = None, return_logits: bool = False,
-                        semantic_grad: bool = True):
+                        previous_items: Optional[torch.Tensor] = None, return_logits: bool = False):
         """给定状态下物品每一层的 log p：[log p(l1), log p(l2 | l1), log p(l3 | l1, l2)]。
 
         states: [B, D]；item_triples: [B, M, 3]；previous_items: [B, 3]（开了 transition_buckets 时必需）
@@ -895,9 +894,6 @@ class UGTForGenerativeRecommendation(UGTModel):
         `item_log_probs` 与 DPO 的融合前向都用它（物品打分只写这一处）。
         开了物品头时最后一列 = log p(l3 | l1, l2) + log softmax_item(item)（item_scoring="sum"），
         或三列为 [0, 0, log softmax_item(item)]（"item"）；物品必须在目录里。
-        semantic_grad=False（要有物品头）：数值不变，语义 ID 三层的 log p 不回传梯度，梯度只经物品头的 logit
-        （每个物品自己的输出向量与偏置，加上状态）到达模型。树上的一个节点由它下面的所有物品共享，压低一个物品的
-        节点会连带压低同一格子里的其他物品。
         """
         triples = item_triples.to(states.device).long()
         b, m, _ = triples.shape
@@ -914,14 +910,10 @@ class UGTForGenerativeRecommendation(UGTModel):
         if self.item_head is not None:
             # 物品项并进最后一列：行和 = 束搜索 / 穷举打分用的物品分，DPO 按列求和得到同一个 log p
             lp_item = self.item_head_log_probs(states).gather(1, self.item_indices(triples, strict=True))  # [B, M]
-            if not semantic_grad:
-                lp1, lp2, lp3 = lp1.detach(), lp2.detach(), lp3.detach()
             if self.config.item_scoring == "sum":
                 lp3 = lp3 + lp_item
             else:  # "item"：只用物品头，语义层不计分
                 lp1, lp2, lp3 = torch.zeros_like(lp1), torch.zeros_like(lp2), lp_item
-        elif not semantic_grad:
-            raise ValueError("semantic_grad=False needs the item head (UGTConfig.num_items > 0)")
         out = torch.stack([lp1, lp2, lp3], dim=-1)  # [B, M, 3]
         return (out, (logits1, logits2, logits3)) if return_logits else out
 

@@ -155,10 +155,6 @@ class DPOFields:
     preference_negatives: int = arg(
         1, "rejected items per prompt: self-generated pairs take the K highest-ranked candidates that are not the "
            "target; K > 1 trains the softmax-DPO (S-DPO) objective, which equals loss_type sigmoid at K = 1")
-    preference_gradient: str = arg(
-        "all", "where the DPO term's gradient goes: all; item_head (not the semantic-ID levels, whose tree nodes "
-               "are shared by many items; needs num_items > 0); chosen (not the rejected item's log-prob)",
-        choices=["all", "item_head", "chosen"])
     ntp_batch_size: Optional[int] = arg(
         None, "recommendation samples per step for stage 3's next-item NTP term L_ntp (drawn from the train split "
               "beside each preference batch); default: per_device_train_batch_size")

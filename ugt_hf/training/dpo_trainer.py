@@ -154,13 +154,8 @@ def ugt_fused_forward(model, labels: torch.Tensor, reference_free: bool = False,
     prev = prediction_previous_items(model, enc)  # [B, 3] 或 None（宽记忆项没开）
     prev = None if prev is None else prev.repeat(n // b, 1)  # [2B, 3]
     # 每行一个物品（M = 1）：与 item_log_probs 同一个打分实现
-    semantic_grad = getattr(model, "_ugt_preference_gradient", "all") != "item_head"
-    lp, logits = model.level_log_probs(states, items[:, None, :], prev, return_logits=True,
-                                       semantic_grad=semantic_grad)  # [2B, 1, 3]
+    lp, logits = model.level_log_probs(states, items[:, None, :], prev, return_logits=True)  # [2B, 1, 3]
     log_probs = lp[:, 0]  # [2B, 3]
-    if getattr(model, "_ugt_preference_gradient", "all") == "chosen":
-        # rejected 一侧不回传梯度：数值（rewards、损失）不变，DPO 只能靠抬高 chosen 拉开差距
-        log_probs = torch.cat([log_probs[:b], log_probs[b:].detach()])
     flat_logits = (logits[0], logits[1][:, 0], logits[2][:, 0])  # [2B, Vk]
     stats = [_level_stats(lg, items[:, k]) for k, lg in enumerate(flat_logits)]
     entropy, mean_logits, is_top1, log_sum_sq = (torch.stack(x, dim=1) for x in zip(*stats))  # [2B, 3]
@@ -261,11 +256,6 @@ class UGTDPOTrainer(ckpt.CheckpointingMixin, DPOTrainer):
                 p.requires_grad_(False)
         if ref_model is not None and self.reference_free:
             ref_model._ugt_reference_free = True
-        self.preference_gradient = str(getattr(args, "preference_gradient", "all"))
-        if self.preference_gradient == "item_head" and not int(getattr(model.config, "num_items", 0) or 0):
-            raise ValueError("preference_gradient: item_head needs a model with the item-level softmax head "
-                             "(model_config num_items > 0 or auto); set preference_gradient: all")
-        model._ugt_preference_gradient = self.preference_gradient
         if data_collator is None:
             data_collator = UGTPreferencePairCollator(
                 semantic_pad_id=getattr(model.config, "semantic_pad_id", SEMANTIC_PAD_ID),
