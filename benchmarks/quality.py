@@ -21,8 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ugt_hf.evaluation import (TransitionPrior, evaluate_ranking, evaluate_with_prior,  # noqa: E402
-                               popularity_baseline, transition_baseline)
+from ugt_hf.evaluation import (  # noqa: E402
+    TransitionPrior,
+    evaluate_ranking,
+    evaluate_with_prior,
+    popularity_baseline,
+    transition_baseline,
+)
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation  # noqa: E402
 from ugt_hf.report import dpo_curve as report_dpo_curve  # noqa: E402
 from ugt_hf.report import metrics_table, prior_row  # noqa: E402

@@ -28,8 +28,14 @@ from typing import Any, Dict, Optional, Sequence
 
 from .argparsing import BEST_MODEL_DIR, ConfigError, arg, close_hint, load_yaml_config, parse_args
 from .data.prepare import prepare
-from .evaluation import (TransitionPrior, evaluate_ranking, evaluate_with_prior, popularity_baseline,
-                         select_prior_weight, transition_baseline)
+from .evaluation import (
+    TransitionPrior,
+    evaluate_ranking,
+    evaluate_with_prior,
+    popularity_baseline,
+    select_prior_weight,
+    transition_baseline,
+)
 from .locking import OutputLockedError, holding_output_lock
 from .report import REPORT_MD, RESULTS_FILE, log_test_metrics, report_locations, write_report
 from .training.interrupts import TrainingInterrupted
