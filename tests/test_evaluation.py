@@ -92,6 +92,12 @@ def test_evaluate_cli_prints_table_or_json(tmp_path, capsys):
     assert main(argv + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"]["num_users"] == 20 and f"{out['model']['recall@5']:.4f}" == rows["recall@5"][0]
+    # --prior_weight 0：融合行就是模型本身；负权重是一行清楚的错误
+    assert main(argv + ["--json", "--prior_weight", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model + transition prior (w=0)"]["recall@5"] == pytest.approx(out["model"]["recall@5"])
+    assert main(argv + ["--prior_weight", "-1"]) == 2
+    assert "--prior_weight must be >= 0" in capsys.readouterr().err
 
 
 def test_format_table_handles_missing_cells():

@@ -457,6 +457,9 @@ class EvaluateArguments:
     max_samples: Optional[int] = arg(None, "evaluate at most this many samples (default: all)")
     popularity: bool = arg(False, "also report the popularity baseline")
     transition: bool = arg(False, "also report the first-order transition baseline (successors of the last item)")
+    prior_weight: Optional[float] = arg(None, "also report the model fused with the transition-count prior at this "
+                                              "weight (the pipeline picks it on valid; see evaluation.transition_prior)")
+    prior_window: int = arg(3, "transition prior: how many of the latest history items count (with --prior_weight)")
     json: bool = arg(False, "print the metrics as JSON (full precision) instead of the aligned table")
 
 
@@ -483,6 +486,15 @@ def main(argv=None) -> int:
             out["popularity"] = popularity_baseline(ns.data, ns.split, ks, ns.exclude_history)
         if ns.transition:
             out["transition"] = transition_baseline(ns.data, ns.split, ks, ns.exclude_history)
+        if ns.prior_weight is not None:
+            if ns.prior_weight < 0 or ns.prior_window < 1:
+                raise ConfigError(f"--prior_weight must be >= 0 and --prior_window >= 1 (got {ns.prior_weight:g}, "
+                                  f"{ns.prior_window})")
+            prior = TransitionPrior.from_data(ns.data, ns.prior_window)
+            w = float(ns.prior_weight)
+            out[f"model + transition prior (w={w:g})"] = evaluate_with_prior(
+                model, ns.data, prior, [w], ns.split, ks, ns.num_beams, ns.exclude_history, ns.batch_size,
+                ns.max_samples)[w]
     except (FileNotFoundError, OSError, ValueError) as e:  # ConfigError 是 ValueError
         print(f"ugt evaluate: {e}", file=sys.stderr)
         return 2
