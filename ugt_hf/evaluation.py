@@ -457,8 +457,8 @@ class EvaluateArguments:
     max_samples: Optional[int] = arg(None, "evaluate at most this many samples (default: all)")
     popularity: bool = arg(False, "also report the popularity baseline")
     transition: bool = arg(False, "also report the first-order transition baseline (successors of the last item)")
-    prior_weight: Optional[float] = arg(None, "also report the model fused with the transition-count prior at this "
-                                              "weight (the pipeline picks it on valid; see evaluation.transition_prior)")
+    prior_weight: Optional[float] = arg(None, "also report the model fused with the transition-count prior at "
+                                              "this weight (the pipeline picks it on valid)")
     prior_window: int = arg(3, "transition prior: how many of the latest history items count (with --prior_weight)")
     json: bool = arg(False, "print the metrics as JSON (full precision) instead of the aligned table")
 
