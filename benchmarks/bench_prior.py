@@ -2,9 +2,9 @@
 
     python benchmarks/bench_prior.py --model RUN/stage3/best_model --data DATA [--windows 0,1,2,3,4] \
         [--weights 0,0.5,1,2,3,4,5] [--num_beams 100] [--exclude_history] [--out JSON]
-每个划分只跑一次束搜索（候选 = 束宽个），各组合只重排候选（evaluation.evaluate_with_prior，流水线用的同一段
-代码）。窗口 0 = 模型本身。对每个窗口按验证集 Recall@10 选权重（流水线的规则 select_prior_weight），再报告该
-权重下的测试指标：测试集只用来报告，不参与选择。写 JSON（含 git commit）并打印表格。
+每个划分只跑一次束搜索（候选 = 束宽个），各组合只重排候选（evaluation.fused_metrics，流水线用的同一段代码）。
+窗口 0 = 模型本身。对每个窗口按验证集 Recall@10 选权重（流水线的规则 select_prior_weight），再报告该权重下的
+测试指标：测试集只用来报告，不参与选择。写 JSON（含 git commit）并打印表格。
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import torch
 
     from ugt_hf.data.datadir import DataDir
-    from ugt_hf.evaluation import TransitionPrior, evaluate_with_prior, select_prior_weight
+    from ugt_hf.evaluation import TransitionPrior, _ranked_candidates, fused_metrics, select_prior_weight
     from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
     from ugt_hf.workflow import git_commit
 
@@ -52,17 +52,26 @@ def main(argv=None) -> int:
     model = UGTForGenerativeRecommendation.from_pretrained(args.model).eval()
     results = {"git_commit": git_commit(ROOT), "model": args.model, "data": args.data, "num_beams": args.num_beams,
                "exclude_history": args.exclude_history, "weights": weights, "windows": {}}
+    # 每个划分只跑一次束搜索；各窗口、各权重只重排这些候选
+    cands = {}
+    for split in ("valid", "test"):
+        t0 = time.perf_counter()
+        # 与 evaluate_ranking 同一束宽：至少是最大的 K（20）
+        items, scores, targets = _ranked_candidates(model, data, split, catalogue, max(args.num_beams, 20),
+                                                    args.exclude_history, 256, None)
+        table = data.read_table(split, ["encoder_l1_ids", "encoder_l2_ids", "encoder_l3_ids"])
+        cands[split] = (items, scores, targets, table)
+        results[f"beam_seconds_{split}"] = time.perf_counter() - t0
     for window in windows:
         t0 = time.perf_counter()
-        if window == 0:
-            grid = {s: evaluate_with_prior(model, data, TransitionPrior([], [], catalogue.num_items), [0.0], split=s,
-                                           num_beams=args.num_beams, exclude_history=args.exclude_history,
-                                           catalogue=catalogue) for s in ("valid", "test")}
-        else:
-            prior = TransitionPrior.from_data(data, window, catalogue=catalogue)
-            grid = {s: evaluate_with_prior(model, data, prior, weights, split=s, num_beams=args.num_beams,
-                                           exclude_history=args.exclude_history, catalogue=catalogue)
-                    for s in ("valid", "test")}
+        prior = (TransitionPrior.from_data(data, window, catalogue=catalogue) if window > 0
+                 else TransitionPrior([], [], catalogue.num_items))
+        grid = {}
+        for split, (items, scores, targets, table) in cands.items():
+            hist = prior.history(table, catalogue)
+            grid[split] = fused_metrics(items, scores, targets, prior.scores(hist, items),
+                                        weights if window > 0 else [0.0], catalogue,
+                                        exclude_history=args.exclude_history)
         best = select_prior_weight(grid["valid"])
         results["windows"][str(window)] = {
             "chosen_weight": best, "valid": {f"{w:g}": m for w, m in grid["valid"].items()},

@@ -377,6 +377,20 @@ def _ranked_candidates(model, data: DataDir, split: str, catalogue: ItemCatalogu
     return np.concatenate(items), np.concatenate(scores).astype(np.float64), np.concatenate(targets)
 
 
+def fused_metrics(items: np.ndarray, scores: np.ndarray, targets: np.ndarray, prior_scores: np.ndarray,
+                  weights: Sequence[float], catalogue: ItemCatalogue, k_values: Sequence[int] = DEFAULT_K_VALUES,
+                  exclude_history: bool = False) -> Dict[float, Dict[str, float]]:
+    """束搜索候选 items / scores [N, C]、目标 [N]、先验分 [N, C] -> 每个权重的排序指标（重排只动候选顺序）。"""
+    out = {}
+    for w in weights:
+        metrics = ranking_metrics(_fused_topk(items, scores, prior_scores, float(w), max(k_values)), targets,
+                                  catalogue, k_values)
+        metrics["exclude_history"] = float(exclude_history)
+        metrics["prior_weight"] = float(w)
+        out[float(w)] = metrics
+    return out
+
+
 def evaluate_with_prior(
     model,
     data_dir: DataDirLike,
@@ -400,14 +414,8 @@ def evaluate_with_prior(
     items, scores, targets = _ranked_candidates(model, data, split, catalogue, max(num_beams, kmax),
                                                 exclude_history, batch_size, max_samples)
     hist = prior.history(data.read_table(split, _ENCODER_COLS), catalogue)[: len(items)]
-    prior_scores = prior.scores(hist, items)
-    out = {}
-    for w in weights:
-        metrics = ranking_metrics(_fused_topk(items, scores, prior_scores, float(w), kmax), targets, catalogue,
-                                  k_values)
-        metrics["exclude_history"] = float(exclude_history)
-        metrics["prior_weight"] = float(w)
-        out[float(w)] = metrics
+    out = fused_metrics(items, scores, targets, prior.scores(hist, items), weights, catalogue, k_values,
+                        exclude_history)
     seconds = time.perf_counter() - t0
     for m in out.values():
         m["eval_seconds"] = seconds
