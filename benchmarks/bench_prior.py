@@ -34,10 +34,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_prior.json"))
     args = p.parse_args(argv)
-    windows = [int(w) for w in args.windows.split(",") if w.strip()]
-    weights = _floats(args.weights)
-    if any(w < 0 for w in windows) or any(w < 0 for w in weights) or not weights:
-        p.error("--windows and --weights must be non-negative (and at least one weight)")
+    try:
+        windows = [int(w) for w in args.windows.split(",") if w.strip()]
+        weights = _floats(args.weights)
+    except ValueError as e:
+        p.error(f"--windows takes integers and --weights numbers, comma-separated ({e})")
+    if any(w < 0 for w in windows) or not all(0 <= w < float("inf") for w in weights) or not weights:
+        p.error("--windows and --weights must be non-negative and finite (and at least one weight)")
 
     import torch
 

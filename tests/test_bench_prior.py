@@ -36,7 +36,8 @@ def test_windows_and_weights_with_selection_on_valid(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_negative_weight_is_a_usage_error(capsys):
+@pytest.mark.parametrize("flag,value", [("--weights", "1,-1"), ("--weights", "1,x"), ("--windows", "1.5")])
+def test_bad_windows_or_weights_are_usage_errors(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
-        bench.main(["--model", "m", "--data", "d", "--weights", "1,-1"])
-    assert e.value.code == 2 and "non-negative" in capsys.readouterr().err
+        bench.main(["--model", "m", "--data", "d", flag, value])
+    assert e.value.code == 2 and "--windows" in capsys.readouterr().err

@@ -96,8 +96,9 @@ def test_evaluate_cli_prints_table_or_json(tmp_path, capsys):
     assert main(argv + ["--json", "--prior_weight", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model + transition prior (w=0)"]["recall@5"] == pytest.approx(out["model"]["recall@5"])
-    assert main(argv + ["--prior_weight", "-1"]) == 2
-    assert "--prior_weight must be >= 0" in capsys.readouterr().err
+    for bad in ("-1", "inf"):
+        assert main(argv + ["--prior_weight", bad]) == 2
+        assert "--prior_weight must be a finite number >= 0" in capsys.readouterr().err
 
 
 def test_format_table_handles_missing_cells():
@@ -202,6 +203,16 @@ def test_evaluate_with_prior_weight_zero_is_the_model_and_selection_picks_the_be
     assert grid[2.0]["prior_weight"] == 2.0
     # 未训练的模型分数接近均匀：计数先验必然改变排序
     assert grid[2.0]["recall@10"] != grid[0.0]["recall@10"] or grid[2.0]["ndcg@10"] != grid[0.0]["ndcg@10"]
+    # 屏蔽历史 + 只取前几个用户：候选与历史表的行对齐，权重 0 仍等于模型本身
+    masked = evaluate_with_prior(model, d, prior, [0.0], split="test", k_values=[5, 10], num_beams=10,
+                                 exclude_history=True, max_samples=7)[0.0]
+    plain_masked = evaluate_ranking(model, d, split="test", k_values=[5, 10], num_beams=10, exclude_history=True,
+                                    max_samples=7)
+    assert masked["num_users"] == 7 and masked["exclude_history"] == 1.0
+    for key in ("recall@10", "ndcg@10", "mrr"):
+        assert masked[key] == pytest.approx(plain_masked[key])
     hand = {0.0: {"recall@10": 0.2, "ndcg@10": 0.1}, 1.0: {"recall@10": 0.3, "ndcg@10": 0.1},
             3.0: {"recall@10": 0.3, "ndcg@10": 0.2}, 5.0: {"recall@10": 0.3, "ndcg@10": 0.2}}
     assert select_prior_weight(hand) == 3.0  # recall 并列时看 ndcg，再并列取较小的权重
+    with pytest.raises(ValueError, match="recall@10"):
+        select_prior_weight({0.0: {"recall@5": 0.1}})

@@ -49,8 +49,6 @@ def test_end_to_end_three_stages(tmp_path):
     assert tp["model_dir"] == results["stages"]["stage3"]["best_model_dir"]
     best = max(tp["validation"].values(), key=lambda m: (m["recall@10"], m["ndcg@10"]))
     assert tp["validation"][f"{tp['weight']:g}"]["recall@10"] == best["recall@10"]
-    if tp["weight"] == 0.0:  # 权重 0 = 模型本身：与阶段 3 的测试指标相同
-        assert tp["test"]["recall@10"] == results["stages"]["stage3"]["test"]["recall@10"]
     assert f"| stage3 + transition prior (w={tp['weight']:g}) |" in report
     # 整个运行目录（三个阶段，含阶段 3）没有 training_args.bin 之类的 pickle；只有 HF 检查点里 weights_only
     # 可加载的优化器 / 调度器 / RNG 状态
@@ -77,10 +75,18 @@ def test_pipeline_config_errors(tmp_path):
     cfg = write_tiny_pipeline(tmp_path)
     base = yaml.safe_load(cfg.read_text())
     for prior, match in (({"windw": 3}, "keys"), ({"window": 0}, "window"), ({"window": True}, "window"),
-                         ({"weights": [1.0, -1.0]}, "weights"), ({"weights": []}, "weights")):
+                         ({"weights": [1.0, -1.0]}, "weights"), ({"weights": []}, "weights"),
+                         ({"weights": [float("inf")]}, "weights")):
         base["evaluation"]["transition_prior"] = prior
         cfg.write_text(yaml.safe_dump(base))
         with pytest.raises(ConfigError, match=f"transition_prior.*{match}|{match}.*transition_prior"):
+            load_pipeline_config(cfg)
+    # 权重在验证集上选：评估划分也是 valid、或 k_values 没有 10（按 recall@10 选）都是配置错误
+    for key, value, match in (("split", "valid", "split: test"), ("k_values", [5, 20], "include 10")):
+        bad_ev = yaml.safe_load(write_tiny_pipeline(tmp_path).read_text())
+        bad_ev["evaluation"][key] = value
+        cfg.write_text(yaml.safe_dump(bad_ev))
+        with pytest.raises(ConfigError, match=match):
             load_pipeline_config(cfg)
 
 

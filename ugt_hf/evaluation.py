@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -262,14 +263,15 @@ def _last_k_items(table, catalogue: ItemCatalogue, window: int) -> np.ndarray:
 
     cols = [table.column(c).combine_chunks() if isinstance(table.column(c), pa.ChunkedArray) else table.column(c)
             for c in _ENCODER_COLS]
-    offsets = np.asarray(cols[0].offsets)  # [N+1]，三列的偏移相同（同一段历史）
+    offsets = np.asarray(cols[0].offsets, dtype=np.int64)  # [N+1]，三列的偏移相同（同一段历史）
+    offsets = offsets - offsets[0]  # 切片过的数组：offsets 不减起点，flatten() 却从起点开始
     flat = np.stack([np.asarray(c.flatten()) for c in cols], 1)  # [sum T, 3]
-    items = catalogue.lookup(torch.as_tensor(flat)).numpy() if len(flat) else np.zeros(0, np.int64)
     lengths = np.diff(offsets)
     out = np.full((len(lengths), window), -1, dtype=np.int64)
     for k in range(1, window + 1):
-        ok = lengths >= k
-        out[ok, k - 1] = items[offsets[1:][ok] - k]
+        ok = np.flatnonzero(lengths >= k)
+        if len(ok):  # 只换算要用的那几个位置，不必把整段历史都查一遍目录
+            out[ok, k - 1] = catalogue.lookup(torch.as_tensor(flat[offsets[1:][ok] - k])).numpy()
     return out
 
 
@@ -322,7 +324,7 @@ class TransitionPrior:
         """history [N, window]（-1 = 缺位），candidates [N, K] 物品号（-1 = 缺位）-> 先验分 [N, K]（缺位为 0）。"""
         import numpy as np
 
-        history, candidates = np.asarray(history), np.asarray(candidates)
+        history, candidates = np.asarray(history, dtype=np.int64), np.asarray(candidates, dtype=np.int64)
         out = np.zeros(candidates.shape, dtype=np.float64)
         for k in range(self.window):
             keys, counts = self.keys[k], self.counts[k]
@@ -426,6 +428,8 @@ def select_prior_weight(grid: Dict[float, Dict[str, float]], metric: str = "reca
     """验证集上各权重的指标 -> 最好的权重（metric 最高；相同时取 ndcg@10 高的，再相同取较小的权重）。"""
     if not grid:
         raise ValueError("select_prior_weight: empty grid")
+    if any(metric not in m for m in grid.values()):
+        raise ValueError(f"select_prior_weight: the metrics have no {metric!r} (k_values must include its cut-off)")
     return max(sorted(grid), key=lambda w: (grid[w][metric], grid[w].get("ndcg@10", 0.0), -w))
 
 
@@ -476,6 +480,10 @@ def main(argv=None) -> int:
     try:
         (ns,) = parse_args([EvaluateArguments], argv, prog="ugt evaluate", config_flag=False)
         check_model_dir(ns.model, "--model")
+        if ns.prior_weight is not None and not (math.isfinite(ns.prior_weight) and ns.prior_weight >= 0
+                                                and ns.prior_window >= 1):
+            raise ConfigError(f"--prior_weight must be a finite number >= 0 and --prior_window >= 1 (got "
+                              f"{ns.prior_weight:g}, {ns.prior_window})")
         if not Path(ns.data).is_dir():
             raise ConfigError(f"--data: {missing_path_message(ns.data, 'data folder')} "
                               "(the artifact folder written by `ugt prepare`)")
@@ -495,9 +503,6 @@ def main(argv=None) -> int:
         if ns.transition:
             out["transition"] = transition_baseline(ns.data, ns.split, ks, ns.exclude_history)
         if ns.prior_weight is not None:
-            if ns.prior_weight < 0 or ns.prior_window < 1:
-                raise ConfigError(f"--prior_weight must be >= 0 and --prior_window >= 1 (got {ns.prior_weight:g}, "
-                                  f"{ns.prior_window})")
             prior = TransitionPrior.from_data(ns.data, ns.prior_window)
             w = float(ns.prior_weight)
             out[f"model + transition prior (w={w:g})"] = evaluate_with_prior(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 import time
@@ -95,9 +96,17 @@ def load_pipeline_config(path) -> Dict[str, Any]:
             raise ConfigError(f"evaluation.transition_prior.window must be an integer >= 1, got {window!r}",
                               **where("evaluation"))
         if (not isinstance(weights, list) or not weights
-                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)):
-            raise ConfigError("evaluation.transition_prior.weights must be a non-empty list of numbers >= 0, "
-                              f"got {weights!r}", **where("evaluation"))
+                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                           for w in weights)):
+            raise ConfigError("evaluation.transition_prior.weights must be a non-empty list of finite numbers "
+                              f">= 0, got {weights!r}", **where("evaluation"))
+        # 权重在验证集上选：评估划分本身是 valid 时，选与报告用的是同一批用户
+        if ev.get("split", "test") != "test":
+            raise ConfigError("evaluation.transition_prior chooses its weight on the valid split, so it needs "
+                              f"evaluation.split: test (got {ev.get('split')!r})", **where("evaluation"))
+        if 10 not in list(ev.get("k_values", [5, 10, 20])):
+            raise ConfigError("evaluation.transition_prior chooses its weight by recall@10: k_values must "
+                              f"include 10 (got {ev.get('k_values')!r})", **where("evaluation"))
         ev["transition_prior"] = {"window": window, "weights": [float(w) for w in weights]}
     raw["evaluation"] = ev
     return raw
