@@ -212,7 +212,15 @@ def test_evaluate_with_prior_weight_zero_is_the_model_and_selection_picks_the_be
     for key in ("recall@10", "ndcg@10", "mrr"):
         assert masked[key] == pytest.approx(plain_masked[key])
     hand = {0.0: {"recall@10": 0.2, "ndcg@10": 0.1}, 1.0: {"recall@10": 0.3, "ndcg@10": 0.1},
-            3.0: {"recall@10": 0.3, "ndcg@10": 0.2}, 5.0: {"recall@10": 0.3, "ndcg@10": 0.2}}
-    assert select_prior_weight(hand) == 3.0  # recall 并列时看 ndcg，再并列取较小的权重
+            3.0: {"recall@10": 0.3, "ndcg@10": 0.2}, 5.0: {"recall@10": 0.3, "ndcg@10": 0.2},
+            7.0: {"recall@10": 0.4, "ndcg@10": 0.09}}
+    # 7 的 recall 最高但 ndcg 低于模型本身（权重 0），不选；其余 recall 并列时看 ndcg，再并列取较小的权重
+    assert select_prior_weight(hand) == 3.0
+    # 每个正权重都让某一项变差：留在 0（演示数据的情形）
+    assert select_prior_weight({0.0: {"recall@10": 0.79, "ndcg@10": 0.59},
+                                0.5: {"recall@10": 0.794, "ndcg@10": 0.58}}) == 0.0
+    # 没有权重 0 时不设下限
+    no_zero = {1.0: {"recall@10": 0.3, "ndcg@10": 0.1}, 2.0: {"recall@10": 0.2, "ndcg@10": 0.3}}
+    assert select_prior_weight(no_zero) == 1.0
     with pytest.raises(ValueError, match="recall@10"):
         select_prior_weight({0.0: {"recall@5": 0.1}})

@@ -226,15 +226,19 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
         results["total_seconds"] = time.perf_counter() - t_start
         (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     if ev.get("transition_prior") and previous is not None:
-        results["transition_prior"] = _evaluate_with_prior(previous, data_dir, ev, catalogue, log)
+        last = results["stages"][f"stage{max(stages)}"]
+        results["transition_prior"] = _evaluate_with_prior(previous, data_dir, ev, catalogue, log,
+                                                           last_test=last.get("test"))
         results["total_seconds"] = time.perf_counter() - t_start
         (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     write_report(run_dir)
     return results
 
 
-def _evaluate_with_prior(model_dir: str, data_dir: Path, ev: dict, catalogue, log) -> Dict[str, Any]:
-    """最后一个阶段的模型 + 转移计数先验（evaluation.TransitionPrior）：权重在验证集上选，再在评估划分上测。"""
+def _evaluate_with_prior(model_dir: str, data_dir: Path, ev: dict, catalogue, log,
+                         last_test: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+    """最后一个阶段的模型 + 转移计数先验（evaluation.TransitionPrior）：权重在验证集上选（select_prior_weight），
+    再在评估划分上测。"""
     from .modeling_ugt import UGTForGenerativeRecommendation
 
     t0 = time.perf_counter()
@@ -245,7 +249,10 @@ def _evaluate_with_prior(model_dir: str, data_dir: Path, ev: dict, catalogue, lo
                   batch_size=ev["batch_size"], catalogue=catalogue)
     grid = evaluate_with_prior(model, data_dir, prior, spec["weights"], split="valid", **common)
     weight = select_prior_weight(grid)
-    test = evaluate_with_prior(model, data_dir, prior, [weight], split=ev["split"], **common)[weight]
+    if weight == 0.0 and last_test is not None:  # 权重 0 = 模型本身：阶段的测试指标就是它，不再跑一遍束搜索
+        test = {**last_test, "prior_weight": 0.0}
+    else:
+        test = evaluate_with_prior(model, data_dir, prior, [weight], split=ev["split"], **common)[weight]
     log(f"[pipeline] transition prior (window {spec['window']}): weight {weight:g} chosen on valid "
         f"(recall@10 {grid[weight]['recall@10']:.4f} vs {grid[min(grid)]['recall@10']:.4f} at weight "
         f"{min(grid):g}); {ev['split']}: recall@10={test['recall@10']:.4f}, ndcg@10={test['ndcg@10']:.4f}")
