@@ -49,16 +49,19 @@ def rank_dataset(
     batch_size: int = 256,
     max_samples: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
+    return_scores: bool = False,
 ):
-    """对数据集每个样本（BOS 位置）做约束 beam search。返回 (predictions [N, K] 物品下标, targets [N])。"""
+    """对数据集每个样本（BOS 位置）做约束 beam search。返回 (predictions [N, K] 物品下标, targets [N])；
+    return_scores 时为 (predictions, scores [N, K] 的 log p（缺位 -inf）, targets)。"""
     import torch
 
     with torch.inference_mode():
         return _rank_dataset(model, dataset, catalogue, top_k, num_beams, exclude_history, batch_size, max_samples,
-                             device)
+                             device, return_scores)
 
 
-def _rank_dataset(model, dataset, catalogue, top_k, num_beams, exclude_history, batch_size, max_samples, device):
+def _rank_dataset(model, dataset, catalogue, top_k, num_beams, exclude_history, batch_size, max_samples, device,
+                  return_scores=False):
     """rank_dataset 的主体（在 inference_mode 里运行；装饰器要在导入时就有 torch，所以拆成两层）。"""
     import torch
 
@@ -69,7 +72,7 @@ def _rank_dataset(model, dataset, catalogue, top_k, num_beams, exclude_history, 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     collator = DataCollator(semantic_pad_id=SEMANTIC_PAD_ID)
     n = len(dataset) if max_samples is None else min(len(dataset), int(max_samples))
-    preds, targets = [], []
+    preds, scores, targets = [], [], []
     was_training = model.training
     model.eval()
     try:
@@ -84,9 +87,13 @@ def _rank_dataset(model, dataset, catalogue, top_k, num_beams, exclude_history, 
             result = recommend(model, batch, catalogue, top_k=top_k, num_beams=max(num_beams, top_k),
                                exclude_history=exclude_history, position=0, method="beam")
             preds.append(result.item_indices.cpu())
+            if return_scores:
+                scores.append(result.scores.float().cpu())
             targets.append(_target_indices(labels, catalogue))
     finally:
         model.train(was_training)
+    if return_scores:
+        return torch.cat(preds).numpy(), torch.cat(scores).double().numpy(), torch.cat(targets).numpy()
     return torch.cat(preds).numpy(), torch.cat(targets).numpy()
 
 
@@ -188,14 +195,7 @@ def popularity_baseline(
 
 def _last_and_first(table, catalogue: ItemCatalogue):
     """每行（编码器最后一个物品, 第 0 个标签）的物品号；没有历史的行前者为 -1。"""
-    import numpy as np
-    import torch
-
-    enc = [table.column(c).to_pylist() for c in _ENCODER_COLS]
-    last = np.stack([np.array([r[-1] if len(r) else 0 for r in col]) for col in enc], 1)
-    has_hist = np.array([len(r) > 0 for r in enc[0]])
-    a = catalogue.lookup(torch.as_tensor(last)).numpy()
-    return np.where(has_hist, a, -1), _first_label_items(table, catalogue)
+    return _last_k_items(table, catalogue, 1)[:, 0], _first_label_items(table, catalogue)
 
 
 def transition_baseline(
@@ -351,32 +351,9 @@ def _fused_topk(items: np.ndarray, scores: np.ndarray, prior_scores: np.ndarray,
 def _ranked_candidates(model, data: DataDir, split: str, catalogue: ItemCatalogue, num_candidates: int,
                        exclude_history: bool, batch_size: int, max_samples: Optional[int]):
     """束搜索的前 num_candidates 个候选与它们的 log p：(items [N, C], scores [N, C], targets [N])。"""
-    import numpy as np
-    import torch
-
-    from .generation import recommend
-    from .interfaces import SEMANTIC_PAD_ID
-
-    dataset = data.recommend_dataset(split)
-    n = len(dataset) if max_samples is None else min(len(dataset), int(max_samples))
-    items, scores, targets = [], [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                batch = dataset.collate(range(start, min(start + batch_size, n)), semantic_pad_id=SEMANTIC_PAD_ID)
-                labels = batch.pop("labels")
-                device = next(model.parameters()).device
-                batch = {k: v.to(device) for k, v in batch.items()}
-                r = recommend(model, batch, catalogue, top_k=num_candidates, num_beams=num_candidates,
-                              exclude_history=exclude_history, position=0, method="beam")
-                items.append(r.item_indices.cpu().numpy())
-                scores.append(r.scores.float().cpu().numpy())
-                targets.append(_target_indices(labels, catalogue).numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(items), np.concatenate(scores).astype(np.float64), np.concatenate(targets)
+    return rank_dataset(model, data.recommend_dataset(split), catalogue, top_k=num_candidates,
+                        num_beams=num_candidates, exclude_history=exclude_history, batch_size=batch_size,
+                        max_samples=max_samples, return_scores=True)
 
 
 def fused_metrics(items: np.ndarray, scores: np.ndarray, targets: np.ndarray, prior_scores: np.ndarray,
