@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -170,6 +171,7 @@ def run(a) -> Dict[str, Any]:
             st.append(t2 - t1)
     fb_s, step_s = statistics.median(fb), statistics.median(st)
     achieved = flops / fb_s / 1e9
+    stock = compare_stock(fwd_bwd, model, a.repeats) if a.compare_stock else None
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -195,11 +197,50 @@ def run(a) -> Dict[str, Any]:
         "achieved_over_peak": round(achieved / peak["peak_gflops"], 4),
         "achieved_over_model_shape_matmul": round(achieved / peak["model_shape_gflops"], 4),
         "profile": {"steps": a.profile_steps, "includes": "forward + backward + optimizer step", **profile_out},
+        "stock_ops_comparison": stock,
         "flop_counting": "torch.utils.flop_counter.FlopCounterMode (plus the CPU SDPA kernels): matmul / attention "
                          "/ convolution FLOPs only, elementwise ops not counted",
         "git_commit": _git_commit(),
     }
     return result
+
+
+@contextlib.contextmanager
+def stock_ops():
+    """换回 torch 自带的做法：nn.Dropout（CPU 上逐元素 bernoulli_）与整块 argmax 的准确率。"""
+    from torch import nn
+
+    from ugt_hf import loss_utils
+    from ugt_hf.modeling_ugt import UGTDropout
+
+    forward, hits = UGTDropout.forward, loss_utils._argmax_hits
+    UGTDropout.forward = nn.Dropout.forward
+    loss_utils._argmax_hits = lambda flat, labels: flat.argmax(dim=-1) == labels
+    try:
+        yield
+    finally:
+        UGTDropout.forward, loss_utils._argmax_hits = forward, hits
+
+
+def compare_stock(fwd_bwd, model, repeats: int) -> Dict[str, Any]:
+    """同一进程、同一批次，交替计时现在的前向+反向与换回 torch 自带 dropout / argmax 的前向+反向
+    （交替是为了让机器的快慢波动落在两边；比的是中位数之比）。"""
+    times: Dict[str, List[float]] = {"current": [], "stock": []}
+    for i in range(2 * repeats + 2):
+        name = "current" if i % 2 == 0 else "stock"
+        with (contextlib.nullcontext() if name == "current" else stock_ops()):
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            fwd_bwd()
+            elapsed = time.perf_counter() - t0
+        if i >= 2:  # 每边第一次是预热
+            times[name].append(round(elapsed, 6))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"what": "stock = torch nn.Dropout (bernoulli_ mask) and argmax accuracy; current = UGTDropout "
+                    "(rand_like mask) and loss_utils._argmax_hits; interleaved, same batch",
+            "current_seconds": times["current"], "stock_seconds": times["stock"],
+            "current_median": round(med["current"], 6), "stock_median": round(med["stock"], 6),
+            "stock_over_current": round(med["stock"] / med["current"], 4)}
 
 
 def _git_commit() -> str:
@@ -224,6 +265,10 @@ def print_table(r: Dict[str, Any]) -> None:
     print(f"optimizer step median {r['optimizer_step_seconds_median'] * 1e3:10.1f} ms")
     print(f"achieved / peak       {100 * r['achieved_over_peak']:10.1f} %  "
           f"(vs model-shaped matmul {100 * r['achieved_over_model_shape_matmul']:.1f} %)")
+    c = r.get("stock_ops_comparison")
+    if c:
+        print(f"vs stock torch ops    {c['stock_median'] * 1e3:10.1f} ms with nn.Dropout + argmax "
+              f"({c['stock_over_current']:.3f}x the current {c['current_median'] * 1e3:.1f} ms; interleaved)")
     print("\nFLOPs by op:")
     for op, f in list(r["step_flops_by_op"].items())[:8]:
         print(f"  {op[:56]:<56}{f / 1e9:10.3f} GFLOP")
@@ -247,6 +292,8 @@ def parse(argv: Optional[List[str]] = None):
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--min-seconds", type=float, default=0.5, help="time per matmul size")
     p.add_argument("--top", type=int, default=15, help="profile rows to keep")
+    p.add_argument("--compare-stock", action="store_true",
+                   help="also time fwd+bwd with torch's nn.Dropout and argmax, interleaved with the current ops")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_roofline.json"))
     a = p.parse_args(argv)
     if a.quick:

@@ -14,7 +14,7 @@ def _module():
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("roofline")
     out = tmp / "r.json"
-    assert _module().main(["--quick", "--out", str(out), "--work", str(tmp / "work")]) == 0
+    assert _module().main(["--quick", "--compare-stock", "--out", str(out), "--work", str(tmp / "work")]) == 0
     return json.loads(out.read_text())
 
 
@@ -55,3 +55,28 @@ def test_flop_count_matches_hand_count_for_a_linear_layer():
     with FlopCounterMode(display=False) as c:
         lin(x).sum().backward()
     assert c.get_total_flops() == 3 * (2 * 3 * 8 * 4)
+
+
+def test_stock_ops_comparison_is_interleaved_and_restores_the_ops(report):
+    from ugt_hf import loss_utils
+    from ugt_hf.modeling_ugt import UGTDropout
+
+    c = report["stock_ops_comparison"]
+    assert len(c["current_seconds"]) == len(c["stock_seconds"]) == 2  # quick：repeats 2，各去掉一次预热
+    assert c["stock_over_current"] == pytest.approx(c["stock_median"] / c["current_median"], rel=1e-3)
+    # 换回自带算子只在计时的那一段里：之后 UGTDropout 与 _argmax_hits 还是本仓库的实现
+    assert UGTDropout.forward is not __import__("torch").nn.Dropout.forward
+    assert loss_utils._argmax_hits.__name__ == "_argmax_hits"
+
+
+def test_stock_ops_context_swaps_dropout_and_argmax():
+    import torch
+
+    from ugt_hf import loss_utils
+    from ugt_hf.modeling_ugt import UGTDropout
+
+    x = torch.tensor([[1.0, 1.0], [0.0, 2.0]])
+    with _module().stock_ops():
+        assert UGTDropout.forward is torch.nn.Dropout.forward
+        assert loss_utils._argmax_hits(x, torch.tensor([1, 1])).tolist() == [False, True]
+    assert UGTDropout.forward is not torch.nn.Dropout.forward

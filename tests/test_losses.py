@@ -285,3 +285,18 @@ def test_next_item_ntp_loss_is_the_stage_1_objective():
     assert comps["ntp_loss"].item() == pytest.approx(loss.item())
     with pytest.raises(ValueError, match="l2_logits"):
         next_item_ntp_loss({"l1_logits": logits[0]}, lab)
+
+
+def test_argmax_hits_equals_argmax_with_ties_and_ignored_labels():
+    # 整数值 logits 造出大量并列：并列时 argmax 取第一个下标，_argmax_hits 必须逐项相同；-100 的标签永远不算命中
+    from ugt_hf.loss_utils import _argmax_hits
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n, v = int(torch.randint(1, 40, (), generator=g)), int(torch.randint(1, 9, (), generator=g))
+        x = torch.randint(-2, 3, (n, v), generator=g).float()
+        lab = torch.randint(0, v, (n,), generator=g)
+        lab[torch.rand(n, generator=g) < 0.2] = IGN
+        assert torch.equal(_argmax_hits(x, lab), x.argmax(-1) == lab)
+    x = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 0.0, 0.0]])
+    assert _argmax_hits(x, torch.tensor([1, 1, IGN])).tolist() == [False, True, False]

@@ -826,3 +826,27 @@ def test_loading_a_saved_state_dict_misses_exactly_the_keys_ignored_on_save(tmp_
         assert set(result.missing_keys) == set(fresh._keys_to_ignore_on_save or [])
         assert bool(result.missing_keys) == tied and not result.unexpected_keys
         assert torch.equal(fresh.heads.out3.weight, m.heads.out3.weight)
+
+
+def test_ugt_dropout_is_bernoulli_keep_scaled_with_mask_gradient():
+    from ugt_hf.modeling_ugt import UGTDropout
+
+    torch.manual_seed(0)
+    drop = UGTDropout(0.25)
+    x = torch.randn(200, 500, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    # 保留比例 ≈ 1 − p（10 万个元素，标准误约 0.0014），保留的元素乘 1/(1 − p)
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.75)  # 梯度 = 掩码 · 1/(1 − p)
+    # 同一随机状态 -> 同一掩码（断点续训靠全局生成器的状态）
+    torch.manual_seed(3)
+    a = drop(x.detach())
+    torch.manual_seed(3)
+    assert torch.equal(a, drop(x.detach()))
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(UGTDropout(1.0)(x.detach()), torch.zeros_like(x))
+    assert list(UGTDropout(0.1).state_dict()) == []

@@ -273,6 +273,27 @@ class NTPSums:
         return out
 
 
+def _argmax_hits(flat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """argmax(flat) == labels，[N, V], [N] -> [N] bool（并列最大时取第一个下标，与 argmax 相同）。
+
+    CPU 上 argmax 比 amax 慢约 6 倍（[1280, 12101]：16 对 2.5 ms；物品头每步都要算）：先看标签的 logit 是否达到
+    行最大值（训练中多数行没有达到），只在这些行里跑 argmax。GPU 上 argmax 本身很快，且这里的 nonzero
+    会同步，所以直接用 argmax。"""
+    if flat.device.type != "cpu":
+        return flat.argmax(dim=-1) == labels
+    safe = labels.clamp(min=0, max=flat.shape[-1] - 1).long()
+    target = flat.gather(1, safe[:, None])  # [N, 1]
+    top = flat.amax(dim=-1, keepdim=True)  # [N, 1]
+    hits = (target >= top)[:, 0] & (labels == safe)  # [N]
+    rows = hits.nonzero()[:, 0]
+    if rows.numel() * 4 > hits.numel():  # 命中多时取子行的拷贝比整块 argmax 还贵
+        return (flat.argmax(dim=-1) == labels)
+    if rows.numel():
+        # 并列最大时 argmax 取第一个下标：只在标签达到最大值的这些行里再跑 argmax
+        hits[rows] = flat[rows].argmax(dim=-1) == safe[rows]
+    return hits
+
+
 def _level_sum(level: Union[int, str], logits: torch.Tensor, labels: torch.Tensor, ignore_index: int,
                label_smoothing: float, chunk_size: Optional[int], inplace_backward: bool):
     """一层的 (交叉熵之和, 有效数, 预测正确数)。logits: [B, T, V]；labels: [B, T]"""
@@ -289,10 +310,10 @@ def _level_sum(level: Union[int, str], logits: torch.Tensor, labels: torch.Tenso
         check_labels(flat_labels, flat.shape[-1], ignore_index, f"{name} labels")
         loss_sum = F.cross_entropy(flat, flat_labels.long(), ignore_index=ignore_index,
                                    label_smoothing=label_smoothing, reduction="sum")
-    with torch.no_grad():
-        preds = flat.argmax(dim=-1)
     valid = flat_labels != ignore_index
-    return loss_sum, valid.sum(), ((preds == flat_labels) & valid).sum()
+    with torch.no_grad():
+        correct = _argmax_hits(flat, flat_labels) & valid
+    return loss_sum, valid.sum(), correct.sum()
 
 
 def split_level_labels(labels: LevelLabels) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -171,6 +171,35 @@ def recency_positions(mask: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
+class _MaskedScale(torch.autograd.Function):
+    """y = x · m / (1 − p)，m ~ Bernoulli(1 − p)；反向存 bool 掩码（与 torch 的 native_dropout 一样 1 字节/元素）。"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        mask = torch.rand_like(x) >= p  # P(keep) = 1 − p
+        ctx.save_for_backward(mask)
+        ctx.scale = 1.0 / (1.0 - p)
+        return x * mask * ctx.scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad * mask * ctx.scale, None
+
+
+class UGTDropout(nn.Dropout):
+    """与 `nn.Dropout` 同分布、同接口（无参数，state_dict 不变）。CPU 上 torch 的 dropout 用逐元素的
+    `bernoulli_` 生成掩码，在 Beauty 阶段 1 的一步里占 17%（bench_roofline）；`rand_like` 再比较同一个全局
+    生成器、同一分布，快约 3 倍。其他设备上 F.dropout 是融合核，直接用它。"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        if self.p == 1.0:
+            return x * 0.0
+        return _MaskedScale.apply(x, self.p)
+
+
 class UGTEmbeddings(nn.Module):
     """三层 ID 嵌入（与物品表示、输出头共享）+ 位置 + token 类型。"""
 
@@ -182,7 +211,7 @@ class UGTEmbeddings(nn.Module):
         self.l3 = nn.Embedding(v3, config.d_model)
         self.position = nn.Embedding(config.max_position_embeddings, config.d_model)
         self.token_type = nn.Embedding(config.num_token_types, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = UGTDropout(config.dropout)
         self.item_id = nn.Embedding(config.item_id_buckets, config.d_model) if config.item_id_buckets > 0 else None
 
     def item_embedding(self, triples: torch.Tensor) -> torch.Tensor:
@@ -234,7 +263,7 @@ class UGTFeedForward(nn.Module):
         self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
         self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
         self.act = ACT2FN[config.hidden_act]
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = UGTDropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))
@@ -288,7 +317,7 @@ class _PreNormSelfAttentionLayer(nn.Module):
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.self_attn = UGTAttention(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = UGTDropout(config.dropout)
 
     def _self_attention_block(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         h = self.self_attn_norm(x)
