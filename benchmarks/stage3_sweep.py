@@ -42,8 +42,6 @@ VARIANTS = {
     # 留出准确率只看绝对 log p 的次序：无参考的 hinge 在一对已经以 1/β 的间隔排对之后梯度为 0，不再推开它
     "hinge_rf": ("reference-free hinge (TRL loss_type hinge, dpo_reference_free): relu(1 - beta*(log p_c - log p_r))",
                  ["--loss_type", "hinge", "--dpo_reference_free", "true", "--dpo_beta", "1.0"]),
-    "hinge_rf_b2": ("reference-free hinge with beta 2 (margin 0.5 nats)",
-                    ["--loss_type", "hinge", "--dpo_reference_free", "true", "--dpo_beta", "2.0"]),
     "hinge_ref": ("hinge against the frozen reference, beta 1.0", ["--loss_type", "hinge", "--dpo_beta", "1.0"]),
     "sdpo_k4": ("self-generated pairs with 4 negatives per prompt (softmax-DPO), lambda_preference 1.0",
                 ["--preference_negatives", "4", "--lambda_preference", "1.0"]),

@@ -58,6 +58,8 @@ def test_flop_count_matches_hand_count_for_a_linear_layer():
 
 
 def test_stock_ops_comparison_is_interleaved_and_restores_the_ops(report):
+    import torch
+
     from ugt_hf import loss_utils
     from ugt_hf.modeling_ugt import UGTDropout
 
@@ -65,7 +67,7 @@ def test_stock_ops_comparison_is_interleaved_and_restores_the_ops(report):
     assert len(c["current_seconds"]) == len(c["stock_seconds"]) == 2  # quick：repeats 2，各去掉一次预热
     assert c["stock_over_current"] == pytest.approx(c["stock_median"] / c["current_median"], rel=1e-3)
     # 换回自带算子只在计时的那一段里：之后 UGTDropout 与 _argmax_hits 还是本仓库的实现
-    assert UGTDropout.forward is not __import__("torch").nn.Dropout.forward
+    assert UGTDropout.forward is not torch.nn.Dropout.forward
     assert loss_utils._argmax_hits.__name__ == "_argmax_hits"
 
 

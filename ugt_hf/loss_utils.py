@@ -287,7 +287,7 @@ def _argmax_hits(flat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     hits = (target >= top)[:, 0] & (labels == safe)  # [N]
     rows = hits.nonzero()[:, 0]
     if rows.numel() * 4 > hits.numel():  # 命中多时取子行的拷贝比整块 argmax 还贵
-        return (flat.argmax(dim=-1) == labels)
+        return flat.argmax(dim=-1) == labels
     if rows.numel():
         # 并列最大时 argmax 取第一个下标：只在标签达到最大值的这些行里再跑 argmax
         hits[rows] = flat[rows].argmax(dim=-1) == safe[rows]
