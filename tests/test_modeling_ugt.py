@@ -365,6 +365,31 @@ def test_transition_hash_hand_computed_and_level_salt():
     assert 0 <= int(h) < (1 << 21)
 
 
+def test_transition_layout_default_legacy_load_and_validation(tmp_path):
+    """新配置默认 "block"；没有 transition_layout 字段的已保存配置（此前的检查点）按 "node" 读入，
+    保存后再读不变；块排法的桶数少于最大词表时报错并指明字段。"""
+    import json
+
+    assert UGTConfig(vocab_sizes=V).transition_layout == "block"
+    cfg = UGTConfig(vocab_sizes=V, transition_buckets=64)
+    cfg.save_pretrained(tmp_path)
+    assert UGTConfig.from_pretrained(tmp_path).transition_layout == "block"
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["transition_layout"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    from transformers import AutoConfig
+
+    import ugt_hf  # noqa: F401  注册 AutoConfig
+
+    assert UGTConfig.from_pretrained(tmp_path).transition_layout == "node"
+    assert AutoConfig.from_pretrained(tmp_path).transition_layout == "node"
+    with pytest.raises(ValueError, match="transition_layout"):
+        UGTConfig(vocab_sizes=V, transition_layout="rows")
+    with pytest.raises(ValueError, match="transition_buckets .* largest vocab size"):
+        UGTConfig(vocab_sizes=V, transition_buckets=10)
+    assert UGTConfig(vocab_sizes=V, transition_buckets=10, transition_layout="node").transition_buckets == 10
+
+
 def test_child_hashes_and_transition_bias_equal_the_per_triple_hash():
     """束搜索用的增量哈希（前缀部分 + 码字部分）与逐个三元组调用 item_hash / transition_hash 逐位相等，
     规格最大词表与不整除的桶数都试。"""
@@ -377,8 +402,10 @@ def test_child_hashes_and_transition_bias_equal_the_per_triple_hash():
         triples = torch.cat([pre[:, None, :].expand(9, vocab, p), codes[None, :, None].expand(9, vocab, 1),
                              torch.zeros(9, vocab, 2 - p, dtype=torch.long)], -1)
         assert torch.equal(child_hashes(pre, vocab, buckets).long(), item_hash(triples, buckets))
-    for nb, level in [(nb, level) for nb in (1009, 1 << 10) for level in (1, 2, 3)]:  # 2 的幂走按位与
-        bias = UGTTransitionBias(UGTConfig(vocab_sizes=V, transition_buckets=nb, transition_scale=2.0))
+    cases = [(nb, level, layout) for nb in (1009, 1 << 10) for level in (1, 2, 3) for layout in ("node", "block")]
+    for nb, level, layout in cases:  # 2 的幂走按位与
+        bias = UGTTransitionBias(UGTConfig(vocab_sizes=V, transition_buckets=nb, transition_scale=2.0,
+                                           transition_layout=layout))
         with torch.no_grad():
             bias.table.weight.normal_(0, 1.0, generator=gen)
         prev = torch.randint(0, 8, (4, 5, 3), generator=gen)
@@ -388,15 +415,22 @@ def test_child_hashes_and_transition_bias_equal_the_per_triple_hash():
         codes = torch.arange(vocab)
         nodes = torch.cat([pre[..., None, :].expand(4, 5, vocab, level - 1), codes.expand(4, 5, vocab)[..., None],
                            codes.new_zeros(4, 5, vocab, 3 - level)], -1)
-        want = 2.0 * bias.table.weight[:, 0][transition_hash(prev[..., None, :], nodes, level, nb)]
+        key = transition_hash(prev[..., None, :], nodes, level, nb, layout=layout, vocab=vocab)
+        want = 2.0 * bias.table.weight[:, 0][key]
         assert torch.equal(bias(prev, pre, vocab, level), want)
+        if layout == "block":  # 同一父节点的子节点是一段连续的桶
+            assert torch.equal(key - key[..., :1], codes.expand_as(key))
 
 
-def test_transition_bias_zero_init_previous_items_and_teacher_forcing():
-    from ugt_hf.modeling_ugt import transition_hash
+@pytest.mark.parametrize("layout", ["block", "node"])
+def test_transition_bias_zero_init_previous_items_and_teacher_forcing(layout):
+    from ugt_hf.modeling_ugt import transition_hash as _hash
+
+    def transition_hash(prev, node, level, nb):
+        return _hash(prev, node, level, nb, layout=layout, vocab=V[level - 1])
 
     torch.manual_seed(0)
-    m = tiny(transition_buckets=1009, transition_scale=4.0)
+    m = tiny(transition_buckets=1009, transition_scale=4.0, transition_layout=layout)
     plain = tiny()
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("transition.")})
     table = m.transition.table.weight

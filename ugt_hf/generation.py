@@ -318,12 +318,17 @@ def _beam_chunk(model, states, catalogue: ItemCatalogue, num_beams, top_k, excl,
     u1 = catalogue.level1_values.to(device)  # [U1]
     if u1.numel() <= 2 * b1:
         # 合法 L1 不比 beam 多太多时（小 L1 词表），所有用户对全部合法 L1 一起算：前缀在用户间共享，
-        # 节点向量按前缀批量做稠密矩阵乘，比逐行取哈希嵌入快得多；再取各自 beam 的那几行（数值相同）
-        lp2_all = torch.log_softmax(
-            model.level2_logits(states[:, None], u1[None], **_prev_kw(prev, n, u1.numel())).float(), dim=-1
-        )  # [N, U1, V2]
+        # 节点向量按前缀批量做稠密矩阵乘，比逐行取哈希嵌入快得多；再取各自 beam 的那几行，只对它们加按用户
+        # 查表的宽记忆项、做 log_softmax（都是逐行的运算，数值与全部算完再取相同）
+        wide = prev is not None and getattr(model, "transition", None) is not None
+        kw = {"with_transition": False} if wide else _prev_kw(prev, n, u1.numel())
+        logits2_all = model.level2_logits(states[:, None], u1[None], **kw)  # [N, U1, V2]
         pos = torch.searchsorted(u1, l1.contiguous()).clamp(max=u1.numel() - 1)  # [N, B1]；不合法的 L1 分数已是 -inf
-        lp2 = lp2_all.gather(1, pos[..., None].expand(n, b1, lp2_all.shape[-1]))  # [N, B1, V2]
+        logits2 = logits2_all.gather(1, pos[..., None].expand(n, b1, logits2_all.shape[-1]))  # [N, B1, V2]
+        if wide:
+            bias = model.transition_logits(prev[:, None].expand(n, b1, 3), l1[..., None], logits2.shape[-1], 2)
+            logits2 = logits2 + bias.to(logits2.dtype)
+        lp2 = torch.log_softmax(logits2.float(), dim=-1)  # [N, B1, V2]
     else:
         logits2 = model.level2_logits(states[:, None], l1, **_prev_kw(prev, n, b1))
         lp2 = torch.log_softmax(logits2.float(), dim=-1)  # [N, B1, V2]

@@ -148,16 +148,31 @@ _CROSS_MOD = 1_000_003  # 交叉哈希里两侧各自先压到的范围（质数
 _TRANSITION_MUL = 1_000_033
 
 
-def transition_hash(previous: torch.Tensor, nodes: torch.Tensor, level: int, buckets: int) -> torch.Tensor:
-    """(前一个物品, 候选节点, 层级) 交叉特征 -> [0, buckets) 的桶号。
+def _previous_key(previous: torch.Tensor) -> torch.Tensor:
+    """前一个物品 [..., 3] -> 哈希键 [...]；没有前一个物品（-1）单独一个键，不与物品 (0, 0, 0) 相撞。"""
+    hp = item_hash(previous.clamp(min=0), _CROSS_MOD)
+    return torch.where(previous[..., 0] >= 0, hp, torch.full_like(hp, _CROSS_MOD))
+
+
+def transition_hash(previous: torch.Tensor, nodes: torch.Tensor, level: int, buckets: int,
+                    layout: str = "node", vocab: Optional[int] = None) -> torch.Tensor:
+    """(前一个物品, 候选节点, 层级) 交叉特征 -> [0, buckets) 的桶号（宽记忆项的定义；UGTTransitionBias 按它算）。
 
     previous: [..., 3]（没有前一个物品的行为 -1）；nodes: [..., 3] 节点路径，未到的层补 0。
     层级参与哈希：L1 节点 (k, 0, 0) 与 L2 节点 (k, 0) 的路径相同，不能共用一个偏置。
+    layout "node"：每个节点单独哈希。"block"（需要 vocab = 该层词表大小）：块号 = 同一公式作用在父节点路径上、
+    对 buckets // vocab 取模，桶号 = 块号·vocab + 节点在该层的码字——同一父节点的子节点在一个连续的块里。
     """
-    hp = item_hash(previous.clamp(min=0), _CROSS_MOD)
-    hp = torch.where(previous[..., 0] >= 0, hp, torch.full_like(hp, _CROSS_MOD))  # “无前一物品”单独一个键
-    hn = item_hash(nodes, _CROSS_MOD)
-    return ((hp * _TRANSITION_MUL + hn) * 3 + (level - 1)) % buckets
+    hp = _previous_key(previous)
+    if layout == "node":
+        hn = item_hash(nodes, _CROSS_MOD)
+        return ((hp * _TRANSITION_MUL + hn) * 3 + (level - 1)) % buckets
+    if layout != "block" or vocab is None:
+        raise ValueError("transition_hash: layout must be 'node', or 'block' with vocab given")
+    parent = nodes.clone()
+    parent[..., level - 1 :] = 0
+    block = ((hp * _TRANSITION_MUL + item_hash(parent, _CROSS_MOD)) * 3 + (level - 1)) % (buckets // vocab)
+    return block * vocab + nodes[..., level - 1].long()
 
 
 def recency_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -470,9 +485,19 @@ class UGTTransitionBias(nn.Module):
         self.table = nn.Embedding(config.transition_buckets, 1)
         self.table._ugt_zero_init = True  # _init_weights 把它置 0，训练开始时不改变深层部分
         self.scale = float(config.transition_scale)
+        self.layout = config.transition_layout
 
     def forward(self, previous: torch.Tensor, prefix: torch.Tensor, vocab: int, level: int) -> torch.Tensor:
         """previous: [..., 3]；prefix: [..., level-1]（父节点码字）；两者的前缀维度可以互相广播 -> [..., vocab]"""
+        if self.layout == "block":
+            # 一个 (前一个物品, 父节点) 的 vocab 个偏置是表里连续的一行：按行取（index_select 一次一整行）
+            hp = _previous_key(previous.long())
+            parent = torch.cat([prefix.long(), prefix.new_zeros(*prefix.shape[:-1], 4 - level).long()], -1)
+            blocks = self.table.num_embeddings // vocab
+            # 两侧的前缀维度广播后的 [...]
+            block = ((hp * _TRANSITION_MUL + item_hash(parent, _CROSS_MOD)) * 3 + (level - 1)) % blocks
+            rows = self.table.weight[: blocks * vocab, 0].view(blocks, vocab)
+            return self.scale * rows.index_select(0, block.reshape(-1)).view(*block.shape, vocab)
         lead = prefix.shape[:-1]
         pre = prefix.reshape(lead.numel(), prefix.shape[-1])  # [M, level-1]
         prev = previous.long()
@@ -872,6 +897,16 @@ class UGTForGenerativeRecommendation(UGTModel):
 
     # ---- 层次化输出头（束搜索与打分直接调用） ----
 
+    def transition_logits(self, previous_items: torch.Tensor, prefix: torch.Tensor, vocab: int,
+                          level: int) -> Optional[torch.Tensor]:
+        """宽记忆项本身（见 UGTConfig.transition_buckets）：previous_items [..., 3]，prefix [..., level-1]（父节点）
+        -> [..., vocab]；没开时 None。`level2_logits(..., with_transition=False)` 的 logits 加上它，与开着算逐位相同：
+        束搜索第 2 层对全部合法 L1 共享地算深层部分，只给 beam 里的那些行取这一项（它按用户逐行查表，是排序里
+        最大的一块随机访存）。"""
+        if self.transition is None:
+            return None
+        return self.transition(previous_items.to(prefix.device), prefix, vocab, level)
+
     def _add_transition(self, logits: torch.Tensor, previous_items: Optional[torch.Tensor], prefix: torch.Tensor,
                         level: int) -> torch.Tensor:
         if self.transition is None:
@@ -893,13 +928,16 @@ class UGTForGenerativeRecommendation(UGTModel):
         return self._add_transition(logits, previous_items, states.new_zeros(states.shape[:-1] + (0,)).long(), 1)
 
     def level2_logits(self, states: torch.Tensor, l1: torch.Tensor,
-                      previous_items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """states: [..., D]，l1: [...]（states 的前缀维度可以广播到 l1 的，如 [N, 1, D] 对 [N, B]）-> [..., V2]"""
+                      previous_items: Optional[torch.Tensor] = None, with_transition: bool = True) -> torch.Tensor:
+        """states: [..., D]，l1: [...]（states 的前缀维度可以广播到 l1 的，如 [N, 1, D] 对 [N, B]）-> [..., V2]。
+        with_transition=False 时不加宽记忆项（也不需要 previous_items），见 `transition_logits`。"""
         h = self.heads.conditioned(2, states, [l1], [self.embeddings.l1])
         logits = self.heads.out2(h)
         if self.heads.node2 is not None:
             logits = logits + self.heads.node_scores(self.heads.node_proj2(h), l1[..., None], self.heads.node2,
                                                      logits.shape[-1])
+        if not with_transition:
+            return logits
         return self._add_transition(logits, previous_items, l1[..., None], 2)
 
     def level3_logits(self, states: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor,
