@@ -365,29 +365,16 @@ def test_transition_hash_hand_computed_and_level_salt():
     assert 0 <= int(h) < (1 << 21)
 
 
-def test_transition_layout_default_legacy_load_and_validation(tmp_path):
-    """新配置默认 "block"；没有 transition_layout 字段的已保存配置（此前的检查点）按 "node" 读入，
-    保存后再读不变；块排法的桶数少于最大词表时报错并指明字段。"""
-    import json
-
-    assert UGTConfig(vocab_sizes=V).transition_layout == "block"
-    cfg = UGTConfig(vocab_sizes=V, transition_buckets=64)
-    cfg.save_pretrained(tmp_path)
+def test_transition_layout_default_round_trip_and_validation(tmp_path):
+    """默认 "node"（已保存的配置没有这个字段时也是它）；"block" 保存后再读不变；块排法的桶数少于最大词表时报错。"""
+    assert UGTConfig(vocab_sizes=V).transition_layout == "node"
+    UGTConfig(vocab_sizes=V, transition_buckets=64, transition_layout="block").save_pretrained(tmp_path)
     assert UGTConfig.from_pretrained(tmp_path).transition_layout == "block"
-    raw = json.loads((tmp_path / "config.json").read_text())
-    del raw["transition_layout"]
-    (tmp_path / "config.json").write_text(json.dumps(raw))
-    from transformers import AutoConfig
-
-    import ugt_hf  # noqa: F401  注册 AutoConfig
-
-    assert UGTConfig.from_pretrained(tmp_path).transition_layout == "node"
-    assert AutoConfig.from_pretrained(tmp_path).transition_layout == "node"
     with pytest.raises(ValueError, match="transition_layout"):
         UGTConfig(vocab_sizes=V, transition_layout="rows")
     with pytest.raises(ValueError, match="transition_buckets .* largest vocab size"):
-        UGTConfig(vocab_sizes=V, transition_buckets=10)
-    assert UGTConfig(vocab_sizes=V, transition_buckets=10, transition_layout="node").transition_buckets == 10
+        UGTConfig(vocab_sizes=V, transition_buckets=10, transition_layout="block")
+    assert UGTConfig(vocab_sizes=V, transition_buckets=10).transition_buckets == 10
 
 
 def test_child_hashes_and_transition_bias_equal_the_per_triple_hash():

@@ -57,10 +57,10 @@ class UGTConfig(PretrainedConfig):
         紧挨着的那个物品（BOS 位是历史最后一个物品，其后各位是解码器输入）。低秩的节点向量要把“A 之后是 B”压进
         几十维，记不住成千上万条稀疏转移；交叉特征的一个标量可以逐条记住，深层部分负责泛化（Cheng et al. 2016）。
         0 表示不用。
-    transition_layout (`str`, 默认 "block"): 宽记忆项的桶怎么排。"block" = 按 (前一个物品, 父节点, 层级) 哈希出一个
+    transition_layout (`str`, 默认 "node"): 宽记忆项的桶怎么排。"block" = 按 (前一个物品, 父节点, 层级) 哈希出一个
         连续的块，块里第 k 个数是子节点 k 的偏置：束搜索给一个前缀的全部子节点取偏置时读的是一段连续内存，
         不是 V 个随机位置（Beauty 的全目录排序里这项查表原来占约四分之一的时间）。"node" = 每个 (前一个物品,
-        节点) 单独哈希到一个桶（此前的排法）；没有这个字段的已保存配置按 "node" 读入（`from_dict`），旧检查点照常可用。
+        节点) 单独哈希到一个桶（默认；README 的质量表都出自它）。"block" 在 Beauty 上还没有质量对照，所以不是默认。
         两种排法每个 (前一个物品, 节点) 都落在一个桶里、桶数相同，只是撞桶的方式不同。
     transition_scale (`float`, 默认 10.0): 宽记忆项的乘子 s（偏置 = s·w，w 初值 0）。Adam 每步对 w 的更新约为学习率，
         所以 s 等于这张表的有效学习率倍数：稀疏的转移对一轮只见几次，与深层共用学习率时几乎学不动。
@@ -112,7 +112,7 @@ class UGTConfig(PretrainedConfig):
     bos_context: str = "none"
     transition_buckets: int = 0
     transition_scale: float = 10.0
-    transition_layout: str = "block"
+    transition_layout: str = "node"
     num_items: int = 0
     item_loss_weight: float = 1.0
     item_scoring: str = "sum"
@@ -133,14 +133,6 @@ class UGTConfig(PretrainedConfig):
         self.vocab_sizes = [int(v) for v in self.vocab_sizes]
         self._validate()
         super().__post_init__(**kwargs)
-
-    @classmethod
-    def from_dict(cls, config_dict, **kwargs):
-        """已保存的配置（from_pretrained / AutoConfig 都经过这里）：没有 transition_layout 字段的是此前保存的，
-        它的宽记忆项表按 "node" 排，照那样读，否则表里的数会被当成另一种排法（分数悄悄变错）。"""
-        if "transition_layout" not in config_dict and "transition_layout" not in kwargs:
-            config_dict = dict(config_dict, transition_layout="node")
-        return super().from_dict(config_dict, **kwargs)
 
     def _validate(self) -> None:
         """配置错误时给出指明字段的报错，而不是等到 forward 里才出现形状错误。"""
