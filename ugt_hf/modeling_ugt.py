@@ -171,8 +171,12 @@ def transition_hash(previous: torch.Tensor, nodes: torch.Tensor, level: int, buc
         raise ValueError("transition_hash: layout must be 'node', or 'block' with vocab given")
     parent = nodes.clone()
     parent[..., level - 1 :] = 0
-    block = ((hp * _TRANSITION_MUL + item_hash(parent, _CROSS_MOD)) * 3 + (level - 1)) % (buckets // vocab)
-    return block * vocab + nodes[..., level - 1].long()
+    return _transition_block(hp, parent, level, buckets // vocab) * vocab + nodes[..., level - 1].long()
+
+
+def _transition_block(hp: torch.Tensor, parent: torch.Tensor, level: int, blocks: int) -> torch.Tensor:
+    """块排法的块号：前一物品的键 hp [...] 与父节点路径 parent [..., 3]（未到的层补 0）广播后 -> [...]。"""
+    return ((hp * _TRANSITION_MUL + item_hash(parent, _CROSS_MOD)) * 3 + (level - 1)) % blocks
 
 
 def recency_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -494,8 +498,7 @@ class UGTTransitionBias(nn.Module):
             hp = _previous_key(previous.long())
             parent = torch.cat([prefix.long(), prefix.new_zeros(*prefix.shape[:-1], 4 - level).long()], -1)
             blocks = self.table.num_embeddings // vocab
-            # 两侧的前缀维度广播后的 [...]
-            block = ((hp * _TRANSITION_MUL + item_hash(parent, _CROSS_MOD)) * 3 + (level - 1)) % blocks
+            block = _transition_block(hp, parent, level, blocks)  # 两侧的前缀维度广播后的 [...]
             rows = self.table.weight[: blocks * vocab, 0].view(blocks, vocab)
             return self.scale * rows.index_select(0, block.reshape(-1)).view(*block.shape, vocab)
         lead = prefix.shape[:-1]
