@@ -42,6 +42,12 @@ def test_catalogue_tables_and_lookup():
     assert c.level1_values.tolist() == [0, 3]
     assert c.prefix2_l1.tolist() == [0, 0, 3] and c.prefix2_l2.tolist() == [1, 2, 0]
     assert sorted(x for x in c.children3[0].tolist() if x >= 0) == [0, 1]
+    # CSR 形式与补齐表是同一份关系：p2 = 0 -> 物品 0, 1；p2 = 1 -> 物品 2；p2 = 2 -> 物品 3
+    assert c.children3_count.tolist() == [2, 1, 1] and c.children3_start.tolist() == [0, 2, 3]
+    assert c.children3_items.tolist() == [0, 1, 2, 3]
+    expect = torch.full((4, 4), -1)
+    expect[0, 1], expect[0, 2], expect[3, 0] = 0, 1, 2
+    assert torch.equal(c.prefix2_index(), expect)
     assert c.lookup(torch.tensor([[0, 2, 0], [3, 0, 0], [1, 1, 1], [9, 9, 9]])).tolist() == [2, 3, -1, -1]
 
 
@@ -84,6 +90,8 @@ def test_full_width_beam_equals_exhaustive(model, n_items, seed):
     # 束宽 >= 每层合法前缀数：不剪枝，必然精确
     width = max(cat.level1_values.numel(), cat.prefix2_l1.numel())
     states = torch.randn(6, 32)
+    # 第 2 层两条路都要覆盖：子节点表窄（50 个物品）时按表取，接近占满 L2 词表时在 [N, B1, V2] 上屏蔽
+    assert (2 * cat.children2.shape[1] >= V[1]) == (n_items > 50)
     beam = beam_search(model, states, cat, num_beams=width, top_k=10)
     ex = exhaustive_topk(model, states, cat, top_k=10)
     assert torch.equal(beam.item_indices, ex.item_indices)
