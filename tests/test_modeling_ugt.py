@@ -588,6 +588,16 @@ def test_item_head_logits_and_loss_hand_computed():
     assert m(encoder_semantic_ids=x["encoder_semantic_ids"]).item_labels is None
 
 
+def test_return_loss_false_skips_only_the_loss():
+    m = item_model()
+    x = item_batch()
+    full, bare = m(**x), m(**x, return_loss=False)
+    assert full.loss is not None and bare.loss is None
+    # 其余输出逐位相同：teacher forcing 照用 labels，item_labels 照给（训练器从这些自己组合损失）
+    for name in ("l1_logits", "l2_logits", "l3_logits", "item_logits", "item_labels", "user_repr", "item_repr"):
+        assert torch.equal(getattr(full, name), getattr(bare, name)), name
+
+
 def test_item_head_off_changes_nothing_and_on_keeps_other_init():
     assert tiny().item_head is None and tiny()(**batch()).item_logits is None
     torch.manual_seed(5)

@@ -57,6 +57,41 @@ def _env():
     return env
 
 
+# ---------------------------------------------------------------- 前向不重复算损失
+def test_builtin_loss_asks_the_model_not_to_compute_its_own(tmp_path):
+    from ugt_hf.configuration_ugt import UGTConfig
+    from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation
+
+    torch.manual_seed(0)
+    model = UGTForGenerativeRecommendation(UGTConfig(vocab_sizes=[8, 8, 8], d_model=16, num_heads=2, ffn_dim=32,
+                                                     num_encoder_layers=1, num_decoder_layers=1, num_experts=1,
+                                                     num_experts_per_tok=1)).eval()  # eval：无 dropout
+    seen = []
+    model.register_forward_hook(lambda mod, args, kwargs, out: seen.append((kwargs.get("return_loss"), out.loss)),
+                                with_kwargs=True)
+    args = w.make_args(tmp_path / "a", batch_size=2, max_steps=1, save_strategy="no", lambda_moe_balance=0.0,
+                       lambda_contrastive=0.0)
+    trainer = UGTTrainer(model=model, args=args, data_collator=w.collate, train_dataset=w.make_samples(4))
+    g = torch.Generator().manual_seed(0)
+    batch = {"encoder_semantic_ids": torch.randint(1, 8, (2, 4, 3), generator=g),
+             "decoder_semantic_ids": torch.randint(1, 8, (2, 2, 3), generator=g),
+             "labels": torch.randint(1, 8, (2, 2, 3), generator=g)}
+    loss = trainer.compute_loss(model, batch)
+    assert seen == [(False, None)]
+    # 与模型自己算的 NTP 相同（MoE 与对比项系数为 0：总损失就是 NTP）
+    assert loss.item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
+    # 自定义 loss_fn 可能读 outputs.loss：不改 forward 的参数
+    seen.clear()
+    custom = UGTTrainer(model=model, args=args, data_collator=w.collate, train_dataset=w.make_samples(4),
+                        loss_fn=lambda outputs, labels, **kw: {"total_loss": outputs.loss,
+                                                                "ntp_loss": outputs.loss})
+    custom.compute_loss(model, batch)
+    assert seen[0][0] is None and seen[0][1] is not None
+    # forward 没有 return_loss 参数的模型（interfaces 契约只要求 logits）照常调用
+    assert UGTTrainer(model=w.TinyRecModel(), args=args, data_collator=w.collate,
+                      train_dataset=w.make_samples(4))._model_takes_return_loss() is False
+
+
 # ---------------------------------------------------------------- 梯度累积
 def _one_sgd_step(tmp_path, name, batch, accum, samples):
     torch.manual_seed(0)

@@ -1140,6 +1140,7 @@ class UGTForGenerativeRecommendation(UGTModel):
         encoder_mask: Optional[torch.Tensor] = None,
         decoder_mask: Optional[torch.Tensor] = None,
         return_dict: Optional[bool] = None,
+        return_loss: Optional[bool] = None,
     ) -> Union[UGTOutput, tuple]:
         """批次键见 `ugt_hf.interfaces`。encoder_mask/decoder_mask 是规格记录里的别名。
 
@@ -1148,6 +1149,8 @@ class UGTForGenerativeRecommendation(UGTModel):
         推荐请用 `generation.py` 的束搜索。
         item_repr：target_item_ids [B, 3]，否则取每行最后一个有效 label；都没有时为 None。
         aux_loss = router_aux_loss_coef * 负载均衡 + router_z_loss_coef * z-loss（无 MoE 时 None）。
+        return_loss=False：有 labels 也不算 loss（仍按 labels 做 teacher forcing、给出 item_labels）。UGTTrainer
+        从 logits 自己组合损失，前向里再算一遍是白费：物品头的 [B·Td, num_items] log-softmax 约占一步的 5%。
         """
         if encoder_semantic_ids is None:
             raise ValueError("forward() requires encoder_semantic_ids ([B, Te, 3] or a list of 3 [B, Te] tensors)")
@@ -1205,7 +1208,7 @@ class UGTForGenerativeRecommendation(UGTModel):
                 item_labels = torch.where(valid, idx, torch.full_like(idx, IGNORE_INDEX))
 
         loss = None
-        if labels_t is not None:
+        if labels_t is not None and return_loss is not False:
             loss = ntp_loss(l1_logits, l2_logits, l3_logits, labels_t, chunk_size=self.config.loss_chunk_size,
                             item_logits=item_logits, item_labels=item_labels,
                             item_weight=self.config.item_loss_weight)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import math
@@ -319,6 +320,9 @@ class UGTTrainer(ckpt.CheckpointingMixin, Trainer):
                 f"(got keys {sorted(inputs)})"
             )
         model_inputs = {k: v for k, v in inputs.items() if k in MODEL_INPUT_KEYS}
+        if self.loss_fn is None and self._model_takes_return_loss():
+            # 内置组合只用 logits：不让模型在前向里再算一遍 NTP（自定义 loss_fn 可能读 outputs.loss，照常算）
+            model_inputs["return_loss"] = False
         outputs = model(**model_inputs)
 
         n_local = (labels[..., 0] != IGNORE_INDEX).sum()  # 本 micro-batch 的有效标签位置数
@@ -345,6 +349,18 @@ class UGTTrainer(ckpt.CheckpointingMixin, Trainer):
         else:
             self._eval_components.add(comps, share, 1.0, finite)
         return (loss, outputs) if return_outputs else loss
+
+    def _model_takes_return_loss(self) -> bool:
+        """模型 forward 是否有 return_loss 参数（UGT 模型有；满足 interfaces 契约的其他模型不一定有）。"""
+        flag = getattr(self, "_takes_return_loss", None)
+        if flag is None:
+            forward = getattr(self.model, "forward", None)
+            try:
+                flag = forward is not None and "return_loss" in inspect.signature(forward).parameters
+            except (TypeError, ValueError):
+                flag = False
+            self._takes_return_loss = flag
+        return flag
 
     def _ntp_share(self, n_local: torch.Tensor, n_total: Optional[torch.Tensor], dtype: torch.dtype, accum: int):
         """本 micro-batch 的 NTP 在优化步里的份额 n_local/N（多进程时再乘进程数）；没有 N 时为 1/M。"""
