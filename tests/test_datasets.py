@@ -289,3 +289,30 @@ def test_recommend_dataset_collate_equals_per_row_collator(tmp_path, cache, lazy
     assert got["labels"][1, :, 0].tolist() == [5, 5, 5]  # decoder/labels 留前 3 个
     with pytest.raises(IndexError, match="index 6 is out of range"):
         ds.collate([0, 6])
+
+
+def test_dataloader_batches_rows_through_the_table_collate(tmp_path, cache, monkeypatch):
+    from ugt_hf.data.collator import DataCollator, RowBatch
+
+    path = write_parquet(tmp_path / "v.parquet", _varied_records())
+    ds = RecommendDataset(path, max_encoder_length=5, max_decoder_length=3, vocab_sizes=VOCAB, cache_dir=cache)
+    rows = ds.__getitems__([4, 0, 2])
+    assert isinstance(rows, RowBatch) and len(rows) == 3
+    assert torch.equal(rows[1]["labels"][0], ds[0]["labels"][0]) and len(rows[1:]) == 2
+    calls = []
+    real = RecommendDataset.collate
+    monkeypatch.setattr(RecommendDataset, "collate", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    sampler = [[4, 0, 2], [1, 3, 5]]
+    for collator, fast in ((DataCollator(semantic_pad_id=7), True),
+                           (DataCollator(semantic_pad_id=7, max_encoder_length=9), True),
+                           (DataCollator(semantic_pad_id=7, max_encoder_length=4), False),  # 比数据集短：要再截
+                           (DataCollator(semantic_pad_id=7, pad_to_multiple_of=4), False)):
+        calls.clear()
+        got = list(torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collator))
+        want = [collator([ds[i] for i in b]) for b in sampler]  # 逐条的路径
+        assert bool(calls) == fast
+        for g, w in zip(got, want):
+            assert list(g) == list(w) and all(torch.equal(g[k], w[k]) for k in w)
+    # 别的 collate_fn 拿到的是一个序列，逐条取样本照常可用
+    firsts = list(torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=lambda b: [s["user_id"] for s in b]))
+    assert firsts == [[ds[i]["user_id"] for i in b] for b in sampler]

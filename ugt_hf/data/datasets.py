@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from ugt_hf.data.collator import DataCollator, collate_recommend_table
+from ugt_hf.data.collator import DataCollator, RowBatch, collate_recommend_table
 from ugt_hf.data.schema import (
     DECODER_LIST_FIELDS,
     ENCODER_LIST_FIELDS,
@@ -335,6 +335,10 @@ class RecommendDataset(_ValidatedArrowDataset):
 
     def _to_sample(self, arrays):
         return recommend_sample(arrays, self.max_encoder_length, self.max_decoder_length)
+
+    def __getitems__(self, indices: Sequence[int]) -> RowBatch:
+        """torch DataLoader 一次取一批时调用：返回按需取样本的 RowBatch，DataCollator 在 Arrow 列上整批拼它。"""
+        return RowBatch(self, indices)
 
     def collate(self, indices: Sequence[int], semantic_pad_id: int = 0,
                 label_pad_token_id: int = IGNORE_INDEX) -> Dict[str, torch.Tensor]:
