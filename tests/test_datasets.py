@@ -314,5 +314,6 @@ def test_dataloader_batches_rows_through_the_table_collate(tmp_path, cache, monk
         for g, w in zip(got, want):
             assert list(g) == list(w) and all(torch.equal(g[k], w[k]) for k in w)
     # 别的 collate_fn 拿到的是一个序列，逐条取样本照常可用
-    firsts = list(torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=lambda b: [s["user_id"] for s in b]))
+    users = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=lambda b: [s["user_id"] for s in b])
+    firsts = list(users)
     assert firsts == [[ds[i]["user_id"] for i in b] for b in sampler]
