@@ -48,6 +48,9 @@ def test_catalogue_tables_and_lookup():
     expect = torch.full((4, 4), -1)
     expect[0, 1], expect[0, 2], expect[3, 0] = 0, 1, 2
     assert torch.equal(c.prefix2_index(), expect)
+    mask = c.prefix2_mask()  # 0 / -inf：加在分数上与 masked_fill 逐位相同
+    assert mask.dtype == torch.float32 and torch.equal(mask == 0, expect >= 0)
+    assert bool((mask[expect < 0] == float("-inf")).all())
     assert c.lookup(torch.tensor([[0, 2, 0], [3, 0, 0], [1, 1, 1], [9, 9, 9]])).tolist() == [2, 3, -1, -1]
 
 
