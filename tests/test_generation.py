@@ -41,8 +41,7 @@ def test_catalogue_tables_and_lookup():
     c = ItemCatalogue(t, [4, 4, 4])
     assert c.level1_values.tolist() == [0, 3]
     assert c.prefix2_l1.tolist() == [0, 0, 3] and c.prefix2_l2.tolist() == [1, 2, 0]
-    assert sorted(x for x in c.children3[0].tolist() if x >= 0) == [0, 1]
-    # CSR 形式与补齐表是同一份关系：p2 = 0 -> 物品 0, 1；p2 = 1 -> 物品 2；p2 = 2 -> 物品 3
+    # 二层前缀下的物品（CSR）：p2 = 0 -> 物品 0, 1；p2 = 1 -> 物品 2；p2 = 2 -> 物品 3
     assert c.children3_count.tolist() == [2, 1, 1] and c.children3_start.tolist() == [0, 2, 3]
     assert c.children3_items.tolist() == [0, 1, 2, 3]
     expect = torch.full((4, 4), -1)

@@ -2,7 +2,7 @@
 
 物品目录（`ItemCatalogue`）把 items.parquet 的三元组整理成逐层的子节点表（等价于一棵深度 3 的 trie）：
     children2[l1]  -> 该 L1 下的 L2 码字（以及对应的二层前缀编号），[V1, C2]，-1 填充
-    children3[p2]  -> 二层前缀 p2 下的 L3 码字与物品编号，[P2, C3]，-1 填充
+    children3_items[children3_start[p2] : + children3_count[p2]] -> 二层前缀 p2 下的物品编号（CSR，升序）
 束搜索在每层保留 num_beams 个前缀，最后一层取 top_k 个物品。
 
 为什么逐层束搜索不一定精确：第 1 层只按 log p(l1) 剪枝，一个 log p(l1) 稍低、但 L2/L3 概率很高的物品可能被剪掉。
@@ -92,11 +92,9 @@ class ItemCatalogue:
 
         # children2: [V1, C2] 每个 L1 下的二层前缀编号（-1 填充）
         self.children2 = _padded_groups(self.prefix2_l1, v1)
-        # children3: [P2, C3] 每个二层前缀下的物品编号（-1 填充）
-        self.children3 = _padded_groups(item_p2, uniq2.numel())
-        # 同一份关系的 CSR 形式：children3_items[children3_start[p] : + children3_count[p]] 是 p2 下的物品（升序）。
-        # 束搜索第 3 层按它只展开真实存在的物品：children3 按最大的格子补齐（Beauty 最大 59、平均 1.9），
-        # [N, B, C3] 的大部分是填充
+        # 每个二层前缀下的物品（CSR）：children3_items[children3_start[p] : + children3_count[p]]（升序）。
+        # 不用按最大格子补齐的 [P2, C3] 表：格子大小极不均匀（Beauty 最大 59、平均 1.9），
+        # 束搜索第 3 层只展开真实存在的物品
         self.children3_count = torch.bincount(item_p2, minlength=uniq2.numel())  # [P2]
         self.children3_start = torch.cumsum(self.children3_count, 0) - self.children3_count  # [P2]
         self.children3_items = torch.argsort(item_p2, stable=True)  # [N]
@@ -115,7 +113,8 @@ class ItemCatalogue:
     def prefix2_mask(self) -> torch.Tensor:
         """[V1, V2] float：存在的 (l1, l2) 为 0，不存在的为 -inf（束搜索第 2 层稠密路径加在分数上；缓存）。"""
         if self._prefix2_mask is None:
-            self._prefix2_mask = torch.zeros(self.prefix2_index().shape).masked_fill(self.prefix2_index() < 0, NEG_INF)
+            index = self.prefix2_index()
+            self._prefix2_mask = torch.zeros(index.shape).masked_fill(index < 0, NEG_INF)
         return self._prefix2_mask
 
     # ---- 构造 ----
