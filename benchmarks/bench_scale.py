@@ -7,9 +7,10 @@
 1. generate：生成交互并写成 Parquet（不计入 prepare）；
 2. prepare：`ugt prepare --source parquet` 的墙钟时间与各阶段（读取、嵌入、RQ-KMeans、样本、写出）的时间与峰值 RSS
    （子进程内每 20 ms 采样 RSS，按 prepare 记录的阶段时长切分时间窗）；
-3. train：把 train 划分切成 --shards 个 Parquet 分片，StreamingDataset 流式读取，按提交的 Beauty 阶段 1 配置训练
+3. shard：把 train 划分按行组流式切成 --shards 个 Parquet 分片（单独的子进程：切分的内存不算进训练）；
+4. train：StreamingDataset 流式读取这些分片，按提交的 Beauty 阶段 1 配置训练
    --train-steps 步（去掉预热步）的 samples/s 与峰值 RSS；
-4. evaluate：未训练模型（只看速度）在 --eval-users 个测试用户上的全目录 beam search 排序，users/s 与峰值 RSS。
+5. evaluate：未训练模型（只看速度）在 --eval-users 个测试用户上的全目录 beam search 排序，users/s 与峰值 RSS。
 每个阶段一个子进程，峰值 RSS 互不干扰（--in-process 只给测试用：RSS 只增不减，各阶段的峰值不再独立）。
 写 JSON（--out）与对数-对数 PNG（--png）；两个以上规模时给出每项代价对规模的拟合指数（log-log 斜率）。
 共享机器上的时间只在同一次运行内可比。
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-PHASES = ("generate", "prepare", "train", "evaluate")
+PHASES = ("generate", "prepare", "shard", "train", "evaluate")
 QUICK_MODEL = {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "item_id_buckets": 512, "node_embedding_buckets": 1024,
                "node_embedding_dim": 8, "transition_buckets": 4096}
 PREPARE_PHASE_ORDER = ("checksum_s", "read_s", "normalise_s", "embedding_s", "rq_kmeans_s", "samples_s", "write_s")
@@ -147,17 +148,43 @@ def phase_prepare(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _shard(train_parquet: Path, out_dir: Path, shards: int) -> List[str]:
+    """按行组流式切分（不把整张 train 表读进内存：切分是训练前的一次性准备，不该算进训练的峰值 RSS）。"""
     import pyarrow.parquet as pq
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = pq.read_table(train_parquet)
-    bounds = np.linspace(0, table.num_rows, shards + 1).astype(int)
-    paths = []
-    for i in range(shards):
-        p = out_dir / f"train-{i:05d}.parquet"
-        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), p)
-        paths.append(str(p))
+    src = pq.ParquetFile(train_parquet)
+    bounds = np.linspace(0, src.metadata.num_rows, shards + 1).astype(int)
+    paths = [str(out_dir / f"train-{i:05d}.parquet") for i in range(shards)]
+    shard, writer, row = 0, None, 0
+
+    def finish(i, w):  # 关掉第 i 个分片；一行也没有的分片写空表（每个分片文件都在）
+        if w is not None:
+            w.close()
+        else:
+            pq.write_table(src.schema_arrow.empty_table(), paths[i])
+
+    for batch in src.iter_batches(batch_size=65536):
+        start = 0
+        while start < batch.num_rows:
+            while shard < shards - 1 and row >= bounds[shard + 1]:  # 当前分片已满：换下一个
+                finish(shard, writer)
+                shard, writer = shard + 1, None
+            end = int(bounds[shard + 1]) if shard < shards - 1 else row + batch.num_rows - start
+            take = min(batch.num_rows - start, end - row)
+            if writer is None:
+                writer = pq.ParquetWriter(paths[shard], src.schema_arrow)
+            writer.write_batch(batch.slice(start, take))
+            start, row = start + take, row + take
+    for i in range(shard, shards):
+        finish(i, writer if i == shard else None)
     return paths
+
+
+def phase_shard(spec: Dict[str, Any]) -> Dict[str, Any]:
+    t0 = time.perf_counter()
+    data_dir = Path(spec["dir"]) / "data"
+    paths = _shard(data_dir / "train.parquet", Path(spec["dir"]) / "train_shards", int(spec["shards"]))
+    return {"shards": paths, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _stage1(spec: Dict[str, Any], data_dir: Path, run_dir: Path, max_steps: int):
@@ -177,7 +204,7 @@ def phase_train(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     data_dir = Path(spec["dir"]) / "data"
     data = DataDir(data_dir)
-    shards = _shard(data_dir / "train.parquet", Path(spec["dir"]) / "train_shards", int(spec["shards"]))
+    shards = sorted(str(p) for p in (Path(spec["dir"]) / "train_shards").glob("train-*.parquet"))
     warmup, steps = int(spec["warmup"]), int(spec["train_steps"])
     S, args = _stage1(spec, data_dir, Path(spec["dir"]) / "run", warmup + steps)
     t = args.training
@@ -209,7 +236,7 @@ def phase_evaluate(spec: Dict[str, Any]) -> Dict[str, Any]:
             "users_per_s": round(users / metrics["eval_seconds"], 2) if metrics["eval_seconds"] > 0 else None}
 
 
-PHASE_FUNCS = {"generate": phase_generate, "prepare": phase_prepare, "train": phase_train,
+PHASE_FUNCS = {"generate": phase_generate, "prepare": phase_prepare, "shard": phase_shard, "train": phase_train,
                "evaluate": phase_evaluate}
 
 

@@ -28,6 +28,7 @@ def _check_row(row):
     assert p["splits"]["train"] > 0
     assert t["samples_per_s"] > 0 and t["timed_steps"] == 2 and t["batch"] == 16
     assert "StreamingDataset(num_shards=2" in t["dataset"]
+    assert len(row["shard"]["shards"]) == 2
     assert e["users"] == 20 and e["num_beams"] == 5 and e["users_per_s"] > 0
 
 
@@ -60,6 +61,22 @@ def test_two_sizes_in_subprocesses(tmp_path):
         _check_row(row)
     exps = report["growth_exponents"]
     assert exps["prepare_wall_s"] is not None and math.isfinite(exps["prepare_wall_s"])
+
+
+def test_shard_streams_rows_in_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"x": list(range(10)), "s": [[i] * (i % 3) for i in range(10)]}), src, row_group_size=3)
+    paths = _module()._shard(src, tmp_path / "shards", 4)
+    parts = [pq.read_table(p) for p in paths]
+    # 按 linspace 的边界切：2/3/2/3 行，拼回来与原表逐行相同；行数少于分片数时有的分片是空表（文件仍在）
+    assert [t.num_rows for t in parts] == [2, 3, 2, 3]
+    assert pa.concat_tables(parts).to_pydict() == pq.read_table(src).to_pydict()
+    few = _module()._shard(src, tmp_path / "few", 12)
+    rows = [pq.read_table(p).num_rows for p in few]
+    assert len(rows) == 12 and sum(rows) == 10 and rows.count(0) == 2
 
 
 def test_growth_exponent_and_phase_windows():
