@@ -35,8 +35,11 @@ from ugt_hf.workflow import run_pipeline  # noqa: E402
 
 DATASETS = {
     "beauty": {"config": "recipes/configs/beauty_pipeline.yaml", "input": "amazon-beauty/Beauty.txt"},
-    "ml-100k": {"config": "recipes/configs/ml100k_pipeline.yaml", "input": "ml-100k"},
+    "ml-100k": {"config": "recipes/configs/ml100k_pipeline.yaml", "input": "ml-100k", "ratings": "ml-100k/u.data"},
 }
+# 按测试目标的评分分组（有评分的数据）：阶段 3 拿评分做偏好对，它该少推荐用户会打低分的物品；
+# 总的 Recall@10 把“看了但打 1 星”也算命中，只看它分不清“对齐了偏好”与“排序变差了”
+RATING_GROUPS = (("liked (>= 4)", 4.0, 5.0), ("neutral (3)", 3.0, 3.0), ("disliked (<= 2)", 1.0, 2.0))
 PROTOCOLS = {"allowed": False, "masked": True}
 # 同台 SASRec-CE 的设置：SASRec 论文给稀疏 Amazon 数据用的 dropout 0.5；验证 NDCG@10 连续 5 轮不升即停
 PEER_ARGS = ["--dropout", "0.5", "--patience", "5"]
@@ -63,6 +66,65 @@ def dpo_curve(stage_dir: Path) -> list:
     """阶段 3 每个日志步的 DPO 曲线（report.dpo_curve），从 stage_summary.json 读出。"""
     path = stage_dir / "stage_summary.json"
     return report_dpo_curve(json.loads(path.read_text()).get("log_history", []) if path.is_file() else [])
+
+
+def read_ml100k_ratings(path: Path) -> dict:
+    """u.data：user \\t item \\t rating \\t ts；ML-100K 里每个 (用户, 物品) 只评一次。"""
+    ratings = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            user, item, rating, _ = line.rstrip("\n").split("\t")
+            ratings[(user, item)] = float(rating)
+    return ratings
+
+
+def rating_breakdown(hits_at_rank, target_ratings, k_values=(10,)) -> dict:
+    """按目标评分分组的 Recall@K / NDCG@K。hits_at_rank：[N] 目标在排序里的名次（0 起；不在前 max(K) 里为 -1）；
+    target_ratings：[N] 目标物品的评分。"""
+    import numpy as np
+
+    rank = np.asarray(hits_at_rank)
+    ratings = np.asarray(target_ratings, dtype=np.float64)
+    out = {}
+    for label, lo, hi in RATING_GROUPS:
+        mask = (ratings >= lo) & (ratings <= hi)
+        row = {"num_users": int(mask.sum())}
+        r = rank[mask]
+        for k in k_values:
+            hit = (r >= 0) & (r < k)
+            row[f"recall@{k}"] = float(hit.mean()) if len(r) else float("nan")
+            row[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean()) if len(r) else float("nan")
+        out[label] = row
+    return out
+
+
+def target_ratings_breakdown(name: str, shared: Path, data_dir: Path, results: dict, split: str, num_beams: int,
+                             masked: bool) -> dict:
+    """每个阶段的最佳模型在测试集上按目标评分分组的指标（只对有评分文件的数据集）。"""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ugt_hf.data.datadir import DataDir
+    from ugt_hf.evaluation import rank_dataset
+
+    ratings = read_ml100k_ratings(shared / DATASETS[name]["ratings"])
+    data = DataDir.of(data_dir)
+    catalogue = data.catalogue()
+    items = pq.read_table(data_dir / "items.parquet", columns=["item_id", "item_index"]).to_pydict()
+    item_id = dict(zip(items["item_index"], items["item_id"]))
+    users = pq.read_table(data_dir / f"{split}.parquet", columns=["user_id"]).column(0).to_pylist()
+    dataset = data.recommend_dataset(split)
+    out = {}
+    for stage, v in results["stages"].items():
+        model = UGTForGenerativeRecommendation.from_pretrained(v["best_model_dir"]).eval()
+        preds, targets = rank_dataset(model, dataset, catalogue, top_k=10, num_beams=num_beams,
+                                      exclude_history=masked)
+        preds, targets = np.asarray(preds), np.asarray(targets)
+        match = preds == targets[:, None]  # [N, 10]
+        rank = np.where(match.any(1), match.argmax(1), -1)
+        target_rating = [ratings[(u, item_id[int(t)])] for u, t in zip(users, targets.tolist())]
+        out[stage] = rating_breakdown(rank, target_rating)
+    return out
 
 
 def load_peer(path: Path, name: str) -> dict:
@@ -110,6 +172,9 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path
                 rows[name_row] = evaluate_with_prior(model, data_dir, prior, [tp["weight"]], split=split,
                                                      num_beams=num_beams, exclude_history=masked)[tp["weight"]]
         protocols[label] = rows
+    by_rating = None
+    if "ratings" in spec:
+        by_rating = target_ratings_breakdown(name, shared, data_dir, results, split, num_beams, ev_masked)
     extra_seconds = time.perf_counter() - t1
     peer_out = None
     if peer_json is not None:
@@ -137,6 +202,7 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path
         "validation": {k: validation_curve(run_dir / k) for k in results["stages"]},
         "preference_accuracy": {k: v["preference_accuracy"] for k, v in results["stages"].items()
                                 if "preference_accuracy" in v},
+        "by_target_rating": by_rating,
         "dpo_curves": {k: dpo_curve(run_dir / k) for k in results["stages"] if dpo_curve(run_dir / k)},
         "peer_sasrec": None if peer_out is None else {
             "git_commit": peer_out.get("git_commit"), "reused_from": None if peer_json is None else str(peer_json),
@@ -157,6 +223,9 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path
         print(f"{k}: train {v['train']:.0f}s, evaluate {v['evaluate']:.0f}s")
     for k, v in out["preference_accuracy"].items():
         print(f"{k}: held-out preference accuracy {v['preference_accuracy']:.4f} ({int(v['num_pairs'])} pairs)")
+    for k, groups in (by_rating or {}).items():
+        print(f"{k}: test recall@10 / ndcg@10 by the target's rating: " + "; ".join(
+            f"{g} {r['recall@10']:.4f} / {r['ndcg@10']:.4f} (n={r['num_users']})" for g, r in groups.items()))
     print(f"pipeline wall time {pipeline_seconds:.0f}s; other protocol {extra_seconds:.0f}s"
           + (f"; SASRec-CE {peer_out['wall_seconds']['total']:.0f}s" if peer_out else ""))
     results_dir = ROOT / "benchmarks" / "results"

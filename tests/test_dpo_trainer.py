@@ -203,6 +203,39 @@ def test_precomputed_reference_log_probs_match_live_reference(tmp_path):
     assert any("rewards/margins" in e for e in trainer.state.log_history)
 
 
+def test_precomputed_reference_with_a_given_reference_model_trains(tmp_path):
+    """阶段脚本给了 --reference_model_path 又开 precompute_ref_log_probs：TRL 用这个参考模型预计算；
+    它在预计算最后一批（这里 16 对里的最后 6 对）留下的输出不能被当成训练步的参考（原来形状不符而崩溃）。"""
+    pairs = _pairs(16)
+    ref = _model().eval()
+    args = _args(tmp_path, precompute_ref_log_probs=True, precompute_ref_batch_size=5, max_epochs=1, logging_steps=1)
+    trainer = UGTDPOTrainer(model=_model(), ref_model=ref, args=args, train_dataset=pairs,
+                            processing_class=_tokenizer())
+    assert trainer.ref_model is ref and getattr(ref, "_ugt_last_fused", None) is None
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "rewards/margins" in e]
+    assert logs and all("logps_delta/rejected_l3" in e for e in logs)
+
+
+def test_precomputed_reference_logs_the_same_level_movement_as_a_live_one(tmp_path):
+    """同一个数学目标：预计算参考与现场参考的训练轨迹相同；分层移动在写日志的步上由参考模型补一次前向，
+    logging_steps = 1 时每步的 logps_delta/* 与现场参考的逐项相等。"""
+    def run(sub, **kw):
+        args = _args(tmp_path / sub, max_epochs=2, batch_size=4, logging_steps=1, **kw)
+        trainer = UGTDPOTrainer(model=_model(), ref_model=_model().eval(), args=args, train_dataset=_pairs(16),
+                                processing_class=_tokenizer())
+        trainer.train()
+        return [e for e in trainer.state.log_history if "rewards/margins" in e]
+
+    live, pre = run("live"), run("pre", precompute_ref_log_probs=True)
+    assert len(live) == len(pre) > 1
+    keys = [k for k in live[0] if k.startswith("logps_delta/")]
+    assert len(keys) == 6
+    for a, b in zip(live, pre):
+        for k in keys + ["rewards/margins", "loss"]:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+
+
 def test_dpo_saves_hold_no_pickle_and_a_model_card(tmp_path):
     """阶段 3 也不写 pickle：HF `_save` 的 training_args.bin 在检查点与最终保存里都没有，改成 training_args.json；
     最终保存一个 pickle 都没有，检查点里只有 HF 的优化器/调度器/RNG 状态（weights_only 可加载的 zip）。"""

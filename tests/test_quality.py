@@ -38,3 +38,26 @@ def test_load_peer_checks_dataset_and_fields(tmp_path):
     path.write_text(json.dumps({k: v for k, v in good.items() if k != "test"}))
     with pytest.raises(SystemExit, match="missing field 'test'"):
         quality.load_peer(path, "beauty")
+
+
+def test_rating_breakdown_hand_computed():
+    import math
+
+    # 名次（0 起，-1 = 不在前 10）：喜欢组 [0, 3, -1]，中性组 [-1]，不喜欢组 [1]
+    rank = [0, 3, -1, -1, 1]
+    ratings = [5, 4, 4.0, 3, 1]
+    out = quality.rating_breakdown(rank, ratings)
+    liked = out["liked (>= 4)"]
+    assert liked["num_users"] == 3
+    assert liked["recall@10"] == 2 / 3
+    assert math.isclose(liked["ndcg@10"], (1.0 + 1.0 / math.log2(5)) / 3)
+    assert out["neutral (3)"] == {"num_users": 1, "recall@10": 0.0, "ndcg@10": 0.0}
+    assert out["disliked (<= 2)"]["recall@10"] == 1.0
+    assert math.isclose(out["disliked (<= 2)"]["ndcg@10"], 1.0 / math.log2(3))
+    assert quality.rating_breakdown([2], [5], k_values=(1,))["liked (>= 4)"]["recall@1"] == 0.0
+
+
+def test_read_ml100k_ratings(tmp_path):
+    path = tmp_path / "u.data"
+    path.write_text("196\t242\t3\t881250949\n186\t302\t1\t891717742\n")
+    assert quality.read_ml100k_ratings(path) == {("196", "242"): 3.0, ("186", "302"): 1.0}

@@ -297,6 +297,10 @@ class UGTDPOTrainer(ckpt.CheckpointingMixin, DPOTrainer):
                              train_dataset=train_dataset, eval_dataset=eval_dataset,
                              processing_class=processing_class, compute_metrics=compute_metrics,
                              callbacks=callbacks, optimizers=optimizers, **kwargs)
+        if self.ref_model is not None:
+            # precompute_ref_log_probs 时 TRL 在构造里用参考模型跑过一遍：它留下的是预计算最后一批的输出，
+            # 不是某个训练步的；留着会被 _log_level_movement 当成本步的参考
+            self.ref_model._ugt_last_fused = None
         self.add_callback(PreferenceStallCallback())
 
     # 我们的数据已经是语义 ID 记录，不需要 TRL 的文本分词 / 加 EOS
@@ -362,6 +366,18 @@ class UGTDPOTrainer(ckpt.CheckpointingMixin, DPOTrainer):
         metrics["logps/rejected"].append(gather(logps.detach().view_as(rewards)[1:].mean(0)).mean().item())
         return loss
 
+    def _precomputed_step_reference(self, inputs) -> None:
+        """参考 log-prob 是预计算的（precompute_ref_log_probs）时批次里只有三层之和：在要写日志的步上
+        让参考模型（若在内存里）对本批再跑一次前向，得到分层的参考 log-prob；其余步不多花这次前向。"""
+        if not self.precompute_ref_logps or self.ref_model is None or self.reference_free:
+            return
+        if self.model.training and (self.state.global_step + 1) % max(1, int(self.args.logging_steps or 1)):
+            return
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        with torch.no_grad():
+            self.ref_model(**model_kwargs, labels=labels, fused_lm_head=True)
+
     def _log_level_movement(self, log_probs: torch.Tensor, mode: str) -> None:
         """每层 log-prob 相对参考模型的移动（chosen / rejected 各三层）：看出 DPO 推的是哪一层。"""
         ref = getattr(self.ref_model, "_ugt_last_fused", None) if self.ref_model is not None else None
@@ -390,6 +406,7 @@ class UGTDPOTrainer(ckpt.CheckpointingMixin, DPOTrainer):
         mode = "train" if self.model.training else "eval"
         log_probs = last["log_probs"]  # [(K+1)B, 3]
         b = log_probs.shape[0] // (self.num_negatives + 1)
+        self._precomputed_step_reference(inputs)
         self._log_level_movement(log_probs, mode)
         ntp = self._ntp_term(model, log_probs, mode)
         loss = ntp + self.lambda_preference * dpo_loss
