@@ -223,6 +223,20 @@ def test_streaming_sample_matches_map_dataset(tmp_path, cache):
     assert all(torch.equal(a, b) for a, b in zip(s["encoder_semantic_ids"], mapped["encoder_semantic_ids"]))
 
 
+def test_streaming_parquet_row_groups_in_order_with_global_rows(tmp_path):
+    """Parquet shard 按行组一个一个读（读缓冲不随文件变大）：顺序与行号仍是整个文件的。"""
+    recs = [make_record(f"u{i}", n=2, m=1) for i in range(10)]
+    path = tmp_path / "rg.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), str(path), row_group_size=3)
+    assert pq.ParquetFile(str(path)).metadata.num_row_groups == 4
+    ds = StreamingDataset([str(path)], shuffle=False, world_size=1, rank=0, vocab_sizes=VOCAB)
+    assert [s["user_id"] for s in ds] == [f"u{i}" for i in range(10)]
+    recs[7]["labels_l1"] = recs[7]["labels_l1"] + [1]  # 第 3 个行组里的第 2 行
+    pq.write_table(pa.Table.from_pylist(recs), str(path), row_group_size=3)
+    with pytest.raises(DataValidationError, match=r"rg\.parquet, row 7, field 'labels_l1'"):
+        list(StreamingDataset([str(path)], shuffle=False, world_size=1, rank=0, vocab_sizes=VOCAB))
+
+
 def test_streaming_preference_records(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [make_preference(f"u{i}") for i in range(3)])
     out = list(StreamingDataset([path], record_type="preference", world_size=1, rank=0, vocab_sizes=VOCAB))

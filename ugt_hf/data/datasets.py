@@ -419,11 +419,15 @@ def _iter_file_records(path: str) -> Iterator[tuple]:
         for lineno, obj in iter_jsonl(path):
             yield {"line": lineno}, obj
     else:
+        # 一次只读一个行组：整文件的 iter_batches 的读缓冲随文件变大（HF 的 shuffle 同时读最多 10 个 shard，
+        # 流式训练的内存就随数据量涨）；按行组读，每个读者只占一个行组
         row = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for rec in batch.to_pylist():
-                yield {"row": row}, rec
-                row += 1
+        pf = pq.ParquetFile(path)
+        for group in range(pf.metadata.num_row_groups):
+            for batch in pf.iter_batches(batch_size=1024, row_groups=[group]):
+                for rec in batch.to_pylist():
+                    yield {"row": row}, rec
+                    row += 1
 
 
 def _generate_stream_records(shards: List[str], config: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
