@@ -93,7 +93,8 @@ def rating_breakdown(hits_at_rank, target_ratings, k_values=(10,)) -> dict:
         for k in k_values:
             hit = (r >= 0) & (r < k)
             row[f"recall@{k}"] = float(hit.mean()) if len(r) else float("nan")
-            row[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean()) if len(r) else float("nan")
+            gain = 1.0 / np.log2(np.maximum(r, 0) + 2.0)  # 不在榜上（-1）的行由 hit 屏蔽
+            row[f"ndcg@{k}"] = float(np.where(hit, gain, 0.0).mean()) if len(r) else float("nan")
         out[label] = row
     return out
 

@@ -48,6 +48,8 @@ VARIANTS = {
     "precompute_ref": ("committed config with precompute_ref_log_probs true (reference log-probs computed once "
                        "before training instead of a reference forward every step)",
                        ["--precompute_ref_log_probs", "true"]),
+    "live_reference": ("committed config with precompute_ref_log_probs false (a reference forward every step)",
+                       ["--precompute_ref_log_probs", "false"]),
     "sdpo_k4": ("self-generated pairs with 4 negatives per prompt (softmax-DPO), lambda_preference 1.0",
                 ["--preference_negatives", "4", "--lambda_preference", "1.0"]),
 }
