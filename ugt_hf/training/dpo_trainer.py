@@ -172,6 +172,12 @@ def ugt_fused_forward(model, labels: torch.Tensor, reference_free: bool = False,
     )
 
 
+def _fused_inputs(inputs):
+    """偏好批次 -> fused 前向的 (模型参数, labels)：去掉 TRL 的掩码与预计算参考列，prompt 位置的 label 记 -100。"""
+    model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+    return model_kwargs, inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+
+
 def _is_ugt_model(model) -> bool:
     names = ("encode", "decode", "level1_logits", "level2_logits", "level3_logits", "level_log_probs")
     return all(hasattr(model, name) for name in names)
@@ -345,8 +351,7 @@ class UGTDPOTrainer(ckpt.CheckpointingMixin, DPOTrainer):
     def _softmax_dpo_loss(self, model, inputs) -> torch.Tensor:
         """K 个负样本的 S-DPO（losses.softmax_dpo_loss）。rewards/* 与 TRL 同名；accuracies：chosen 高于全部负样本。"""
         mode = "train" if self.model.training else "eval"
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        model_kwargs, labels = _fused_inputs(inputs)
         logps = model(**model_kwargs, labels=labels, fused_lm_head=True).log_probs.sum(-1)  # [(K+1)B]
         with torch.no_grad():
             if self.reference_free:
@@ -373,8 +378,7 @@ class UGTDPOTrainer(ckpt.CheckpointingMixin, DPOTrainer):
             return
         if self.model.training and (self.state.global_step + 1) % max(1, int(self.args.logging_steps or 1)):
             return
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        model_kwargs, labels = _fused_inputs(inputs)
         with torch.no_grad():
             self.ref_model(**model_kwargs, labels=labels, fused_lm_head=True)
 
