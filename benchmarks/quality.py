@@ -99,33 +99,44 @@ def rating_breakdown(hits_at_rank, target_ratings, k_values=(10,)) -> dict:
     return out
 
 
-def target_ratings_breakdown(name: str, shared: Path, data_dir: Path, results: dict, split: str, num_beams: int,
-                             masked: bool) -> dict:
-    """每个阶段的最佳模型在测试集上按目标评分分组的指标（只对有评分文件的数据集）。"""
-    import numpy as np
-    import pyarrow.parquet as pq
+class TargetRatings:
+    """一个划分（valid/test）上每个样本目标物品的评分查找，读一次评分文件、物品表与用户列，之后对任意模型
+    （内存里的也行）给出按目标评分分组的指标。只对有评分文件的数据集（DATASETS 里有 "ratings"）。"""
 
-    from ugt_hf.data.datadir import DataDir
-    from ugt_hf.evaluation import rank_dataset
+    def __init__(self, name: str, shared: Path, data_dir: Path, split: str):
+        import pyarrow.parquet as pq
 
-    ratings = read_ml100k_ratings(shared / DATASETS[name]["ratings"])
-    data = DataDir.of(data_dir)
-    catalogue = data.catalogue()
-    items = pq.read_table(data_dir / "items.parquet", columns=["item_id", "item_index"]).to_pydict()
-    item_id = dict(zip(items["item_index"], items["item_id"]))
-    users = pq.read_table(data_dir / f"{split}.parquet", columns=["user_id"]).column(0).to_pylist()
-    dataset = data.recommend_dataset(split)
-    out = {}
-    for stage, v in results["stages"].items():
-        model = UGTForGenerativeRecommendation.from_pretrained(v["best_model_dir"]).eval()
-        preds, targets = rank_dataset(model, dataset, catalogue, top_k=10, num_beams=num_beams,
+        from ugt_hf.data.datadir import DataDir
+
+        self.ratings = read_ml100k_ratings(shared / DATASETS[name]["ratings"])
+        data = DataDir.of(data_dir)
+        self.catalogue = data.catalogue()
+        items = pq.read_table(data_dir / "items.parquet", columns=["item_id", "item_index"]).to_pydict()
+        self.item_id = dict(zip(items["item_index"], items["item_id"]))
+        self.users = pq.read_table(data_dir / f"{split}.parquet", columns=["user_id"]).column(0).to_pylist()
+        self.dataset = data.recommend_dataset(split)
+
+    def breakdown(self, model, num_beams: int, masked: bool) -> dict:
+        import numpy as np
+
+        from ugt_hf.evaluation import rank_dataset
+
+        preds, targets = rank_dataset(model, self.dataset, self.catalogue, top_k=10, num_beams=num_beams,
                                       exclude_history=masked)
         preds, targets = np.asarray(preds), np.asarray(targets)
         match = preds == targets[:, None]  # [N, 10]
         rank = np.where(match.any(1), match.argmax(1), -1)
-        target_rating = [ratings[(u, item_id[int(t)])] for u, t in zip(users, targets.tolist())]
-        out[stage] = rating_breakdown(rank, target_rating)
-    return out
+        target_rating = [self.ratings[(u, self.item_id[int(t)])] for u, t in zip(self.users, targets.tolist())]
+        return rating_breakdown(rank, target_rating)
+
+
+def target_ratings_breakdown(name: str, shared: Path, data_dir: Path, results: dict, split: str, num_beams: int,
+                             masked: bool) -> dict:
+    """每个阶段的最佳模型在测试集上按目标评分分组的指标。"""
+    lookup = TargetRatings(name, shared, data_dir, split)
+    return {stage: lookup.breakdown(UGTForGenerativeRecommendation.from_pretrained(v["best_model_dir"]).eval(),
+                                    num_beams, masked)
+            for stage, v in results["stages"].items()}
 
 
 def load_peer(path: Path, name: str) -> dict:

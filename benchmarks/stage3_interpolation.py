@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,6 +64,9 @@ def main(argv=None) -> int:
     held = None
     if data.num_records("preference_test") > 0:
         held = data.preference_dataset("preference_test")
+    by_rating = None
+    if args.dataset in quality.DATASETS and "ratings" in quality.DATASETS[args.dataset]:
+        by_rating = quality.TargetRatings(args.dataset, Path(args.shared), Path(args.data), ev["split"])
     rows = []
     for alpha in [float(a) for a in args.alphas.split(",") if a.strip()]:
         t0 = time.perf_counter()
@@ -76,12 +78,8 @@ def main(argv=None) -> int:
             row[split] = {k: m[k] for k in ("recall@10", "ndcg@10", "recall@5", "ndcg@5")}
         if held is not None:
             row["preference_accuracy"] = pairwise_preference_accuracy(model, held)["preference_accuracy"]
-        if args.dataset in quality.DATASETS and "ratings" in quality.DATASETS[args.dataset]:
-            with tempfile.TemporaryDirectory() as tmp:  # target_ratings_breakdown 读模型目录
-                model.save_pretrained(tmp)
-                row["test_by_target_rating"] = quality.target_ratings_breakdown(
-                    args.dataset, Path(args.shared), Path(args.data), {"stages": {"model": {"best_model_dir": tmp}}},
-                    ev["split"], ev["num_beams"], ev["exclude_history"])["model"]
+        if by_rating is not None:
+            row["test_by_target_rating"] = by_rating.breakdown(model, ev["num_beams"], ev["exclude_history"])
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         pref = row.get("preference_accuracy", float("nan"))
