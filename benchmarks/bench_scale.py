@@ -155,28 +155,16 @@ def _shard(train_parquet: Path, out_dir: Path, shards: int) -> List[str]:
     src = pq.ParquetFile(train_parquet)
     bounds = np.linspace(0, src.metadata.num_rows, shards + 1).astype(int)
     paths = [str(out_dir / f"train-{i:05d}.parquet") for i in range(shards)]
-    shard, writer, row = 0, None, 0
-
-    def finish(i, w):  # 关掉第 i 个分片；一行也没有的分片写空表（每个分片文件都在）
-        if w is not None:
-            w.close()
-        else:
-            pq.write_table(src.schema_arrow.empty_table(), paths[i])
-
-    for batch in src.iter_batches(batch_size=65536):
-        start = 0
-        while start < batch.num_rows:
-            while shard < shards - 1 and row >= bounds[shard + 1]:  # 当前分片已满：换下一个
-                finish(shard, writer)
-                shard, writer = shard + 1, None
-            end = int(bounds[shard + 1]) if shard < shards - 1 else row + batch.num_rows - start
-            take = min(batch.num_rows - start, end - row)
-            if writer is None:
-                writer = pq.ParquetWriter(paths[shard], src.schema_arrow)
-            writer.write_batch(batch.slice(start, take))
-            start, row = start + take, row + take
-    for i in range(shard, shards):
-        finish(i, writer if i == shard else None)
+    batches, pending = src.iter_batches(batch_size=65536), None
+    for i, path in enumerate(paths):
+        need = int(bounds[i + 1] - bounds[i])
+        with pq.ParquetWriter(path, src.schema_arrow) as writer:  # 一行也不写时是一个空表（每个分片文件都在）
+            while need > 0:
+                if pending is None or pending.num_rows == 0:
+                    pending = next(batches)
+                take = min(need, pending.num_rows)
+                writer.write_batch(pending.slice(0, take))
+                pending, need = pending.slice(take), need - take
     return paths
 
 

@@ -43,11 +43,8 @@ VARIANTS = {
     "hinge_rf": ("reference-free hinge (TRL loss_type hinge, dpo_reference_free): relu(1 - beta*(log p_c - log p_r))",
                  ["--loss_type", "hinge", "--dpo_reference_free", "true", "--dpo_beta", "1.0"]),
     "hinge_ref": ("hinge against the frozen reference, beta 1.0", ["--loss_type", "hinge", "--dpo_beta", "1.0"]),
-    # 同一个数学目标：参考 log-prob 在训练前用冻结的参考模型算一遍（TRL 的 precompute_ref_log_probs），
-    # 每步省掉参考模型的前向；多轮时每对只算一次
-    "precompute_ref": ("committed config with precompute_ref_log_probs true (reference log-probs computed once "
-                       "before training instead of a reference forward every step)",
-                       ["--precompute_ref_log_probs", "true"]),
+    # 同一个数学目标：ml100k_stage3.yaml 训练前用冻结的参考模型预计算参考 log-prob（TRL 的
+    # precompute_ref_log_probs）；这个变体改回每步现场算，比的是时间
     "live_reference": ("committed config with precompute_ref_log_probs false (a reference forward every step)",
                        ["--precompute_ref_log_probs", "false"]),
     "sdpo_k4": ("self-generated pairs with 4 negatives per prompt (softmax-DPO), lambda_preference 1.0",
