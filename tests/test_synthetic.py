@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ugt_hf.data.artifacts import normalise
-from ugt_hf.data.synthetic import SyntheticConfig, generate
+from ugt_hf.data.synthetic import SyntheticConfig, generate, generate_with_truth
 
 
 def test_deterministic_and_sized():
@@ -19,6 +19,30 @@ def test_deterministic_and_sized():
     assert (r >= 4).mean() > 0.15 and (r <= 2).mean() > 0.15  # 既有 chosen 也有 rejected
     with pytest.raises(ValueError, match="num_clusters"):
         SyntheticConfig(num_items=5, num_clusters=6)
+
+
+def test_truth_matches_the_sampled_data():
+    """generate_with_truth 的交互表与 generate 逐项相同；它的 next_item_probs 是概率分布，每个观测到的转移
+    概率都 > 0，且“落在第一个后继上”的频率与预测的概率在 4 个标准误之内。"""
+    cfg = SyntheticConfig(num_users=400, num_items=120, events_per_user=12, num_clusters=6, seed=1)
+    inter, truth = generate_with_truth(cfg)
+    plain = generate(cfg)
+    assert inter.item.tolist() == plain.item.tolist() and inter.rating.tolist() == plain.rating.tolist()
+    assert truth.user_pref.shape == (400, 6) and truth.liked.shape == (400, 3)
+    users = np.array([int(u[1:]) for u in inter.user])
+    items = np.array([int(i[1:]) for i in inter.item])
+    same = users[1:] == users[:-1]
+    prev, nxt, who = items[:-1][same], items[1:][same], users[1:][same]
+    probs = np.stack([truth.next_item_probs(a, u) for a, u in zip(prev, who)])  # [M, N]
+    assert np.allclose(probs.sum(1), 1.0)
+    assert (probs[np.arange(len(nxt)), nxt] > 0).all()
+    first = truth.successors[prev, 0]
+    predicted = probs[np.arange(len(first)), first]
+    observed = (nxt == first).astype(float)
+    se = np.sqrt((predicted * (1 - predicted)).sum()) / len(first)
+    assert abs(observed.mean() - predicted.mean()) < 4 * se, (observed.mean(), predicted.mean(), se)
+    # 评分高的簇就是用户偏好最大的 3 个簇
+    assert (np.sort(truth.liked, 1) == np.sort(np.argsort(-truth.user_pref, 1)[:, :3], 1)).all()
 
 
 def _recall_at_10(seqs, scorer):

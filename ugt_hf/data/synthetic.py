@@ -49,8 +49,35 @@ class SyntheticConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
 
+@dataclass
+class SyntheticTruth:
+    """generate() 抽出的隐变量：生成过程的真实参数。用来算“知道答案的”排序与偏好准确率上限
+    （benchmarks/demo_oracle.py），说明一个模型离这份数据能达到的最好还差多少。物品、用户都是 0 起的下标（i{n} / u{n}）。"""
+
+    cluster_of: np.ndarray  # [N] 物品 -> 簇
+    pop: np.ndarray  # [C, N] 簇内流行度（簇外为 0，每行和为 1）
+    trans: np.ndarray  # [C, C] 簇级转移
+    successors: np.ndarray  # [N, S] 每个物品的后继物品
+    succ_w: np.ndarray  # [S] 取第几个后继的概率
+    p_successor: float
+    user_pref: np.ndarray  # [U, C] 每个用户的 Dirichlet 簇偏好
+    liked: np.ndarray  # [U, 3] 评分高的簇（偏好最大的 3 个）
+
+    def next_item_probs(self, prev: int, user: int) -> np.ndarray:
+        """P(下一个物品 | 当前物品 prev, 用户 user) [N]：与 generate() 的抽样规则逐项对应。"""
+        p = np.zeros(self.pop.shape[1])
+        np.add.at(p, self.successors[prev], self.p_successor * self.succ_w)
+        c = self.trans[self.cluster_of[prev]] * (self.user_pref[user] + 0.05)
+        return p + (1.0 - self.p_successor) * (c / c.sum()) @ self.pop
+
+
 def generate(config: SyntheticConfig) -> Interactions:
     """生成合成交互表（user/item 为字符串 id：u{n} / i{n}，带评分与标题）。"""
+    return generate_with_truth(config)[0]
+
+
+def generate_with_truth(config: SyntheticConfig):
+    """同 generate()，另返回生成它的隐变量（SyntheticTruth）；交互表与 generate() 逐项相同（同一串随机数）。"""
     rng = np.random.default_rng(config.seed)
     n_items, n_clusters = config.num_items, config.num_clusters
     # 物品 -> 簇（随机置换后均分，每簇至少一个物品）
@@ -82,10 +109,14 @@ def generate(config: SyntheticConfig) -> Interactions:
     succ_w = succ_w / succ_w.sum()
 
     users, items, ts, ratings = [], [], [], []
+    prefs, liked_all = [], []
     lo, hi = max(4, config.events_per_user // 2), max(5, (3 * config.events_per_user) // 2)
     for u in range(config.num_users):
         pref = rng.dirichlet(np.full(n_clusters, 0.3))
-        liked = set(np.argsort(-pref)[:3].tolist())
+        top3 = np.argsort(-pref)[:3]
+        liked = set(top3.tolist())
+        prefs.append(pref)
+        liked_all.append(np.resize(top3, 3))
         n = int(rng.integers(lo, hi + 1))
         c = int(rng.choice(n_clusters, p=pref))
         item = int(rng.choice(members[c], p=pop[c]))
@@ -108,7 +139,7 @@ def generate(config: SyntheticConfig) -> Interactions:
             ts.append(t + 60 * k)
             ratings.append(r)
     titles = {f"i{i}": f"item {i} (cluster {cluster_of[i]})" for i in range(n_items)}
-    return Interactions(
+    inter = Interactions(
         user=np.asarray(users, dtype=object),
         item=np.asarray(items, dtype=object),
         timestamp=np.asarray(ts, dtype=np.int64),
@@ -118,6 +149,13 @@ def generate(config: SyntheticConfig) -> Interactions:
         stats={},
         warnings=[],
     )
+    pop_full = np.zeros((n_clusters, n_items))
+    for c, m in enumerate(members):
+        pop_full[c, m] = pop[c]
+    truth = SyntheticTruth(cluster_of=cluster_of, pop=pop_full, trans=trans, successors=successors, succ_w=succ_w,
+                           p_successor=float(config.p_successor), user_pref=np.asarray(prefs).reshape(-1, n_clusters),
+                           liked=np.asarray(liked_all, dtype=np.int64).reshape(-1, 3))
+    return inter, truth
 
 
 # ------------------------------------------------------------------------------------------------ 长尾、可扩展的版本
