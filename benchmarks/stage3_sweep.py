@@ -49,13 +49,6 @@ VARIANTS = {
                        ["--precompute_ref_log_probs", "false"]),
     "sdpo_k4": ("self-generated pairs with 4 negatives per prompt (softmax-DPO), lambda_preference 1.0",
                 ["--preference_negatives", "4", "--lambda_preference", "1.0"]),
-    # 转移计数先验当裁判（stages.prior_judged_pairs）：chosen = 融合排序的第一名，rejected = 模型自己的第一名
-    "prior_pairs": ("prior-judged pairs on valid inputs (preference_source prior)", ["--preference_source", "prior"]),
-    "prior_pairs_lambda1": ("prior-judged pairs, lambda_preference 1.0",
-                            ["--preference_source", "prior", "--lambda_preference", "1.0"]),
-    "prior_pairs_k4": ("prior-judged pairs with the model's top 4 above the chosen item as negatives (softmax-DPO), "
-                       "lambda_preference 1.0",
-                       ["--preference_source", "prior", "--preference_negatives", "4", "--lambda_preference", "1.0"]),
 }
 def evaluation_protocol(dataset: str) -> dict:
     from ugt_hf.workflow import load_pipeline_config

@@ -34,7 +34,6 @@ from ugt_hf.training.stages import (
     main,
     preference_data,
     resolve_data,
-    prior_judged_pairs,
     self_generated_pairs,
 )
 
@@ -106,9 +105,6 @@ def test_preference_sources(tmp_path):
     train, held, source = preference_data(_args(tmp_path, UGTDPOConfig, preference_source="self",
                                                 max_preference_pairs=40), model, data, cat)
     assert source == "self" and len(train) + len(held) <= 40 and len(held) >= 1
-    train, held, source = preference_data(_args(tmp_path, UGTDPOConfig, preference_source="prior",
-                                                max_preference_pairs=40), model, data, cat)
-    assert source == "prior" and len(train) + len(held) <= 40 and len(held) >= 1
     with pytest.raises(ConfigError, match="preference_source"):
         preference_data(_args(tmp_path, UGTDPOConfig, preference_source="magic"), model, data, cat)
     no_pairs = _with_meta(d, splits=dict(data.meta["splits"], preference_train=0))
@@ -131,44 +127,6 @@ def test_self_generated_pairs_reject_model_candidates(tmp_path):
         r = tuple(p["rejected_item"][k] for k in ("l1_id", "l2_id", "l3_id"))
         assert c != r and r in valid and c in valid
         assert len(p["user_sequence"]["encoder_l1_ids"]) >= 1
-
-
-def _triple(item):
-    return tuple(item[k] for k in ("l1_id", "l2_id", "l3_id"))
-
-
-def test_prior_judged_pairs_follow_the_fused_ranking(tmp_path):
-    """chosen = 模型候选按 模型 log p + w·先验 重排后的第一名，rejected = 模型自己的第一名；prompt 是验证集的输入。
-    这里用同一份评估代码独立重算融合排序来核对。"""
-    import numpy as np
-
-    from ugt_hf.evaluation import TransitionPrior, rank_dataset
-
-    data = DataDir(tiny_data_dir())
-    cat = data.catalogue()
-    args = _args(tmp_path)
-    model = build_model(args.model, args.training, data).eval()
-    records, weight = prior_judged_pairs(model, data, cat, num_beams=10, max_pairs=50)
-    assert weight > 0 and 0 < len(records) <= 50  # 没训练过的模型：计数先验在验证集上一定有帮助
-    prior = TransitionPrior.from_data(data, 3, catalogue=cat)
-    items, scores, _ = rank_dataset(model, data.recommend_dataset("valid"), cat, top_k=20, num_beams=20,
-                                    return_scores=True)
-    table = data.read_table("valid")
-    fused = np.where(items >= 0, scores + weight * prior.scores(prior.history(table, cat), items), -np.inf)
-    row_of = {u: r for r, u in enumerate(table.column("user_id").to_pylist())}
-    tri = [tuple(t) for t in cat.triples.tolist()]
-    for rec in records:
-        r = row_of[rec["user_id"]]
-        assert _triple(rec["rejected_item"]) == tri[items[r, 0]]
-        assert _triple(rec["chosen_item"]) == tri[items[r, int(np.argmax(fused[r]))]] != _triple(rec["rejected_item"])
-        assert rec["user_sequence"]["encoder_l1_ids"] == table.column("encoder_l1_ids")[r].as_py()
-    assert len({rec["user_id"] for rec in records}) == len(records)  # 每个验证用户至多一对
-    # K = 3 个负例：模型排在 chosen 前面的前 3 个候选
-    multi, _ = prior_judged_pairs(model, data, cat, num_beams=10, num_negatives=3)
-    for rec in multi:
-        r = row_of[rec["user_id"]]
-        assert [_triple(x) for x in rec["rejected_items"]] == [tri[i] for i in items[r, :3]]
-        assert _triple(rec["chosen_item"]) not in [_triple(x) for x in rec["rejected_items"]]
 
 
 def test_stage_two_and_three_need_pretrained_or_from_scratch(tmp_path):

@@ -47,8 +47,7 @@ class DataArguments:
         aliases=["--eval_data"])
     preference_source: str = arg(
         "auto", "stage 3 preference pairs: ratings (from the data), self (the model's beam candidates as "
-                "rejected), prior (the transition-count prior re-ranks the model's candidates on valid inputs: "
-                "chosen = its top item, rejected = what the model ranked above it) or auto")
+                "rejected) or auto")
     max_preference_pairs: Optional[int] = arg(None, "at most this many self-generated preference pairs")
 
 

@@ -240,63 +240,11 @@ def self_generated_pairs(model, dataset: RecommendDataset, catalogue, max_pairs:
     return pairs
 
 
-def prior_judged_pairs(model, data: DataDir, catalogue, split: str = "valid", window: int = 3,
-                       weights: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0), num_beams: int = 20,
-                       batch_size: int = 256, max_pairs: Optional[int] = None, seed: int = 0,
-                       num_negatives: int = 1):
-    """没有评分时、由转移计数先验当裁判的偏好对（RLAIF 式：裁判不是人，是训练数据里数出来的多阶转移）。
-
-    模型自己的束搜索候选按“模型 log p + w·先验”（evaluation.TransitionPrior，流水线最后做的浅融合）重排：
-    chosen = 融合后的第一名，rejected = 模型自己排在它前面的候选（K 个给 S-DPO）；两者一致的 prompt 不出对。
-    先验在 Beauty 上给模型加了 3% 的 Recall@10、6% 的 NDCG@10——那是 NTP 没学到的信息（具体的二阶、三阶转移），
-    这些对把它写进模型本身（检查点、HF pipeline 与 recommend 不带先验）。
-    prompt 取 split（默认 valid）的输入：模型没在“整段训练前缀 → 下一个物品”上拟合过，计数也不含它们的目标；
-    目标只用来按流水线同一规则（select_prior_weight）在 weights 里选 w。选出 0（先验在验证集上不帮忙）时返回空表。
-    返回 (records, weight)。"""
-    from ..evaluation import (_ENCODER_COLS, TransitionPrior, _fused_topk, _ranked_candidates, fused_metrics,
-                              select_prior_weight)
-
-    prior = TransitionPrior.from_data(data, window, catalogue=catalogue)
-    items, scores, targets = _ranked_candidates(model, data, split, catalogue, max(num_beams, 20), False,
-                                                batch_size, None)  # [N, C]（按模型 log p 降序）
-    table = data.read_table(split)
-    prior_scores = prior.scores(prior.history(table.select(list(_ENCODER_COLS)), catalogue), items)  # [N, C]
-    grid = fused_metrics(items, scores, targets, prior_scores, weights, catalogue, (10, 20))
-    weight = select_prior_weight(grid)
-    if weight == 0.0:
-        return [], weight
-    chosen = _fused_topk(items, scores, prior_scores, weight, 1)[:, 0]  # [N]
-    k = max(1, int(num_negatives))
-    # 模型排在 chosen 前面的候选：chosen 在模型排序里的位置之前的那几个
-    rank_in_model = (items == chosen[:, None]).argmax(1)  # [N]
-    rows = np.flatnonzero((chosen >= 0) & (rank_in_model >= k))
-    rng = np.random.default_rng(seed)
-    rows = rng.permutation(rows)[: (max_pairs or len(rows))]
-    import pyarrow as pa
-
-    from ..data import schema
-
-    enc = table.select(list(schema.PREFERENCE_SEQUENCE_FIELDS)).take(pa.array(rows, pa.int64())).to_pylist()
-    users = table.column("user_id").take(pa.array(rows, pa.int64())).to_pylist()
-    trip = catalogue.triples.numpy()
-    names = ("l1_id", "l2_id", "l3_id")
-    records = []
-    for r, e, u in zip(rows.tolist(), enc, users):
-        rec = {"user_id": str(u), "user_sequence": e,
-               "chosen_item": dict(zip(names, trip[chosen[r]].tolist())),
-               "rejected_item": dict(zip(names, trip[items[r, 0]].tolist())),
-               "preference_score": 1.0}
-        if k > 1:
-            rec["rejected_items"] = [dict(zip(names, trip[items[r, j]].tolist())) for j in range(k)]
-        records.append(rec)
-    return records, weight
-
-
 def preference_data(args: StageArguments, model, data: DataDir, catalogue):
     """阶段 3 的训练/留出偏好对。返回 (train, eval, source)。"""
     source = args.data.preference_source
-    if source not in ("auto", "ratings", "self", "prior"):
-        raise ConfigError(f"must be auto, ratings, self or prior, got {source!r}", field="preference_source")
+    if source not in ("auto", "ratings", "self"):
+        raise ConfigError(f"must be auto, ratings or self, got {source!r}", field="preference_source")
     length = int(args.training.encoder_max_length)
     if source != "self" and args.data.train_data_path:
         # 规格 2.3 的阶段 3 命令：--train_data 直接给偏好对文件（--eval_data 可给留出偏好对）
@@ -318,19 +266,6 @@ def preference_data(args: StageArguments, model, data: DataDir, catalogue):
             held = data.preference_dataset("preference_test", max_encoder_length=length)
         return train, held, "ratings"
     seed = args.training.seed
-    if source == "prior":
-        records, weight = prior_judged_pairs(model, data, catalogue, num_beams=args.evaluation.num_beams,
-                                             max_pairs=args.data.max_preference_pairs, seed=seed,
-                                             num_negatives=num_negatives)
-        logger.info("stage 3: %d prior-judged preference pairs (transition prior weight %g chosen on valid)",
-                    len(records), weight)
-        if not records:
-            raise ConfigError("preference_source: prior found no pairs: the transition prior does not improve the "
-                              "model on the validation split (weight 0 chosen), so it has nothing to teach; use "
-                              "preference_source: self", field="preference_source")
-        random.Random(seed).shuffle(records)
-        n_eval = max(1, min(1000, len(records) // 20))
-        return records[n_eval:], records[:n_eval], "prior"
     train_ds = _recommend_dataset(data, args.data.train_data_path or "train", args.training)
     records = self_generated_pairs(model, train_ds, catalogue,
                                    max_pairs=args.data.max_preference_pairs, num_beams=args.evaluation.num_beams,
