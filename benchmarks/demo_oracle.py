@@ -85,7 +85,8 @@ def ranking_ceilings(data_dir: Path, truth, index, split: str = "test"):
 
 
 def preference_ceilings(data_dir: Path, inter, truth, index):
-    """留出偏好对上三种打分的成对准确率（平局算 0.5，与 pairwise_preference_accuracy 的 > 比较相比只多了平局的一半）。"""
+    """留出偏好对上三种打分的成对准确率（平局算 0.5；pairwise_preference_accuracy 只数严格大于，
+    平局算 0）。"""
     import pyarrow.parquet as pq
 
     recs = pq.read_table(data_dir / "preference_test.parquet").to_pylist()

@@ -52,7 +52,8 @@ class SyntheticConfig:
 @dataclass
 class SyntheticTruth:
     """generate() 抽出的隐变量：生成过程的真实参数。用来算“知道答案的”排序与偏好准确率上限
-    （benchmarks/demo_oracle.py），说明一个模型离这份数据能达到的最好还差多少。物品、用户都是 0 起的下标（i{n} / u{n}）。"""
+    （benchmarks/demo_oracle.py），说明一个模型离这份数据能达到的最好还差多少。
+    物品、用户都是 0 起的下标（i{n} / u{n}）。"""
 
     cluster_of: np.ndarray  # [N] 物品 -> 簇
     pop: np.ndarray  # [C, N] 簇内流行度（簇外为 0，每行和为 1）
