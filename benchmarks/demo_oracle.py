@@ -55,9 +55,8 @@ def _item_index(data_dir: Path):
     return {(r["l1"], r["l2"], r["l3"]): int(r["item_id"][1:]) for r in rows}
 
 
-def _history(rec, index, prefix=""):
-    return [index[t] for t in zip(rec[prefix + "encoder_l1_ids"], rec[prefix + "encoder_l2_ids"],
-                                  rec[prefix + "encoder_l3_ids"])]
+def _history(rec, index):
+    return [index[t] for t in zip(rec["encoder_l1_ids"], rec["encoder_l2_ids"], rec["encoder_l3_ids"])]
 
 
 def ranking_ceilings(data_dir: Path, truth, index, split: str = "test"):
@@ -89,6 +88,8 @@ def preference_ceilings(data_dir: Path, inter, truth, index):
     平局算 0）。"""
     import pyarrow.parquet as pq
 
+    from ugt_hf.data.schema import ITEM_TRIPLE_FIELDS
+
     recs = pq.read_table(data_dir / "preference_test.parquet").to_pylist()
     # 每个用户按时间排好的 (物品, 评分)：偏好对的历史是它的一段，用来找回历史物品的评分
     events = defaultdict(list)
@@ -100,8 +101,8 @@ def preference_ceilings(data_dir: Path, inter, truth, index):
     for rec in recs:
         u = rec["user_id"]
         hist = _history(rec["user_sequence"], index)
-        chosen = index[tuple(rec["chosen_item"][k] for k in ("l1_id", "l2_id", "l3_id"))]
-        rejected = index[tuple(rec["rejected_item"][k] for k in ("l1_id", "l2_id", "l3_id"))]
+        chosen = index[tuple(rec["chosen_item"][k] for k in ITEM_TRIPLE_FIELDS)]
+        rejected = index[tuple(rec["rejected_item"][k] for k in ITEM_TRIPLE_FIELDS)]
         p = truth.next_item_probs(hist[-1], int(u[1:]))
         seq = sorted(events[u])
         items = [e[1] for e in seq]
