@@ -22,33 +22,54 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ugt_hf.argparsing import load_yaml_config  # noqa: E402
+from ugt_hf.data.datadir import DataDir  # noqa: E402
 from ugt_hf.evaluation import evaluate_ranking  # noqa: E402
 from ugt_hf.modeling_ugt import UGTForGenerativeRecommendation  # noqa: E402
 from ugt_hf.report import metrics_table  # noqa: E402
-from ugt_hf.training.stages import run_stage  # noqa: E402
+from ugt_hf.training.stages import AUTO_TABLE_SIZES, auto_table_size, run_stage  # noqa: E402
 
 CONFIGS = {"beauty": "recipes/configs/beauty_stage1.yaml", "ml-100k": "recipes/configs/ml100k_stage1.yaml"}
 # 五个“转移”选项（README 的 Beauty 调优记录）：一起去掉，看物品头能否替代它们
 TRANSITION_OPTIONS = ("encoder_position_mode", "item_id_buckets", "node_embedding_buckets", "node_embedding_dim",
                       "bos_context", "transition_buckets", "transition_scale")
-# 变体：(说明, 对 model_config 的改动函数, 只换打分时依赖的变体[, 追加的训练参数])
+
+
+def scale_tables(model_config: dict, data_size: dict, factor: float) -> dict:
+    """三张哈希表（AUTO_TABLE_SIZES）都乘 factor：写 "auto" 的先按数据算出大小。
+    看配置是否对表大小敏感——2 的幂取整让 auto 的装载率在别的数据上最多差 2 倍。"""
+    out = dict(model_config)
+    for field in AUTO_TABLE_SIZES:
+        value = out.get(field, 0)
+        if value == "auto":
+            value = auto_table_size(field, data_size["num_items"], data_size["num_interactions"])
+        if value:
+            out[field] = max(1, int(value * factor))
+    return out
+
+
+# 变体：(说明, 对 model_config 的改动函数 (model_config, 数据大小), 只换打分时依赖的变体[, 追加的训练参数])
 VARIANTS = {
     "committed": ("committed stage-1 config (item head, scoring = semantic log p + item log-softmax)",
-                  lambda m: m, None),
-    "no_item_head": ("without the item head (semantic-ID heads only)", lambda m: {**m, "num_items": 0}, None),
+                  lambda m, _: m, None),
+    "no_item_head": ("without the item head (semantic-ID heads only)", lambda m, _: {**m, "num_items": 0}, None),
     "item_scoring_item": ("committed model, ranked by the item head alone (item_scoring: item)", None, "committed"),
     "no_transition_options": ("item head, without the five transition options",
-                              lambda m: {k: v for k, v in m.items() if k not in TRANSITION_OPTIONS}, None),
+                              lambda m, _: {k: v for k, v in m.items() if k not in TRANSITION_OPTIONS}, None),
     # 物品头本身就是每个物品一行的输出向量：看哈希的 L2/L3 节点输出向量在它旁边还值不值（它们占评估时间的一半）
     "no_node_embeddings": ("item head, without the hashed node output vectors (node_embedding_buckets: 0)",
-                           lambda m: {**m, "node_embedding_buckets": 0}, None),
+                           lambda m, _: {**m, "node_embedding_buckets": 0}, None),
     # 正则化：提交的配置第 2 轮验证 loss 已在升（训练物品 CE 5.7 对验证 8.5），看更强的 dropout / 权重衰减是否换来召回
-    "dropout_0.4": ("committed config with dropout 0.4 (0.25 committed)", lambda m: {**m, "dropout": 0.4}, None),
-    "weight_decay_0.1": ("committed config with AdamW weight decay 0.1 (0.01 committed)", lambda m: m, None,
+    "dropout_0.4": ("committed config with dropout 0.4 (0.25 committed)", lambda m, _: {**m, "dropout": 0.4}, None),
+    "weight_decay_0.1": ("committed config with AdamW weight decay 0.1 (0.01 committed)", lambda m, _: m, None,
                          ["--weight_decay", "0.1"]),
     # 物品头（全目录 CE）是最大的单项提升：看加重它是否更好
     "item_loss_weight_2": ("committed config with item_loss_weight 2.0 (1.0 committed)",
-                           lambda m: {**m, "item_loss_weight": 2.0}, None),
+                           lambda m, _: {**m, "item_loss_weight": 2.0}, None),
+    # 表大小由数据算（auto）：减半、加倍都在噪声内，才能说换一个大一倍或小一倍的数据集时 2 的幂取整无关紧要
+    "tables_half": ("committed config with the three hash tables halved (item ids, node vectors, wide memory)",
+                    lambda m, d: scale_tables(m, d, 0.5), None),
+    "tables_double": ("committed config with the three hash tables doubled",
+                      lambda m, d: scale_tables(m, d, 2.0), None),
 }
 
 
@@ -84,7 +105,9 @@ def run_variant(name: str, base_model_config: dict, args, done: dict) -> dict:
         model.config.item_scoring = "item"
         return {"note": note, "reuses": reuse, "test": test_metrics(model, args.data, args.num_beams),
                 "wall_seconds": {"evaluate": time.perf_counter() - t0}}
-    model_config = change(dict(base_model_config))
+    data = DataDir(args.data)
+    model_config = change(dict(base_model_config), {"num_items": data.catalogue().num_items,
+                                                    "num_interactions": int(data.meta["num_interactions"])})
     out_dir = Path(args.work) / f"ablation_{args.dataset}_{name}"
     argv = ["--config", str(ROOT / CONFIGS[args.dataset]), "--data_dir", args.data, "--output_dir", str(out_dir),
             "--model_config", json.dumps(model_config), "--max_epochs", str(args.epochs), *train_args]

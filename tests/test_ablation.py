@@ -60,8 +60,18 @@ def test_variants_change_one_thing_and_results_are_written(ring_data, tmp_path):
 def test_dropping_the_transition_options_keeps_the_rest():
     base = {"d_model": 8, "num_items": "auto", "bos_context": "last_item", "transition_buckets": 4,
             "transition_scale": 3.0, "encoder_position_mode": "recency"}
-    changed = ablation.VARIANTS["no_transition_options"][1](dict(base))
+    changed = ablation.VARIANTS["no_transition_options"][1](dict(base), {})
     assert changed == {"d_model": 8, "num_items": "auto"}
+
+
+def test_table_variants_scale_the_resolved_sizes():
+    base = {"d_model": 8, "item_id_buckets": "auto", "node_embedding_buckets": 1000, "transition_buckets": "auto"}
+    size = {"num_items": 12101, "num_interactions": 198502}
+    half = ablation.VARIANTS["tables_half"][1](dict(base), size)
+    assert half == {"d_model": 8, "item_id_buckets": 16384, "node_embedding_buckets": 500,
+                    "transition_buckets": 2 ** 20}
+    double = ablation.VARIANTS["tables_double"][1]({"d_model": 8, "transition_buckets": "auto"}, size)
+    assert double == {"d_model": 8, "transition_buckets": 2 ** 22}  # 没开的表不会被打开
 
 
 def test_unknown_variant_is_an_error(ring_data, capsys):

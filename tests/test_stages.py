@@ -25,9 +25,11 @@ from ugt_hf.training.arguments import (
 )
 from ugt_hf.training.checkpointing import get_last_checkpoint
 from ugt_hf.training.stages import (
+    AUTO_TRANSITION_MAX,
     STAGE_SUMMARY_FILE,
     _model_config_kwargs,
     _recommend_dataset,
+    auto_table_size,
     build_model,
     check_model_source,
     completed_stage,
@@ -84,6 +86,39 @@ def test_build_model_new_and_pretrained(tmp_path):
     bad_meta = _with_meta(args.data.data_dir, vocab_sizes=[v + 1 for v in data.meta["vocab_sizes"]])
     with pytest.raises(ConfigError, match="vocab_sizes"):
         build_model(prev.model, prev.training, bad_meta)
+
+
+def test_auto_table_sizes_are_the_next_power_of_two_above_the_load_factor():
+    # Beauty（12,101 个物品、198,502 条交互）：以前手写在配置里的 32768 / 65536 / 2^21
+    assert auto_table_size("item_id_buckets", 12101, 198502) == 32768  # >= 2 × 12,101 = 24,202
+    assert auto_table_size("node_embedding_buckets", 12101, 198502) == 65536  # >= 4 × 12,101 = 48,404
+    assert auto_table_size("transition_buckets", 12101, 198502) == 2 ** 21  # >= 8 × 198,502 = 1,588,016
+    # 正好是 2 的幂时不再翻倍；宽记忆表封顶
+    assert auto_table_size("item_id_buckets", 512, 0) == 1024
+    assert auto_table_size("transition_buckets", 10, 10 ** 9) == AUTO_TRANSITION_MAX == 2 ** 24
+
+
+def test_build_model_resolves_auto_table_sizes_from_the_data(tmp_path, caplog):
+    cfg = dict(TINY, item_id_buckets="auto", node_embedding_buckets="auto", transition_buckets="auto",
+               transition_layout="block")
+    data = DataDir(tiny_data_dir())
+    n, m = data.catalogue().num_items, data.meta["num_interactions"]
+    with caplog.at_level("INFO", logger="ugt_hf.training.stages"):
+        model = build_model(_args(tmp_path, model_config=cfg).model, _args(tmp_path).training, data)
+    assert model.config.item_id_buckets == 1 << (2 * n - 1).bit_length()
+    assert model.config.node_embedding_buckets == 1 << (4 * n - 1).bit_length()
+    assert model.config.transition_buckets == 1 << (8 * m - 1).bit_length()
+    assert "model_config.transition_buckets: auto -> " in caplog.text
+    model.save_pretrained(tmp_path / "m")  # 解析后的整数进 config.json，下一阶段照原样加载
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["item_id_buckets"] == model.config.item_id_buckets
+    # 旧产物的 meta 没有交互数：指明文件与字段
+    with pytest.raises(ConfigError, match="num_interactions.*meta.json"):
+        build_model(_args(tmp_path, model_config=cfg).model, _args(tmp_path).training,
+                    _with_meta(data.path, num_interactions=None))
+    # 别的字符串：指明字段，并说明 "auto" 由谁解析
+    with pytest.raises(ConfigError, match="model_config.item_id_buckets.*'auto' is resolved by training.stages"):
+        build_model(_args(tmp_path, model_config=dict(TINY, item_id_buckets="many")).model,
+                    _args(tmp_path).training, data)
 
 
 def test_resolve_data_errors(tmp_path):

@@ -44,6 +44,8 @@ class UGTConfig(PretrainedConfig):
         下一物品主要由最近几次交互决定，绝对位置下模型得先从变长序列里“找到”末尾。
     item_id_buckets (`int`, 默认 0): >0 时给每个物品再加一个按完整三元组哈希到该桶数的嵌入（输入侧）。三层码嵌入之和
         在层间共享、容量有限；哈希嵌入给每个物品独立参数，用于记住具体物品之间的转移。0 表示不用。
+        这三张哈希表（还有 node_embedding_buckets、transition_buckets）在训练配置里可写 "auto"，
+        由 `training.stages.build_model` 按物品数 / 交互数算（`AUTO_TABLE_SIZES`）。
     node_embedding_buckets (`int`, 默认 0): >0 时 L2/L3 头给树上每个节点（(l1, l2) 格子、(l1, l2, l3) 物品）再加一个
         按哈希取的输出向量：logit += (P·h) · E[node]。共享的码字输出表只能表达“残差方向”，记不住
         “买了 A 接着买 B”这类具体转移；这是层次 softmax 本来的“每个内部节点一个向量”。代价是每次打分要取
@@ -141,7 +143,9 @@ class UGTConfig(PretrainedConfig):
             if name == "num_items" or (value is None and name == "loss_chunk_size"):
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy 整数也算
-                raise ValueError(f"UGTConfig.{name} must be an integer, got {type(value).__name__} {value!r}")
+                hint = ("; 'auto' is resolved by training.stages.build_model from the data"
+                        if name.endswith("_buckets") else "")
+                raise ValueError(f"UGTConfig.{name} must be an integer, got {type(value).__name__} {value!r}{hint}")
         if len(self.vocab_sizes) != 3 or any(v <= 0 for v in self.vocab_sizes):
             raise ValueError(f"UGTConfig.vocab_sizes must be 3 positive ints (L1, L2, L3), got {self.vocab_sizes}")
         if self.d_model <= 0 or self.num_heads <= 0 or self.d_model % self.num_heads != 0:

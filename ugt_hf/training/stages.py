@@ -101,6 +101,43 @@ def _model_config_kwargs(value) -> Dict[str, Any]:
     return kwargs
 
 
+# 三张哈希表的 "auto" 大小：不小于“倍数 × 会落进表的键数”的最小 2 的幂，让配置不随数据集改。键数：输入嵌入每个物品
+# 一个；节点输出向量每个 L2 格子与每个物品一个（<= 2 × 物品数）；宽记忆项每条训练转移在三层各占一个
+# (前一物品, 节点) 格（<= 3 × 交互数）。倍数使装载率不超过 1/2、1/2、3/8。Beauty（12,101 个物品、198,502 条交互）上
+# 正好得到以前手写的 32768 / 65536 / 2^21，所以它的质量表不变；表大小减半、加倍的对照见 README 的消融表。
+AUTO_TABLE_SIZES = {"item_id_buckets": ("num_items", 2), "node_embedding_buckets": ("num_items", 4),
+                    "transition_buckets": ("num_interactions", 8)}
+# 宽记忆项是每格一个 float32 的稠密表，随交互数涨：封顶 2^24 格（64 MiB，加 Adam 两份状态共 192 MiB）。
+# 两张向量表随目录涨，与物品头同阶，不另封顶。
+AUTO_TRANSITION_MAX = 1 << 24
+
+
+def auto_table_size(field: str, num_items: int, num_interactions: int) -> int:
+    """`field` 写 "auto" 时的表大小（见 AUTO_TABLE_SIZES）。"""
+    source, factor = AUTO_TABLE_SIZES[field]
+    keys = factor * max(1, num_items if source == "num_items" else num_interactions)
+    size = 1 << (keys - 1).bit_length()
+    return min(size, AUTO_TRANSITION_MAX) if field == "transition_buckets" else size
+
+
+def _resolve_auto_tables(kwargs: Dict[str, Any], data: DataDir, catalogue) -> None:
+    """把 model_config 里写 "auto" 的表大小换成由数据算出的整数（原地改 kwargs），并记一行日志。"""
+    wanted = [f for f in AUTO_TABLE_SIZES if kwargs.get(f) == "auto"]
+    if not wanted:
+        return
+    num_items = (catalogue or data.catalogue()).num_items
+    num_interactions = data.meta.get("num_interactions")
+    if "transition_buckets" in wanted and (isinstance(num_interactions, bool) or not isinstance(num_interactions, int)
+                                           or num_interactions < 0):
+        raise ConfigError(f"transition_buckets: auto needs an integer 'num_interactions' in {data.meta_path} (got "
+                          f"{num_interactions!r}); re-run `ugt prepare` or give transition_buckets a number",
+                          field="model_config.transition_buckets")
+    for field in wanted:
+        kwargs[field] = auto_table_size(field, num_items, num_interactions or 0)
+        logger.info("model_config.%s: auto -> %d (%d items, %s interactions)", field, kwargs[field], num_items,
+                    num_interactions)
+
+
 def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendation:
     """args：ModelArguments；有 pretrained_model_path 时从上一阶段加载（safetensors），否则按 model_config 新建
     （位置编码长度取 train_args 的 encoder/decoder_max_length）。"""
@@ -142,6 +179,7 @@ def build_model(args, train_args, data: DataDir) -> UGTForGenerativeRecommendati
         raise ConfigError(f"num_items={num_items!r} but the data folder has {catalogue.num_items} items (or write "
                           "num_items: auto)",
                           field="model_config")
+    _resolve_auto_tables(kwargs, data, catalogue)
     # tokenizer 的 pad id 写进新模型的 config：否则 HF 的 Trainer 发现两者不一致，每次运行都警告
     # "tokenizer has new PAD/BOS/EOS tokens"（无害，用户也无从处理）
     kwargs.setdefault("pad_token_id", data.tokenizer().pad_token_id)
