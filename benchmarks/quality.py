@@ -1,6 +1,7 @@
 """质量基准：用提交的配置在 ../shared/data 的 Amazon Beauty 与 MovieLens-100K 上跑完整流水线。
 
     python benchmarks/quality.py --dataset beauty      # 或 ml-100k / all
+    python benchmarks/quality.py --dataset beauty --input Sports.txt   # 同一份 Beauty 配置，别的 S3-Rec 格式类目
 写 benchmarks/results/<dataset>.json：git commit、配置、每阶段墙钟时间、两种协议（允许 / 屏蔽历史物品）下每阶段的测试
 指标与两条基线、每阶段的验证曲线，以及同台实测的 SASRec-CE（benchmarks/peer_sasrec.py，同一数据目录、同一指标代码）
 与它的墙钟时间；把表格与配置里的已发表数字并列打印。数据产物与检查点写到 --work（默认 /tmp），不进仓库。
@@ -151,12 +152,19 @@ def load_peer(path: Path, name: str) -> dict:
     return peer
 
 
-def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path = None) -> dict:
+def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path = None,
+        other_input: Path = None) -> dict:
+    """other_input：用 name 的提交配置（不改）跑另一份同格式的数据（如别的 Amazon 类目）；结果以文件名命名，
+    不并列 name 那个数据集的论文数字，也不做按评分分组（评分文件是 name 的）。"""
     spec = DATASETS[name]
+    config_name = name
+    if other_input is not None:
+        name = Path(other_input).stem.lower()
     data_dir, run_dir = work / f"{name}_data", work / f"{name}_run"
     t0 = time.perf_counter()
     results = run_pipeline(data_dir, ROOT / spec["config"], run_dir, stages=stages,
-                           prepare_overrides={"input": str(shared / spec["input"])})
+                           prepare_overrides={"input": str(other_input or shared / spec["input"])},
+                           dataset=name if other_input is not None else None)
     pipeline_seconds = time.perf_counter() - t0
     ev_masked = bool(results["exclude_history"])
     num_beams, split = results["num_beams"], results["split"]
@@ -185,7 +193,7 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path
                                                      num_beams=num_beams, exclude_history=masked)[tp["weight"]]
         protocols[label] = rows
     by_rating = None
-    if "ratings" in spec:
+    if "ratings" in spec and other_input is None:
         by_rating = target_ratings_breakdown(name, shared, data_dir, results, split, num_beams, ev_masked)
     extra_seconds = time.perf_counter() - t1
     peer_out = None
@@ -199,6 +207,7 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path
             protocols[label]["SASRec-CE (measured)"] = peer_out["test"][f"history_{label}"]
     out = {
         "dataset": name, "git_commit": results["git_commit"], "config": spec["config"],
+        "input": str(other_input) if other_input is not None else spec["input"], "configs_of": config_name,
         "stage_configs": {k: str(Path(v).relative_to(ROOT)) if str(v).startswith(str(ROOT)) else v
                           for k, v in results["stage_configs"].items()},
         "protocol": f"leave-one-out, {split} split, full-catalogue ranking, "
@@ -257,14 +266,23 @@ def main() -> int:
                         help="reuse a SASRec-CE result written by benchmarks/peer_sasrec.py (e.g. "
                              "benchmarks/results/peer_sasrec_beauty.json) instead of training it again; "
                              "only with a single --dataset")
+    parser.add_argument("--input", default=None,
+                        help="run --dataset's committed configs, unchanged, on this other file/folder of the same "
+                             "format (e.g. another Amazon category in S3-Rec format); writes "
+                             "benchmarks/results/<file name>.json without the published rows")
     ns = parser.parse_args()
     if ns.peer_json and ns.dataset == "all":
         parser.error("--peer_json belongs to one data set: pass --dataset beauty or --dataset ml-100k")
+    if ns.input and ns.dataset == "all":
+        parser.error("--input needs the configs of one data set: pass --dataset beauty (S3-Rec format) or ml-100k")
+    if ns.input and not Path(ns.input).exists():
+        parser.error(f"--input {ns.input}: no such file or folder")
     stages = [int(s) for s in ns.stages.split(",")]
     names = list(DATASETS) if ns.dataset == "all" else [ns.dataset]
     for name in names:
         run(name, Path(ns.shared), Path(ns.work), stages, peer=not ns.no_peer,
-            peer_json=Path(ns.peer_json) if ns.peer_json else None)
+            peer_json=Path(ns.peer_json) if ns.peer_json else None,
+            other_input=Path(ns.input).resolve() if ns.input else None)
     return 0
 
 

@@ -120,6 +120,44 @@ def test_cli_missing_data_folder_needs_prepare_flag(tmp_path, capsys):
     assert "stage1" in capsys.readouterr().err and (typo / "meta.json").is_file()
 
 
+def _s3rec_file(path, seed, num_users=150, num_items=40):
+    """S3-Rec 格式的小文件：用户沿一个物品环走 6-10 步。"""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lines = []
+    for u in range(1, num_users + 1):
+        start = int(rng.integers(num_items))
+        lines.append(f"{u} " + " ".join(str((start + t) % num_items + 1) for t in range(int(rng.integers(6, 11)))))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_input_runs_the_same_config_on_another_data_set(tmp_path, capsys):
+    """同一份流水线配置用在另一份同格式数据上（如别的 Amazon 类目）：--input 换掉 prepare.input，
+    报告以文件名命名数据集、不并列配置里那个数据集的论文数字；不给 --input 时报出怎么办。"""
+    from ugt_hf.data.prepare import prepare
+
+    cfg = _short_pipeline(tmp_path)
+    pipe = yaml.safe_load(cfg.read_text())
+    pipe.update(dataset="category-a", published={"PaperX": {"recall@10": 0.5}},
+                prepare={"source": "s3rec", "input": str(_s3rec_file(tmp_path / "A.txt", 0)),
+                         "encoder_max_length": 20})
+    cfg.write_text(yaml.safe_dump(pipe))
+    other = _s3rec_file(tmp_path / "Sports.txt", 1, num_items=50)
+    prepare(str(tmp_path / "sports"), source="s3rec", input=str(other), encoder_max_length=20, progress=False,
+            log=lambda *a: None)
+    argv = ["--data", str(tmp_path / "sports"), "--config", str(cfg), "--out", str(tmp_path / "run"), "--stages", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "was prepared from other inputs/options than the config's prepare: section" in err
+    assert f"records input '{other}'" in err and "pass --input" in err and "Traceback" not in err
+    assert main([*argv, "--input", str(other)]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["dataset"] == "Sports" and results["published"] is None and results["num_items"] == 50
+    assert list(results["stages"]) == ["stage1"]
+
+
 # ---------------------------------------------------------------- 信号、重跑续上、锁（#16）
 def _short_pipeline(tmp_path):
     """write_tiny_pipeline 的配置，每个阶段只训 1 个 epoch（这里只看控制流，不看质量）。"""

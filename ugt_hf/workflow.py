@@ -134,6 +134,16 @@ def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print, all
     threads = torch.get_num_threads()
     try:
         return prepare(str(data_dir), **dict(prepare_opts), log=log)
+    except FileExistsError as e:
+        if isinstance(e, OutputLockedError) or not prepared:
+            raise
+        # 已准备好的目录来自别的输入或选项：`ugt pipeline` 没有 --force，给出在这里能用的办法
+        recorded = data.meta.get("input")
+        raise ConfigError(f"--data {data_dir} was prepared from other inputs/options than the config's prepare: "
+                          f"section (it records input {recorded!r}, the config gives {prepare_opts.get('input')!r}); "
+                          "to run this config on that data pass --input with the file it was prepared from (the "
+                          "other prepare options must match too), or give a new --data folder with --prepare true",
+                          field="data") from None
     finally:
         torch.set_num_threads(threads)  # prepare 为 k-means 固定成 1 线程；训练要恢复
 
@@ -142,12 +152,14 @@ def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print, all
 def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 3),
                  extra_args: Sequence[str] = (), log=print,
                  prepare_overrides: Optional[dict] = None, allow_prepare: bool = True,
-                 resume: bool = False) -> Dict[str, Any]:
+                 resume: bool = False, dataset: Optional[str] = None) -> Dict[str, Any]:
     """prepare_overrides：覆盖配置 prepare 段的选项（如 benchmarks/quality.py 换成共享数据的绝对路径）。
     allow_prepare：data_dir 尚未准备时是否按 prepare 段准备；Python 调用方（测试、benchmarks）给的是算出来的路径，
     默认允许；命令行默认不允许（见 PipelineArguments.prepare）。
     resume：接着上次做——已完成的阶段（best_model/ 与 stage_summary.json 都在）跳过，被打断的阶段从最后一个
     完整检查点续训；False（Python 调用的默认，benchmarks 要重新计时）时每个阶段都从头训练。命令行默认 True。
+    dataset：报告里的数据集名，给出时覆盖配置的 dataset，并去掉配置的 published 行（那些是配置那个数据集上的
+    论文数字；`--input` 把同一配置用在别的数据上时不该并列）。
     某个阶段被 SIGTERM/SIGINT 停下时抛 TrainingInterrupted，后面的阶段不跑；run_dir 被另一个进程使用时抛
     OutputLockedError。"""
     t_start = time.perf_counter()
@@ -164,10 +176,10 @@ def run_pipeline(data_dir, config_path, run_dir, stages: Sequence[int] = (1, 2, 
           **cfg["evaluation"]}
     catalogue = DataDir(data_dir).catalogue()
     results: Dict[str, Any] = {
-        "dataset": cfg.get("dataset", data_dir.name), "data_dir": str(data_dir), "config": str(config_path),
+        "dataset": dataset or cfg.get("dataset", data_dir.name), "data_dir": str(data_dir), "config": str(config_path),
         "git_commit": git_commit(Path(__file__).resolve().parent), "split": ev["split"],
         "num_items": catalogue.num_items, "num_beams": ev["num_beams"], "exclude_history": ev["exclude_history"],
-        "stage_configs": cfg["stages"], "published": cfg.get("published"), "stages": {},
+        "stage_configs": cfg["stages"], "published": None if dataset else cfg.get("published"), "stages": {},
     }
     results["popularity"] = popularity_baseline(data_dir, ev["split"], ev["k_values"], ev["exclude_history"])
     results["transition"] = transition_baseline(data_dir, ev["split"], ev["k_values"], ev["exclude_history"])
@@ -282,6 +294,10 @@ class PipelineArguments:
                              "complete checkpoint; false trains every stage from scratch")
     prepare: bool = arg(False, "if --data is not a prepared data folder yet, prepare it there from the config's "
                                "prepare: section (without this flag a missing --data folder is an error)")
+    input: Optional[str] = arg(None, "use this input file/folder instead of the config's prepare.input: the same "
+                                     "committed config on another data set in the same format (e.g. another Amazon "
+                                     "category in S3-Rec format); the report names the data set after the file and "
+                                     "leaves out the config's published rows")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -289,8 +305,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ns, extra = parse_args([PipelineArguments], argv, prog="ugt pipeline", config_flag=False,
                                allow_remaining=True)
         stages = [int(s) for s in ns.stages.split(",")]
+        other = {"prepare_overrides": {"input": ns.input}, "dataset": Path(ns.input).stem} if ns.input else {}
         run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra, allow_prepare=ns.prepare,
-                     resume=ns.resume)
+                     resume=ns.resume, **other)
     except ConfigError as e:
         print(f"ugt pipeline: {e}", file=sys.stderr)
         return 2
