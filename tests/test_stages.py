@@ -25,7 +25,7 @@ from ugt_hf.training.arguments import (
 )
 from ugt_hf.training.checkpointing import get_last_checkpoint
 from ugt_hf.training.stages import (
-    AUTO_TRANSITION_MAX,
+    AUTO_TABLE_MAX,
     STAGE_SUMMARY_FILE,
     _model_config_kwargs,
     _recommend_dataset,
@@ -95,7 +95,10 @@ def test_auto_table_sizes_are_the_next_power_of_two_above_the_load_factor():
     assert auto_table_size("transition_buckets", 12101, 198502) == 2 ** 21  # >= 8 × 198,502 = 1,588,016
     # 正好是 2 的幂时不再翻倍；宽记忆表封顶
     assert auto_table_size("item_id_buckets", 512, 0) == 1024
-    assert auto_table_size("transition_buckets", 10, 10 ** 9) == AUTO_TRANSITION_MAX == 2 ** 24
+    # 内存上限：百万级目录、上亿条交互
+    assert auto_table_size("transition_buckets", 10, 10 ** 9) == AUTO_TABLE_MAX["transition_buckets"] == 2 ** 24
+    assert auto_table_size("item_id_buckets", 10 ** 6, 0) == AUTO_TABLE_MAX["item_id_buckets"] == 2 ** 20
+    assert auto_table_size("node_embedding_buckets", 10 ** 6, 0) == AUTO_TABLE_MAX["node_embedding_buckets"] == 2 ** 21
 
 
 def test_build_model_resolves_auto_table_sizes_from_the_data(tmp_path, caplog):

@@ -107,17 +107,18 @@ def _model_config_kwargs(value) -> Dict[str, Any]:
 # 正好得到以前手写的 32768 / 65536 / 2^21，所以它的质量表不变；表大小减半、加倍的对照见 README 的消融表。
 AUTO_TABLE_SIZES = {"item_id_buckets": ("num_items", 2), "node_embedding_buckets": ("num_items", 4),
                     "transition_buckets": ("num_interactions", 8)}
-# 宽记忆项是每格一个 float32 的稠密表，随交互数涨：封顶 2^24 格（64 MiB，加 Adam 两份状态共 192 MiB）。
-# 两张向量表随目录涨，与物品头同阶，不另封顶。
-AUTO_TRANSITION_MAX = 1 << 24
+# 内存上限（格数）：宽记忆项每格一个 float32，2^24 格 = 64 MiB；输入物品嵌入每格 d_model 维，2^20 格在 d = 128 时
+# 512 MiB；节点向量每格 node_embedding_dim 维，2^21 格在 32 维时 256 MiB（训练时再加梯度与 Adam 两份状态，共 4 倍）。
+# 百万级目录、几百万条交互以上才碰到上限：那时两张向量表的装载率约 1，宽记忆项在 2,000 万条交互时约 3.6
+# （Beauty 上表减半、输入嵌入装载率 0.74 时质量不变；更高装载率没有量过）。
+AUTO_TABLE_MAX = {"item_id_buckets": 1 << 20, "node_embedding_buckets": 1 << 21, "transition_buckets": 1 << 24}
 
 
 def auto_table_size(field: str, num_items: int, num_interactions: int) -> int:
-    """`field` 写 "auto" 时的表大小（见 AUTO_TABLE_SIZES）。"""
+    """`field` 写 "auto" 时的表大小（见 AUTO_TABLE_SIZES、AUTO_TABLE_MAX）。"""
     source, factor = AUTO_TABLE_SIZES[field]
     keys = factor * max(1, num_items if source == "num_items" else num_interactions)
-    size = 1 << (keys - 1).bit_length()
-    return min(size, AUTO_TRANSITION_MAX) if field == "transition_buckets" else size
+    return min(1 << (keys - 1).bit_length(), AUTO_TABLE_MAX[field])
 
 
 def _resolve_auto_tables(kwargs: Dict[str, Any], data: DataDir, catalogue) -> None:
