@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ugt_hf.argparsing import ConfigError  # noqa: E402
 from ugt_hf.evaluation import (  # noqa: E402
     TransitionPrior,
     evaluate_ranking,
@@ -162,9 +163,13 @@ def run(name: str, shared: Path, work: Path, stages, peer: bool, peer_json: Path
         name = Path(other_input).stem.lower()
     data_dir, run_dir = work / f"{name}_data", work / f"{name}_run"
     t0 = time.perf_counter()
-    results = run_pipeline(data_dir, ROOT / spec["config"], run_dir, stages=stages,
-                           prepare_overrides={"input": str(other_input or shared / spec["input"])},
-                           dataset=name if other_input is not None else None)
+    try:
+        results = run_pipeline(data_dir, ROOT / spec["config"], run_dir, stages=stages,
+                               prepare_overrides={"input": str(other_input or shared / spec["input"])},
+                               dataset=name if other_input is not None else None)
+    except ConfigError as e:  # 多半是 --work 里留着用旧 prepare 选项准备的目录
+        raise SystemExit(f"quality.py: {e}\n(the data folder is {data_dir}: delete it or pass another --work to "
+                         "prepare it again)") from None
     pipeline_seconds = time.perf_counter() - t0
     ev_masked = bool(results["exclude_history"])
     num_beams, split = results["num_beams"], results["split"]
@@ -277,6 +282,9 @@ def main() -> int:
         parser.error("--input needs the configs of one data set: pass --dataset beauty (S3-Rec format) or ml-100k")
     if ns.input and not Path(ns.input).exists():
         parser.error(f"--input {ns.input}: no such file or folder")
+    if ns.input and Path(ns.input).stem.lower() in DATASETS:
+        parser.error(f"--input {ns.input}: results are named after the file, and '{Path(ns.input).stem.lower()}' "
+                     "would overwrite a committed data set's JSON; rename or link the file under another name")
     stages = [int(s) for s in ns.stages.split(",")]
     names = list(DATASETS) if ns.dataset == "all" else [ns.dataset]
     for name in names:

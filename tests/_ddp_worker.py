@@ -143,6 +143,9 @@ def main(argv: List[str]) -> int:
     save_file(final_weights(trainer), os.path.join(result_dir, f"rank{rank}.safetensors"))
     with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as f:
         json.dump(summarize(trainer), f)
+    from ugt_hf.training.stages import close_process_group
+
+    close_process_group()  # 与生产入口相同：不销毁进程组时 Gloo 偶尔在解释器收尾时 SIGABRT
     return 0
 
 

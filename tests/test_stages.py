@@ -32,6 +32,7 @@ from ugt_hf.training.stages import (
     auto_table_size,
     build_model,
     check_model_source,
+    close_process_group,
     completed_stage,
     main,
     preference_data,
@@ -112,6 +113,10 @@ def test_build_model_resolves_auto_table_sizes_from_the_data(tmp_path, caplog):
     assert model.config.node_embedding_buckets == 1 << (4 * n - 1).bit_length()
     assert model.config.transition_buckets == 1 << (8 * m - 1).bit_length()
     assert "model_config.transition_buckets: auto -> " in caplog.text
+    # block 布局一块装一个节点的全部子节点：极小的数据上 auto 也至少给一块（否则 UGTConfig 拒绝）
+    tiny = build_model(_args(tmp_path, model_config=cfg).model, _args(tmp_path).training,
+                       _with_meta(data.path, num_interactions=1))
+    assert tiny.config.transition_buckets == 1 << (max(data.meta["vocab_sizes"]) - 1).bit_length()
     model.save_pretrained(tmp_path / "m")  # 解析后的整数进 config.json，下一阶段照原样加载
     assert json.loads((tmp_path / "m" / "config.json").read_text())["item_id_buckets"] == model.config.item_id_buckets
     # 旧产物的 meta 没有交互数：指明文件与字段
@@ -122,6 +127,18 @@ def test_build_model_resolves_auto_table_sizes_from_the_data(tmp_path, caplog):
     with pytest.raises(ConfigError, match="model_config.item_id_buckets.*'auto' is resolved by training.stages"):
         build_model(_args(tmp_path, model_config=dict(TINY, item_id_buckets="many")).model,
                     _args(tmp_path).training, data)
+
+
+def test_close_process_group_destroys_an_initialised_group_and_is_a_no_op_otherwise(tmp_path):
+    import torch.distributed as dist
+
+    close_process_group()  # 单进程：没有进程组，什么也不做
+    if not dist.is_gloo_available():
+        pytest.skip("torch without Gloo")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_process_group()
+    assert not dist.is_initialized()
 
 
 def test_resolve_data_errors(tmp_path):

@@ -133,6 +133,15 @@ def _s3rec_file(path, seed, num_users=150, num_items=40):
     return path
 
 
+def _with_prepare(cfg, **changes):
+    """同一流水线配置、prepare 段改几项，写到旁边的新文件。"""
+    pipe = yaml.safe_load(cfg.read_text())
+    pipe["prepare"] = {**pipe["prepare"], **changes}
+    path = cfg.with_name(f"pipeline_{len(list(cfg.parent.glob('pipeline_*.yaml')))}.yaml")
+    path.write_text(yaml.safe_dump(pipe))
+    return path
+
+
 def test_cli_input_runs_the_same_config_on_another_data_set(tmp_path, capsys):
     """同一份流水线配置用在另一份同格式数据上（如别的 Amazon 类目）：--input 换掉 prepare.input，
     报告以文件名命名数据集、不并列配置里那个数据集的论文数字；不给 --input 时报出怎么办。"""
@@ -150,8 +159,17 @@ def test_cli_input_runs_the_same_config_on_another_data_set(tmp_path, capsys):
     argv = ["--data", str(tmp_path / "sports"), "--config", str(cfg), "--out", str(tmp_path / "run"), "--stages", "1"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "was prepared from other inputs/options than the config's prepare: section" in err
-    assert f"records input '{other}'" in err and "pass --input" in err and "Traceback" not in err
+    assert f"it was prepared from '{other}', this run reads" in err and f"pass --input {other}" in err
+    assert "other options" not in err and "Traceback" not in err
+    # 输入对了、选项不同（encoder_max_length）：说哪个选项不同，不再建议 --input
+    assert main([*argv, "--input", str(other), "--stages", "1", "--data", str(tmp_path / "sports"),
+                 "--config", str(_with_prepare(cfg, encoder_max_length=30))]) == 2
+    err = capsys.readouterr().err
+    assert "other options than the config's prepare: section (encoder_max_length: 20 there, 30 here)" in err
+    assert "pass --input" not in err
+    # --input 只对读文件的 prepare 段有意义：合成数据的配置报错，而不是悄悄忽略它
+    assert main([*argv, "--input", str(other), "--config", str(_with_prepare(cfg, source="synthetic"))]) == 2
+    assert "prepare.source synthetic, which reads no input" in capsys.readouterr().err
     assert main([*argv, "--input", str(other)]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["dataset"] == "Sports" and results["published"] is None and results["num_items"] == 50

@@ -137,15 +137,30 @@ def ensure_prepared(data_dir: Path, prepare_opts: Optional[dict], log=print, all
     except FileExistsError as e:
         if isinstance(e, OutputLockedError) or not prepared:
             raise
-        # 已准备好的目录来自别的输入或选项：`ugt pipeline` 没有 --force，给出在这里能用的办法
-        recorded = data.meta.get("input")
-        raise ConfigError(f"--data {data_dir} was prepared from other inputs/options than the config's prepare: "
-                          f"section (it records input {recorded!r}, the config gives {prepare_opts.get('input')!r}); "
-                          "to run this config on that data pass --input with the file it was prepared from (the "
-                          "other prepare options must match too), or give a new --data folder with --prepare true",
-                          field="data") from None
+        raise ConfigError(_prepared_differently(data, prepare_opts), field="data") from None
     finally:
         torch.set_num_threads(threads)  # prepare 为 k-means 固定成 1 线程；训练要恢复
+
+
+def _prepared_differently(data, prepare_opts: dict) -> str:
+    """已准备好的 --data 目录与这次的 prepare 选项不一致时的报错：说清是输入不同还是选项不同、各自怎么办。
+    `ugt pipeline` 没有 --force（覆盖一个数据集不该是流水线的副作用）。"""
+    from .data.prepare import PrepareOptions, input_checksum
+
+    opts = PrepareOptions(**dict(prepare_opts))
+    meta = data.meta
+    recorded = meta.get("options") or {}
+    content = opts.content_options()
+    options = [f"{k}: {recorded.get(k)!r} there, {content.get(k)!r} here" for k in sorted(set(recorded) | set(content))
+               if recorded.get(k) != content.get(k)]
+    parts = []
+    if meta.get("input_checksum") != input_checksum(opts)["sha256"]:
+        parts.append(f"it was prepared from {meta.get('input')!r}, this run reads {opts.input!r} (the config's "
+                     f"prepare.input or --input); to run this config on that data pass --input {meta.get('input')}")
+    if options:
+        parts.append("it was prepared with other options than the config's prepare: section (" + "; ".join(options)
+                     + "); prepare a new --data folder with --prepare true")
+    return f"--data {data.path}: " + ". Also ".join(parts or ["it was prepared from other inputs/options"])
 
 
 @holding_output_lock("ugt pipeline", param="run_dir")  # 同一 run_dir 同一时刻只允许一个流水线
@@ -305,7 +320,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ns, extra = parse_args([PipelineArguments], argv, prog="ugt pipeline", config_flag=False,
                                allow_remaining=True)
         stages = [int(s) for s in ns.stages.split(",")]
-        other = {"prepare_overrides": {"input": ns.input}, "dataset": Path(ns.input).stem} if ns.input else {}
+        other = {}
+        if ns.input:
+            source = (load_pipeline_config(ns.config).get("prepare") or {}).get("source")
+            if source in (None, "synthetic"):
+                what = "no prepare: section" if source is None else "prepare.source synthetic, which reads no input"
+                raise ConfigError(f"--input replaces the config's prepare.input, but {ns.config} has {what}; use a "
+                                  "pipeline config whose prepare: section reads a file (e.g. "
+                                  "recipes/configs/beauty_pipeline.yaml)", field="input")
+            other = {"prepare_overrides": {"input": ns.input}, "dataset": Path(ns.input).stem}
         run_pipeline(ns.data, ns.config, ns.out, stages=stages, extra_args=extra, allow_prepare=ns.prepare,
                      resume=ns.resume, **other)
     except ConfigError as e:
@@ -322,4 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     print((Path(ns.out) / REPORT_MD).read_text())
     print("\n".join(report_locations(ns.out)))
+    from .training.stages import close_process_group
+
+    close_process_group()  # 在 accelerate launch / torchrun 下多进程跑时（见该函数）
     return 0

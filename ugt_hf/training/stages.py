@@ -109,8 +109,8 @@ AUTO_TABLE_SIZES = {"item_id_buckets": ("num_items", 2), "node_embedding_buckets
                     "transition_buckets": ("num_interactions", 8)}
 # 内存上限（格数）：宽记忆项每格一个 float32，2^24 格 = 64 MiB；输入物品嵌入每格 d_model 维，2^20 格在 d = 128 时
 # 512 MiB；节点向量每格 node_embedding_dim 维，2^21 格在 32 维时 256 MiB（训练时再加梯度与 Adam 两份状态，共 4 倍）。
-# 百万级目录、几百万条交互以上才碰到上限：那时两张向量表的装载率约 1，宽记忆项在 2,000 万条交互时约 3.6
-# （Beauty 上表减半、输入嵌入装载率 0.74 时质量不变；更高装载率没有量过）。
+# 向量表到百万级目录才碰到上限（那时装载率约 1），宽记忆项从约 105 万条交互起封顶（2,000 万条时装载率约 3.6）；
+# Beauty 上表减半、输入嵌入装载率 0.74 时质量不变，更高的装载率没有量过。
 AUTO_TABLE_MAX = {"item_id_buckets": 1 << 20, "node_embedding_buckets": 1 << 21, "transition_buckets": 1 << 24}
 
 
@@ -135,6 +135,9 @@ def _resolve_auto_tables(kwargs: Dict[str, Any], data: DataDir, catalogue) -> No
                           field="model_config.transition_buckets")
     for field in wanted:
         kwargs[field] = auto_table_size(field, num_items, num_interactions or 0)
+        if field == "transition_buckets" and kwargs.get("transition_layout") == "block":
+            # block 布局一块装一个节点的全部子节点：极小的数据上也至少要一块
+            kwargs[field] = max(kwargs[field], 1 << (max(kwargs["vocab_sizes"]) - 1).bit_length())
         logger.info("model_config.%s: auto -> %d (%d items, %s interactions)", field, kwargs[field], num_items,
                     num_interactions)
 
@@ -474,6 +477,18 @@ def completed_stage(output_dir) -> Optional[Dict[str, Any]]:
     return summary
 
 
+def close_process_group() -> None:
+    """进程正常结束前销毁 torch.distributed 的进程组（多进程运行时；单进程什么也不做）。
+    不销毁就退出时，Gloo 的 C++ 工作线程在解释器收尾阶段才析构，偶尔以 "terminate called without an active
+    exception" 中止（SIGABRT，退出码 -6）：训练已完成、检查点已写，调度器却看到一次失败的运行。
+    只在各 rank 一起走到结尾时调用（完成，或一起停在信号后的保存点）；出错退出时不调——别的 rank 可能还在
+    集合通信里，销毁会卡住（torchtitan 的做法）。"""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(stage: int, argv: Optional[Sequence[str]] = None) -> int:
     """recipes/stage{n}.py 的入口：错误配置、输出目录被占用给一行清楚的错误并以 2 退出；
     被 SIGTERM/SIGINT 停下时以 128 + 信号编号退出（143 / 130），检查点已保存，可续训。"""
@@ -487,10 +502,12 @@ def main(stage: int, argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except TrainingInterrupted as e:
         print(f"stage{stage}: {e}", flush=True, file=sys.stderr)
+        close_process_group()
         return e.exit_code
     except KeyboardInterrupt:  # 第二次 Ctrl-C（或训练循环之外）：不等保存，立即退出
         print(f"stage{stage}: interrupted (SIGINT) before a checkpoint could be saved; the last complete checkpoint "
               "(if any) can be resumed with --resume_from_checkpoint auto", flush=True, file=sys.stderr)
         return 128 + signal.SIGINT
     print(json.dumps({k: summary[k] for k in ("stage", "best_model_dir", "train_seconds") if k in summary}))
+    close_process_group()
     return 0

@@ -11,7 +11,7 @@ import json
 from typing import Optional, Sequence
 
 from ugt_hf.training.arguments import ConfigError
-from ugt_hf.training.stages import run_stage
+from ugt_hf.training.stages import close_process_group, run_stage
 
 from ..config import Stage1Config, Stage2Config, Stage3Config, parse_config
 
@@ -29,4 +29,5 @@ def main(stage: int, argv: Optional[Sequence[str]] = None) -> int:
         print(f"stage{stage}: {e}", flush=True)
         return 2
     print(json.dumps({k: summary[k] for k in ("stage", "best_model_dir", "train_seconds") if k in summary}))
+    close_process_group()
     return 0
